@@ -1,0 +1,82 @@
+"""`python -m vfrac.prepare --cohort manifest.csv`: build the crop cache once.
+
+A thin command over `vfrac.cohort` and `vfrac.cache`: it parses flags, shows
+progress, writes the report of left-out patients and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vfrac.cache import CropSettings, crop_count, prepare_cohort
+from vfrac.cohort import read_manifest
+from vfrac.crops import BOX_MODES
+from vfrac.errors import InputError
+
+DEFAULT_CACHE = Path("data/cache")
+REPORT_NAME = "prepare_report.csv"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = CropSettings()
+    parser = argparse.ArgumentParser(prog="python -m vfrac.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", required=True, type=Path, help="manifest.csv of the cohort")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where entries go (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="patients prepared in parallel (default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave bad patients out (listed in the report) instead of stopping")
+    parser.add_argument("--margin", type=float, default=defaults.margin,
+                        help="ROI square grown by this fraction of its side (default: %(default)s)")
+    parser.add_argument("--box-mode", choices=BOX_MODES, default=defaults.box_mode,
+                        help="a square per ROI slice, or one for the ROI's union (default: %(default)s)")
+    parser.add_argument("--context", type=float, default=defaults.context,
+                        help="surroundings kept around the square for box jitter (default: %(default)s)")
+    parser.add_argument("--cache-size", type=int, default=defaults.cache_size,
+                        help="crops are resampled to this many pixels square (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log skipped files and details")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        settings = CropSettings(margin=args.margin, box_mode=args.box_mode,
+                                context=args.context, cache_size=args.cache_size)
+        cohort = read_manifest(args.cohort, skip_bad=args.skip_bad)
+        print(f"{len(cohort.patients)} patient(s) in {args.cohort}; cache: {args.cache_dir}; {settings}")
+        with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
+            result = prepare_cohort(cohort.patients, settings, args.cache_dir, workers=args.workers,
+                                    skip_bad=args.skip_bad, on_progress=lambda *_: bar.update())
+    except (InputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished patients stay cached; run again to continue", file=sys.stderr)
+        return 130
+    problems = [("(manifest)", p) for p in cohort.problems] + sorted(result.failures.items())
+    if problems:
+        report = args.cache_dir / REPORT_NAME
+        with open(report, "w", newline="") as handle:
+            csv.writer(handle).writerows([("patient_id", "reason"), *problems])
+        print(f"left out {len(problems)} patient(s) or row(s); reasons in {report}", file=sys.stderr)
+    crops = sum(crop_count(path) for path in result.entries.values())
+    print(f"prepared {len(result.entries)} patient(s), {crops} crops "
+          f"({result.built} built, {result.reused} already cached) "
+          f"in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
