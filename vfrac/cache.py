@@ -195,6 +195,8 @@ def _attempt(patient, settings, cache_dir):
         return prepare_patient(patient, settings, cache_dir)
     except InputError as error:
         return error
+    except Exception as error:  # a bug or a reader failure: stop, but say which patient
+        raise RuntimeError(f"patient {patient.patient_id}: {type(error).__name__}: {error}") from error
 
 
 def _files(patient: Patient) -> list[Path]:
