@@ -11,7 +11,9 @@ from vfrac.crops import crop_stack, roi_boxes
 from vfrac.errors import InputError
 from vfrac.volume import IJK_FROM_ZYX, RAS_TO_LPS, Volume, load_mask, load_volume
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
+# The project's shared copy, or the byte-identical one the repository carries.
+SHARED_REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
+REAL_CT = SHARED_REAL_CT if SHARED_REAL_CT.is_dir() else Path(__file__).resolve().parents[1] / "examples" / "real-ct"
 needs_real_ct = pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"{REAL_CT} is absent")
 
 
