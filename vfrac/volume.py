@@ -60,6 +60,8 @@ def load_volume(path, series=None) -> Volume:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_file() and is_nifti(path):
+        if series is not None:
+            raise ValueError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
         hu, affine = _read_nifti(path, dtype=np.float32)
         return Volume(hu=hu, affine=affine)
     from vfrac.dicom import read_dicom
