@@ -1,0 +1,178 @@
+"""The synthetic cohort: reproducible, valid DICOM, right geometry, honest features, no shortcuts."""
+
+import csv
+
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage
+from sklearn.metrics import roc_auc_score
+
+from vfrac.cohort import read_manifest
+from vfrac.synth import FEATURES, generate_cohort
+from vfrac.synth.__main__ import main
+from vfrac.synth.anatomy import render
+from vfrac.synth.params import LEVELS, READER_ACCURACY, draw_lesion, draw_scan, reader_calls
+from vfrac.synth.preview import render_preview
+from vfrac.synth.writer import ct_affine
+from vfrac.volume import load_mask, load_volume
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """12 patients at a small matrix, difficulty 1 so that every feature shows up."""
+    out = tmp_path_factory.mktemp("synth") / "cohort"
+    return generate_cohort(out, 12, seed=3, difficulty=1.0, matrix=160)
+
+
+def test_same_seed_same_bytes_other_seed_other_pixels(tmp_path):
+    first = generate_cohort(tmp_path / "a", 2, seed=7, matrix=64)
+    second = generate_cohort(tmp_path / "b", 2, seed=7, matrix=64)
+    other = generate_cohort(tmp_path / "c", 2, seed=8, matrix=64)
+    assert first.read_text() == second.read_text()
+    files = sorted(p.relative_to(first.parent) for p in first.parent.rglob("*.dcm"))
+    assert files and files == sorted(p.relative_to(second.parent) for p in second.parent.rglob("*.dcm"))
+    for name in files:
+        assert (first.parent / name).read_bytes() == (second.parent / name).read_bytes()
+    a = load_volume(first.parent / "VF0001" / "ct").hu
+    c = load_volume(other.parent / "VF0001" / "ct").hu
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_manifest_is_valid_and_series_load_to_the_written_geometry(cohort):
+    patients = read_manifest(cohort).patients
+    assert len(patients) == 12
+    assert sum(p.is_malignant for p in patients) == round(12 * 0.68)
+    for index, patient in enumerate(patients[:4]):
+        scan = draw_scan(np.random.default_rng([3, index + 1, 1]), matrix=160)
+        volume = load_volume(patient.ct)
+        assert volume.shape == (scan.n_slices, 160, 160)
+        assert np.allclose(volume.affine, ct_affine(scan), atol=1e-3)
+        assert set(patient.features) == set(FEATURES) and set(patient.masks) == set(FEATURES)
+        assert set(patient.readers) == {name.removeprefix("reader_") for name in READER_ACCURACY}
+
+
+def test_dicom_headers_look_like_a_scanner_and_carry_fake_identity(cohort):
+    patients = read_manifest(cohort).patients
+    representations = set()
+    for patient in patients:
+        ds = pydicom.dcmread(next(patient.ct.iterdir()))
+        assert ds.Modality == "CT" and ds.SOPClassUID == pydicom.uid.CTImageStorage
+        assert (ds.RescaleIntercept, ds.RescaleSlope) == (-1024, 1)
+        assert "^" in str(ds.PatientName) and str(ds.PatientID).startswith("H")
+        assert patient.patient_id not in (str(ds.PatientID), str(ds.PatientName))
+        assert ds.StudyDescription and ds.SeriesDescription and ds.SeriesInstanceUID
+        representations.add(ds.PixelRepresentation)
+    assert representations == {0, 1}  # stored unsigned and signed both occur
+
+
+def test_tissues_have_their_hounsfield_values():
+    scan = draw_scan(np.random.default_rng(11))
+    hu = render(scan, draw_lesion(np.random.default_rng(12), "benign", 0.0), np.random.default_rng(13)).hu
+
+    def at(z_mm, x_mm, y_mm):
+        n, p = scan.matrix, scan.pixel_spacing
+        k = int(round((z_mm - scan.z_start) / scan.slice_spacing))
+        row, col = (int(round(c / p + (n - 1) / 2)) for c in (y_mm, x_mm))
+        return float(np.median(hu[k, row - 1:row + 2, col - 1:col + 2]))
+
+    neighbour = next(z for level, z in scan.level_z.items() if level != scan.target and abs(z) < 45)
+    sx, sy, d = scan.spine_x, scan.spine_y, scan.body_half_depth
+    disc_z = neighbour / 2  # half-way between the target and its neighbour
+    back = sy + d + 2 * scan.canal_radius + 40 + scan.fat_thickness
+    assert 100 < at(neighbour, sx, sy) < 380  # cancellous bone
+    assert 40 < at(disc_z, sx, sy) < 130  # intervertebral disc
+    assert at(neighbour, sx, sy + d + scan.canal_radius + 1.5) < 60  # spinal canal
+    assert -160 < at(neighbour, sx, back - 2 - scan.fat_thickness / 2) < -40  # subcutaneous fat
+    corner = -(scan.matrix - 1) / 2 * scan.pixel_spacing + scan.pixel_spacing
+    assert at(neighbour, corner, corner) < -900  # air in the corner of the field of view
+    rim = hu[:, :, int(round(sx / scan.pixel_spacing + (scan.matrix - 1) / 2))]
+    assert rim.max() > 450  # a dense cortical shell exists
+
+
+def test_feature_masks_lie_where_the_feature_was_drawn(cohort):
+    seen = set()
+    for patient in read_manifest(cohort).patients:
+        volume = load_volume(patient.ct)
+        roi = load_mask(patient.roi, volume) > 0
+        near_roi = ndimage.binary_dilation(roi, iterations=2)
+        for name in FEATURES:
+            mask = load_mask(patient.masks[name], volume) > 0
+            assert mask.any() == bool(patient.features[name]), (patient.patient_id, name)
+            if not mask.any():
+                continue
+            seen.add(name)
+            if name == "soft_tissue_mass":
+                assert not (mask & roi).any()  # outside the cortex
+                assert (mask & near_roi).any()  # but against the vertebra
+            else:
+                assert (mask & ~near_roi).sum() <= 0.02 * mask.sum(), (patient.patient_id, name)
+    assert seen == set(FEATURES)
+
+
+def test_no_shortcut_separates_the_classes(tmp_path):
+    """On 200 patients, nothing but the lesion tells benign from malignant (AUC < 0.7)."""
+    manifest = generate_cohort(tmp_path / "cohort", 200, seed=21, matrix=128, workers=2)
+    with open(manifest) as handle:
+        levels = {row["patient_id"]: row["vertebra"] for row in csv.DictReader(handle)}
+    rows = []
+    for patient in read_manifest(manifest).patients:
+        files = sorted(patient.ct.iterdir())
+        header = pydicom.dcmread(files[0], stop_before_pixels=True)
+        volume = load_volume(patient.ct)
+        roi = load_mask(patient.roi, volume) > 0
+        middle = volume.hu[len(volume.hu) // 2]
+        rows.append({
+            "malignant": patient.is_malignant,
+            "slice count": len(files),
+            "slice spacing": volume.spacing[0],
+            "pixel spacing": volume.spacing[1],
+            "field of view": volume.spacing[1] * header.Columns,
+            "noise": float(np.std(np.diff(volume.hu[:, :4, :], axis=2))),  # air above the patient
+            "vertebral level": LEVELS.index(levels[patient.patient_id]),
+            "body size": float((middle > -500).sum()),
+            "file size": sum(f.stat().st_size for f in files),
+            "slice thickness": float(header.SliceThickness),
+            "kVp": float(header.KVP),
+            "pixel representation": header.PixelRepresentation,
+            "table position": float(volume.affine[2, 3]),
+            "mean HU in ROI": float(volume.hu[roi].mean()),
+        })
+    labels = np.array([r.pop("malignant") for r in rows])
+    assert 0.6 < labels.mean() < 0.75
+    for name in rows[0]:
+        values = np.array([r[name] for r in rows], float)
+        auc = roc_auc_score(labels, values) if values.std() > 0 else 0.5
+        assert max(auc, 1 - auc) < 0.7, f"{name} separates the classes: AUC {auc:.2f}"
+
+
+def test_readers_match_the_study_accuracy_and_err_on_hard_cases():
+    rng = np.random.default_rng(0)
+    labels = list(rng.choice(["benign", "malignant"], 20000))
+    hardness = rng.uniform(0, 1, 20000)
+    calls = reader_calls(np.random.default_rng(1), labels, hardness)
+    for reader, accuracy in READER_ACCURACY.items():
+        wrong = np.array(calls[reader]) != np.array(labels)
+        assert abs((1 - wrong.mean()) - accuracy) < 0.006, reader
+        assert hardness[wrong].mean() > hardness.mean() + 0.1  # errors fall on hard cases
+
+
+def test_preview_renders_each_class(cohort, tmp_path):
+    image = render_preview(cohort, per_class=2)
+    assert image.ndim == 3 and image.shape[1] == 3 * 256 and image.shape[0] > 4 * 256
+    assert image.std() > 20  # not a blank page
+
+
+def test_command_refuses_to_overwrite_and_reports(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    assert main(["--out", str(out), "--patients", "2", "--matrix", "64", "--workers", "1"]) == 0
+    assert "wrote 2 synthetic patients" in capsys.readouterr().out
+    before = (out / "manifest.csv").stat().st_mtime_ns
+    assert main(["--out", str(out), "--patients", "2", "--matrix", "64", "--workers", "1"]) == 0
+    assert (out / "manifest.csv").stat().st_mtime_ns == before  # the same cohort: nothing done
+    assert main(["--out", str(out), "--patients", "3", "--matrix", "64", "--workers", "1"]) == 2
+    assert "holds no cohort made with these settings" in capsys.readouterr().err
+    assert main(["--out", str(out), "--patients", "3", "--matrix", "64", "--workers", "1", "--overwrite"]) == 0
+    assert len(read_manifest(out / "manifest.csv").patients) == 3
+    assert main(["--out", str(out), "--patients", "0"]) == 2
+    assert not list(tmp_path.glob(".cohort.*"))  # no staging folder left behind
