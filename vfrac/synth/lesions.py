@@ -122,7 +122,7 @@ class LesionField:
         values = values + self.lesion.heterogeneity * texture
         if self.lesion.collapse != "none":
             compacted = dz >= self.scan.body_height / 2 - self.top - 4.0
-            values = values + 120.0 * compacted
+            values = values + 50.0 * compacted
         return values
 
     def bone_lesions(self, image, dz, inside, posterior, texture):
@@ -137,7 +137,7 @@ class LesionField:
         line_hu = 0.65 * s.cortex_hu if self.lesion.line_sclerotic else 60.0
         mix(image, line_hu, self._line(dz) * spine.cancellous * inside)
         mix(image, GAS_HU, self._vacuum(dz) * spine.cancellous * inside)
-        mix(image, 0.8 * s.cortex_hu, self._fragment(dz))
+        mix(image, 0.5 * s.cortex_hu, self._fragment(dz))  # cortex and cancellous bone of the fragment
 
     def masks(self, z) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """ROI (the target vertebra) and each feature's mask at the slice centre z."""

@@ -146,7 +146,7 @@ def draw_lesion(rng: np.random.Generator, label: str, difficulty: float) -> Lesi
                           or features["pedicle_involvement"]):
         features["bone_destruction"] = True  # a pathological fracture always has a cause
     if malignant:
-        collapse = str(rng.choice(["none", "none", "wedge", "crush", "biconcave"]))
+        collapse = str(rng.choice(["none", "wedge", "crush", "crush", "biconcave"]))
     else:
         collapse = str(rng.choice(["wedge", "wedge", "biconcave", "crush"]))
     blobs = tuple(
@@ -165,7 +165,7 @@ def draw_lesion(rng: np.random.Generator, label: str, difficulty: float) -> Lesi
         mass_site=str(rng.choice(["left", "right", "anterior", "epidural"])),
         mass_size=float(rng.uniform(0.35, 0.8)),
         pedicle_side=str(rng.choice(["left", "right", "both"])),
-        line_position=float(rng.uniform(-0.5, 0.6)), line_sclerotic=bool(rng.random() < 0.5),
+        line_position=float(rng.uniform(-0.5, 0.6)), line_sclerotic=bool(rng.random() < 0.3),
         line_thickness=float(rng.uniform(1.2, 2.5)),
         heterogeneity=float(rng.uniform(0, 60) * difficulty if not malignant else 0.0),
         hardness=float(hardness),
