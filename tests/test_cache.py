@@ -60,7 +60,7 @@ def test_entry_holds_the_roi_slices_boxes_and_exact_hu(tmp_path, manifest):
 def test_crops_are_resampled_to_the_cache_size_with_context(tmp_path, manifest):
     result = prepare_cohort(read_manifest(manifest).patients, CropSettings(cache_size=32), tmp_path / "cache")
     entry = read_entry(result.entries["P002"])
-    assert entry.crops.shape == (3, 32, 32, 3) and entry.context == 0.25
+    assert entry.crops.shape == (3, 32, 32, 3) and entry.context == 0.2
     assert (result.built, result.reused) == (2, 0)
 
 

@@ -36,8 +36,8 @@ class CropSettings:
 
     margin: float = 0.1  # ROI square grown by this fraction of its side on each side
     box_mode: str = "slice"  # "slice": a square per slice; "union": one per patient
-    context: float = 0.25  # extra surroundings kept around the square, for box jitter
-    cache_size: int = 256  # crops are resampled to cache_size x cache_size
+    context: float = 0.2  # extra surroundings kept around the square, for box jitter
+    cache_size: int = 192  # crops are resampled to cache_size x cache_size (square: 137 px)
 
     def __post_init__(self):
         if self.box_mode not in BOX_MODES:

@@ -1,0 +1,96 @@
+"""The classifier: flat graph, weights from files, round trip, and it learns a toy task."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.test_pipeline import SIZE
+from vfrac.cache import Prepared, write_entry
+from vfrac.metrics import auc
+from vfrac.model import LAST_CONV, build_classifier
+from vfrac.pipeline import make_dataset
+from vfrac.train import fit
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return build_classifier(64, dropout=0.2)
+
+
+def test_output_shape_and_flat_graph_with_reachable_last_conv(model):
+    batch = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    probabilities = model.predict(batch, verbose=0)
+    assert probabilities.shape == (2, 1) and np.all((probabilities > 0) & (probabilities < 1))
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # no nested sub-model
+    cam_model = keras.Model(model.inputs, [model.get_layer(LAST_CONV).output, model.output])
+    features, _ = cam_model(batch)
+    assert features.shape == (2, 2, 2, 2048)
+    assert model.get_layer("malignancy").activation.__name__ == "sigmoid"
+
+
+def test_weights_load_from_a_local_backbone_file_and_a_whole_model_file(model, tmp_path):
+    keras.utils.set_random_seed(1)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    backbone.save_weights(tmp_path / "resnet50_notop.weights.h5")
+    loaded = build_classifier(64, weights=tmp_path / "resnet50_notop.weights.h5")
+    for name in ("conv1_conv", "conv4_block2_2_conv", "conv5_block3_3_bn"):
+        for a, b in zip(loaded.get_layer(name).get_weights(), backbone.get_layer(name).get_weights(), strict=True):
+            assert np.array_equal(a, b)
+    model.save_weights(tmp_path / "model.weights.h5")
+    whole = build_classifier(64, weights=tmp_path / "model.weights.h5")
+    batch = np.ones((1, 64, 64, 3), "float32")
+    assert np.allclose(whole.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+    (tmp_path / "junk.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="neither ResNet50 \\(no top\\) nor vfrac model weights"):
+        build_classifier(64, weights=tmp_path / "junk.weights.h5")
+
+
+def test_save_and_load_round_trip_gives_the_same_predictions(model, tmp_path):
+    model.save(tmp_path / "model.keras")
+    restored = keras.models.load_model(tmp_path / "model.keras")
+    batch = np.random.default_rng(3).normal(size=(3, 64, 64, 3)).astype("float32") * 50
+    assert np.allclose(restored.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_arguments_are_checked_and_stages_freeze():
+    with pytest.raises(ValueError, match="Received: weights='missing.h5'|received: weights='missing.h5'"):
+        build_classifier(64, weights="missing.h5")
+    with pytest.raises(ValueError, match="input_size must be an int >= 32"):
+        build_classifier(16)
+    frozen = build_classifier(32, freeze_stages=2)
+    assert not frozen.get_layer("conv1_conv").trainable and not frozen.get_layer("conv2_block1_1_conv").trainable
+    assert frozen.get_layer("conv3_block1_1_conv").trainable and frozen.get_layer("malignancy").trainable
+
+
+def square_cohort(folder, count, seed):
+    """Patients whose crops hold a bright square (malignant) or only noise (benign)."""
+    rng = np.random.default_rng(seed)
+    entries, labels = {}, {}
+    for i in range(count):
+        pid, label = f"S{seed}-{i:02d}", i % 2
+        crops = rng.normal(0, 40, (4, SIZE, SIZE, 3)).astype(np.int16)
+        if label:
+            for crop in crops:
+                y, x = rng.integers(8, SIZE - 18, 2)
+                crop[y:y + 10, x:x + 10] += 700
+        entries[pid] = folder / f"{pid}.npz"
+        write_entry(entries[pid], Prepared(pid, crops, np.arange(4, dtype=np.int32), np.zeros((4, 3), np.int32),
+                                           np.ones(3), 0.2))
+        labels[pid] = label
+    return entries, labels
+
+
+def test_short_training_learns_a_bright_square(tmp_path):
+    keras.utils.set_random_seed(0)
+    train_entries, train_labels = square_cohort(tmp_path, 24, seed=1)
+    val_entries, val_labels = square_cohort(tmp_path, 8, seed=2)
+    train, _ = make_dataset(train_entries, train_labels, input_size=32, training=True, batch_size=16,
+                            window=(300.0, 1000.0), seed=0)
+    val, index = make_dataset(val_entries, val_labels, input_size=32, batch_size=16, window=(300.0, 1000.0))
+    model, history = fit(train, val, lambda: build_classifier(32, dropout=0.1), epochs=12,
+                         learning_rate=1e-3, patience=12)
+    probabilities = model.predict(val, verbose=0)[:, 0]
+    assert auc([val_labels[pid] for pid, _ in index], probabilities) > 0.9
+    assert 1 <= history["best_epoch"] <= len(history["loss"])
+    assert max(history["val_auc"]) == pytest.approx(history["val_auc"][history["best_epoch"] - 1])

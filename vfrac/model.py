@@ -1,0 +1,73 @@
+"""ResNet50 and a sigmoid head as one flat functional graph, so CAM tools can reach any layer.
+
+The backbone is built on the head's own input (`input_tensor=`), never called as a
+nested sub-model, which is what breaks Grad-CAM tools ("Graph disconnected").
+Pretrained weights come only from an explicit argument: "imagenet" (Keras downloads
+them) or a weights file already on disk, such as RadImageNet's ResNet50.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+LAST_CONV = "conv5_block3_out"
+STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, freeze_stages: int = 0,
+                     mixed_precision: bool = False) -> keras.Model:
+    """ResNet50 -> global average pooling -> dropout -> Dense(1, sigmoid) named "malignancy".
+
+    weights: None (random), "imagenet", or a path to a no-top ResNet50 weights file or
+    to weights of this whole model. freeze_stages: how many of ResNet50's five stages,
+    from the input, stay frozen (for pretrained weights).
+    """
+    if not isinstance(input_size, int) or input_size < 32:
+        raise ValueError(f"input_size must be an int >= 32, received: input_size={input_size!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), received: dropout={dropout!r}")
+    if not 0 <= freeze_stages <= len(STAGES):
+        raise ValueError(f"freeze_stages must be 0..{len(STAGES)}, received: freeze_stages={freeze_stages!r}")
+    weights_file = None
+    if weights not in (None, "imagenet"):
+        weights_file = Path(weights)
+        if not weights_file.is_file():
+            raise ValueError(f"weights must be None, 'imagenet' or an existing weights file, "
+                             f"received: weights={weights!r}")
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((input_size, input_size, 3), name="image")
+        backbone = keras.applications.ResNet50(include_top=False, input_tensor=inputs,
+                                               weights="imagenet" if weights == "imagenet" else None)
+        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone.output)
+        dropped = keras.layers.Dropout(dropout, name="dropout")(pooled)
+        output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignancy")(dropped)
+        model = keras.Model(inputs, output, name="vfrac_resnet50")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    if weights_file is not None:
+        _load_weights(model, backbone, weights_file)
+    frozen = STAGES[:freeze_stages]
+    for layer in model.layers:
+        if layer.name.startswith(frozen) and frozen:
+            layer.trainable = False
+    return model
+
+
+def _load_weights(model: keras.Model, backbone: keras.Model, path: Path) -> None:
+    """A whole-model file goes into the model; a no-top ResNet50 file into the backbone.
+
+    The whole model is tried first: its file would also partly fit the backbone.
+    """
+    errors = []
+    for target in (model, backbone):
+        try:
+            target.load_weights(str(path))
+            return
+        except Exception as error:  # Keras raises several types for mismatched files
+            errors.append(f"{target.name}: {error}")
+    raise ValueError(f"{path}: neither ResNet50 (no top) nor vfrac model weights ({'; '.join(errors)})")

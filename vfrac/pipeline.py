@@ -1,0 +1,156 @@
+"""tf.data from prepared crops to ResNet50 inputs, with every transform in the graph.
+
+Order as in big_vision: parallel load of each patient's crops, cache (int16 HU, before
+any randomness), seeded shuffle, augmentation map, batch, prefetch. One projective
+transform does box jitter, rotation, left-right flip and the resize to the input
+size; then the HU window (level and width are arguments, for tuning) and ResNet50's
+preprocessing. Random draws are stateless and seeded per element from
+`Dataset.random(seed)`, so the same seed gives the same batches in every epoch
+sequence, and evaluation datasets neither shuffle nor augment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vfrac.cache import read_entry
+
+AIR_HU = -1000.0
+BALANCE = ("weights", "sampling", "none")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Strength 1 values of each augmentation; `strength` scales them all (0 turns off)."""
+
+    strength: float = 1.0
+    shift: float = 0.08  # box centre moves up to this fraction of the box side
+    scale: float = 0.12  # box side changes by up to this fraction
+    rotation: float = 10.0  # degrees
+    flip: bool = True  # left-right only: anterior-posterior flips do not occur in axial CT
+    offset: float = 20.0  # HU added, up to
+    contrast: float = 0.05  # HU scaled by 1 +- this
+
+
+def entry_index(entries: dict) -> list[tuple[str, int]]:
+    """(patient_id, slice) of every crop, in the order an evaluation dataset yields them."""
+    index = []
+    for pid, path in entries.items():
+        with np.load(path, allow_pickle=False) as data:
+            index.extend((pid, int(z)) for z in data["slices"])
+    return index
+
+
+def class_weights(labels) -> dict[int, float]:
+    """Inverse-frequency weights so both classes count equally in the loss."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    return {c: float(len(labels) / (2 * counts[c])) if counts[c] else 0.0 for c in (0, 1)}
+
+
+def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400.0, 1800.0),
+                 training: bool = False, seed: int = 0, batch_size: int = 32,
+                 augmentation: Augmentation = Augmentation(), balance: str = "weights"):
+    """(dataset of (image, label) batches, [(patient_id, slice)] in evaluation order).
+
+    `entries` maps patient id -> cache file, `labels` patient id -> 0/1. With
+    training=True the dataset shuffles, augments and, with balance="sampling",
+    draws both classes equally often; balance="weights" is left to `class_weights`.
+    """
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, received {balance!r}")
+    if not entries:
+        raise ValueError("no patients given")
+    index = entry_index(entries)
+    first = read_entry(next(iter(entries.values())))
+    cache_size, context = first.crops.shape[1], first.context
+    pids = list(entries)
+    paths = [str(entries[p]) for p in pids]
+    patient_labels = [float(labels[p]) for p in pids]
+
+    def load(path, label):
+        crops = tf.numpy_function(_load_crops, [path], tf.int16, stateful=False)
+        crops = tf.ensure_shape(crops, (None, cache_size, cache_size, 3))
+        return crops, tf.fill([tf.shape(crops)[0]], label)
+
+    dataset = (tf.data.Dataset.from_tensor_slices((paths, patient_labels))
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .unbatch()
+               .cache())
+    transform = make_transform(input_size, cache_size, context, window, augmentation if training else None)
+    if training:
+        count = len(index)
+        if balance == "sampling":
+            dataset = _balanced(dataset, seed, count)
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda element, pair: (transform(element[0], pair), element[1]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = dataset.map(lambda crop, label: (transform(crop, None), label),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset, index
+
+
+def make_transform(input_size: int, cache_size: int, context: float, window, augmentation):
+    """crop (C, C, 3) int16 HU, seed (2,) or None -> (S, S, 3) float32 ResNet50 input."""
+    level, width = float(window[0]), float(window[1])
+    if width <= 0:
+        raise ValueError(f"window width must be > 0, received {width}")
+    box_side = cache_size / (1.0 + 2.0 * context)  # the ROI square inside the cached crop
+
+    def transform(crop, seed):
+        hu = tf.cast(crop, tf.float32)
+        shift = tf.zeros([2])
+        scale, angle, mirror = tf.constant(1.0), tf.constant(0.0), tf.constant(1.0)
+        if augmentation is not None and augmentation.strength > 0:
+            a, s = augmentation, augmentation.strength
+            draws = tf.random.stateless_uniform([7], seed=seed, minval=-1.0, maxval=1.0)
+            shift = draws[0:2] * a.shift * s * box_side
+            scale = tf.exp(draws[2] * math.log1p(a.scale * s))
+            angle = draws[3] * a.rotation * s * math.pi / 180.0
+            if a.flip:
+                mirror = tf.where(draws[4] < 0.0, -1.0, 1.0)
+            hu = hu * (1.0 + draws[5] * a.contrast * s) + draws[6] * a.offset * s
+        hu = _resample(hu, input_size, cache_size, box_side, shift, scale, angle, mirror)
+        low = level - width / 2.0
+        image = tf.clip_by_value((hu - low) / width, 0.0, 1.0) * 255.0
+        return keras.applications.resnet50.preprocess_input(image)  # as the ImageNet weights expect
+
+    return transform
+
+
+def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):
+    """One bilinear projective warp: output pixel -> rotated, scaled, shifted box in the crop."""
+    step = box_side * scale / size  # crop pixels per output pixel
+    cos, sin = tf.cos(angle) * step, tf.sin(angle) * step
+    a0, a1 = cos * mirror, -sin
+    b0, b1 = sin * mirror, cos
+    centre_in = (cache_size - 1) / 2.0
+    centre_out = (size - 1) / 2.0
+    a2 = centre_in + shift[0] - (a0 + a1) * centre_out
+    b2 = centre_in + shift[1] - (b0 + b1) * centre_out
+    matrix = tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None, :]
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=hu[None], transforms=matrix, output_shape=tf.constant([size, size]),
+        fill_value=AIR_HU, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.reshape(warped[0], (size, size, 3))
+
+
+def _balanced(dataset, seed, count):
+    """Both classes drawn equally often, for `count` elements per epoch."""
+    negatives = dataset.filter(lambda crop, label: label < 0.5).repeat()
+    positives = dataset.filter(lambda crop, label: label >= 0.5).repeat()
+    return tf.data.Dataset.sample_from_datasets([negatives, positives], weights=[0.5, 0.5],
+                                                seed=seed, rerandomize_each_iteration=True).take(count)
+
+
+def _load_crops(path) -> np.ndarray:
+    return read_entry(path.decode() if isinstance(path, bytes) else str(path)).crops
