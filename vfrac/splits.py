@@ -32,9 +32,14 @@ def outer_folds(patient_ids, labels, k: int, seed: int) -> list[Split]:
 
 
 def inner_splits(patient_ids, labels, k: int, seed: int) -> list[Split]:
-    """Tuning splits of one outer fold's training patients (k = 1: one 80/20 split)."""
+    """Tuning splits of one outer fold's training patients.
+
+    k = 1 gives one stratified validation split of about 20% (more when a class has
+    fewer than 5 patients, down to half of them with 2).
+    """
     if k == 1:
-        return [outer_folds(patient_ids, labels, 5, seed)[0]]
+        smallest = min(np.unique(np.asarray(list(labels)), return_counts=True)[1])
+        return [outer_folds(patient_ids, labels, int(min(5, max(2, smallest))), seed)[0]]
     return outer_folds(patient_ids, labels, k, seed)
 
 

@@ -1,0 +1,61 @@
+"""`python -m experiments.cv`: patient-level k-fold CV with nested Optuna tuning, tracked in MLflow.
+
+With no arguments it runs the demo: the synthetic cohort in data/demo/ (written if
+absent) with the small `demo` preset. Rerunning the same command resumes the same CV
+run: finished folds and trials are reused. `--fold K` runs one outer fold, so several
+processes or machines sharing `--storage` and the tracking store can split the work;
+whichever finishes the last fold writes the pooled results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from experiments.config import PRESETS, resolve
+from vfrac.errors import InputError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.cv", description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", type=Path, help="manifest.csv (default for the demo: data/demo/manifest.csv)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--folds", type=int, help="outer folds")
+    parser.add_argument("--trials", type=int, help="Optuna trials per fold")
+    parser.add_argument("--epochs", type=int, help="most epochs per trial")
+    parser.add_argument("--input-size", type=int, help="network input, pixels square")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")
+    parser.add_argument("--fold", type=int, help="run this outer fold only")
+    parser.add_argument("--weights", help="'imagenet' (downloads) or a ResNet50 weights file; default: none")
+    parser.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM review at the end")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        config = resolve(args)
+        # TensorFlow, MLflow and Optuna load only now: the cache's worker processes
+        # re-import this module and need none of them.
+        from experiments.runner import run
+
+        return run(config)
+    except (InputError, ValueError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished folds and trials are kept; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

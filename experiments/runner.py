@@ -1,0 +1,184 @@
+"""The CV run end to end: cohort and cache, run tree, splits, folds, pooled results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from experiments.config import DEMO_COHORT, RunConfig
+from experiments.protocol import SLICE_COLUMNS, FoldData, read_rows, run_fold, write_rows
+from experiments.results import PATIENT_COLUMNS, cv_metrics, patient_rows, per_fold, plots, pooled, summary_markdown
+from experiments.tracking import Tracker
+from experiments.tuning import open_storage
+from vfrac.errors import InputError
+
+DEMO_PATIENTS = 60
+
+
+def quiet() -> None:
+    """Keep the console to what a user needs: our progress lines, warnings that matter."""
+    import optuna
+    import tensorflow as tf
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server fails fast
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for message in ("`shuffle=True` was passed", "Your input ran out of data", "fail_stale_trials"):
+        warnings.filterwarnings("ignore", message=f".*{message}.*")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def run(config: RunConfig) -> int:
+    quiet()
+    started, timings = time.perf_counter(), {}
+    print(f"vfrac cross-validation, preset {config.preset}: {config.folds} folds, {config.trials} trials, "
+          f"{config.epochs} epochs, input {config.input_size}, seed {config.seed}")
+    print(f"cohort {config.cohort}\ntracking {config.tracking_uri}\noptuna {config.storage}")
+    t = time.perf_counter()
+    data, cohort_hash = prepare(config)
+    timings["preparation"] = time.perf_counter() - t
+    key = config.key(cohort_hash)
+    tracker = Tracker(config.tracking_uri, config.experiment)
+    storage = open_storage(config.storage)
+    cv_run, resumed = tracker.cv_run(key, {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(),
+                                           "vfrac.preset": config.preset}, name=f"cv {config.preset} {key[:6]}")
+    print(("resuming" if resumed else "new") + f" CV run {cv_run}")
+    tracker.restart(cv_run)
+    tracker.params(cv_run, config.as_params() | library_versions())
+    if tracker.is_done(cv_run):
+        print("every fold and the pooled results are already done:")
+        print(tracker.read_text(cv_run, "summary.md"))
+        print(f"to browse the runs: {tracker.ui_command()}")
+        return 0
+    splits = fold_splits(config, data, tracker, cv_run)
+    folds = [config.fold] if config.fold is not None else list(range(config.folds))
+    for fold in folds:
+        fold_run = tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
+        if tracker.is_done(fold_run):
+            print(f"fold {fold}: already done, reused")
+            continue
+        tracker.restart(fold_run)
+        split = splits[fold]
+        print(f"fold {fold}: {len(split.train)} training patients (tuned on these only), "
+              f"{len(split.test)} test patients")
+        try:
+            rows = run_fold(config, fold, split, data, storage, tracker, fold_run, key, timings)
+        except BaseException:
+            tracker.finish(fold_run, done=False, status="KILLED")
+            raise
+        patients = patient_rows(rows, config.threshold, config.aggregation)
+        print(f"fold {fold}: done; {len(patients)} test patients predicted")
+    finished = write_pooled(config, tracker, cv_run)
+    timings["total"] = time.perf_counter() - started
+    print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
+    print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
+          f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
+    if not finished:
+        print("pooled results wait for the other folds; run again without --fold, or run the remaining folds")
+    tracker.finish(cv_run, done=finished)
+    print(f"to browse the runs: {tracker.ui_command()}")
+    return 0
+
+
+def prepare(config: RunConfig) -> tuple[FoldData, str]:
+    """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
+    from tqdm import tqdm
+
+    from vfrac.cache import CropSettings, prepare_cohort
+    from vfrac.cohort import read_manifest
+
+    manifest = Path(config.cohort)
+    if config.preset == "demo" and manifest == DEMO_COHORT.resolve():
+        from vfrac.synth import generate_cohort
+
+        if not manifest.is_file():
+            print(f"writing the synthetic demo cohort ({DEMO_PATIENTS} patients) to {manifest.parent}")
+        generate_cohort(manifest.parent, DEMO_PATIENTS, seed=0, workers=config.workers)
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: cohort manifest not found")
+    cohort = read_manifest(manifest)
+    with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
+        result = prepare_cohort(cohort.patients, CropSettings(), config.cache_dir, workers=config.workers,
+                                on_progress=lambda *_: bar.update())
+    digest = hashlib.sha256(manifest.read_bytes())
+    for pid in sorted(result.entries):
+        digest.update(result.entries[pid].name.encode())  # entry names carry the CT and ROI content keys
+    labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients}
+    return FoldData(entries=result.entries, labels=labels), digest.hexdigest()[:16]
+
+
+def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str):
+    """The run's splits: read from its splits.json when it has one, else made and logged."""
+    from vfrac.splits import load_splits, outer_folds, save_splits
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        if tracker.has_artifact(cv_run, "splits.json"):
+            return load_splits(tracker.download(cv_run, "splits.json", folder))
+        ids = sorted(data.labels)
+        splits = outer_folds(ids, [data.labels[p] for p in ids], config.folds, config.seed)
+        save_splits(folder / "splits.json", splits)
+        tracker.artifacts(cv_run, folder / "splits.json")
+        (folder / "config.json").write_text(json.dumps(config.as_params(), indent=1) + "\n")
+        tracker.artifacts(cv_run, folder / "config.json")
+        return splits
+
+
+def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
+    """When every fold is done: pooled tables, metrics, plots and summary on the CV run."""
+    folds = {int(r.data.tags["vfrac.fold"]): r.info.run_id for r in tracker.children(cv_run, "fold")
+             if tracker.is_done(r.info.run_id)}
+    if len(folds) < config.folds:
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        rows = []
+        for fold, run_id in sorted(folds.items()):
+            rows += read_rows(tracker.download(run_id, "predictions/slices.csv", folder / f"fold{fold}"))
+        patients = patient_rows(rows, config.threshold, config.aggregation)
+        result = pooled(rows, config.threshold, config.aggregation, config.n_boot, config.seed)
+        spread = per_fold(rows, config.threshold, config.aggregation)
+        out = folder / "out"
+        (out / "predictions").mkdir(parents=True)
+        write_rows(out / "predictions" / "slices.csv", rows, SLICE_COLUMNS)
+        write_rows(out / "predictions" / "patients.csv", patients, PATIENT_COLUMNS)
+        plots(out / "plots", rows, patients, config.threshold)
+        summary = summary_markdown(result, spread, config.aggregation, config.threshold)
+        (out / "summary.md").write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
+        tracker.artifacts(cv_run, out)
+        tracker.metrics(cv_run, cv_metrics(result))
+    print(f"\npooled out-of-fold results, {len(patients)} patients, {len(rows)} slices:\n\n{summary}")
+    return True
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("tensorflow", "keras", "pydicom", "optuna", "mlflow", "numpy", "scikit-learn"):
+        try:
+            versions[f"version_{package}"] = version(package)
+        except PackageNotFoundError:
+            versions[f"version_{package}"] = "absent"
+    return versions
+
+

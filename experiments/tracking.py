@@ -1,0 +1,132 @@
+"""The MLflow run tree of DESIGN.md: a CV run, its fold runs, their trial runs.
+
+Parents are set explicitly (`mlflow.parentRunId`) through the client, never through
+the fluent API's active-run stack, so several processes can add folds and trials to
+one CV run. Only what vfrac computed is logged: the config, metrics, and files it
+wrote from the manifest's pseudonymous ids; nothing read from DICOM headers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from experiments.locks import database_lock
+from vfrac.errors import InputError
+
+PARENT = "mlflow.parentRunId"
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str):
+        self.uri = tracking_uri
+        try:
+            with database_lock(tracking_uri):  # processes starting together create tables once
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.experiment_id = self._experiment(experiment)
+        except Exception as error:  # MLflow raises many types for unreachable stores
+            raise InputError(f"cannot reach the MLflow tracking store {tracking_uri!r}: {error}") from error
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        artifacts = None
+        if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database
+            artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        return self.client.create_experiment(name, artifact_location=artifacts)
+
+    # -- the tree -------------------------------------------------------------------
+    def cv_run(self, key: str, tags: dict, name: str) -> tuple[str, bool]:
+        """The CV run with this key, created if none exists; returns (run_id, resumed).
+
+        Processes that start together may each create one; all then settle on the
+        oldest, and the others' empty runs are deleted.
+        """
+        existing = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
+        if existing:
+            return existing[0].info.run_id, True
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={"vfrac.role": "cv", "vfrac.run_key": key, **tags})
+        time.sleep(0.5)
+        runs = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
+        chosen = runs[0].info.run_id
+        if chosen != run.info.run_id:
+            self.client.delete_run(run.info.run_id)
+        return chosen, chosen != run.info.run_id
+
+    def child_run(self, parent_id: str, role: str, tags: dict, name: str) -> str:
+        """The child of `parent_id` with this role and tags, found or created."""
+        query = " and ".join([f"tags.`{PARENT}` = '{parent_id}'", f"tags.`vfrac.role` = '{role}'"]
+                             + [f"tags.`{k}` = '{v}'" for k, v in tags.items()])
+        existing = self._find(query)
+        if existing:
+            return existing[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={PARENT: parent_id, "vfrac.role": role, **tags})
+        return run.info.run_id
+
+    def children(self, parent_id: str, role: str):
+        return self._find(f"tags.`{PARENT}` = '{parent_id}' and tags.`vfrac.role` = '{role}'")
+
+    def is_done(self, run_id: str) -> bool:
+        run = self.client.get_run(run_id)
+        return run.info.status == "FINISHED" and run.data.tags.get("vfrac.done") == "1"
+
+    def finish(self, run_id: str, done: bool = True, status: str = "FINISHED") -> None:
+        if done:
+            self.client.set_tag(run_id, "vfrac.done", "1")
+        self.client.set_terminated(run_id, status=status)
+
+    def restart(self, run_id: str) -> None:
+        """Mark a resumed run as running again (MLflow has no other 'resume' for clients)."""
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
+    # -- logging --------------------------------------------------------------------
+    def params(self, run_id: str, params: dict) -> None:
+        logged = self.client.get_run(run_id).data.params
+        for name, value in params.items():
+            if name not in logged:  # params are write-once in MLflow; a resumed run keeps its own
+                self.client.log_param(run_id, name, str(value)[:6000])
+
+    def metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        for name, value in metrics.items():
+            if value is not None and value == value:  # skip NaN
+                self.client.log_metric(run_id, name, float(value), step=step)
+
+    def tags(self, run_id: str, tags: dict) -> None:
+        for name, value in tags.items():
+            self.client.set_tag(run_id, name, str(value))
+
+    def artifacts(self, run_id: str, local: Path, path: str | None = None) -> None:
+        if Path(local).is_dir():
+            self.client.log_artifacts(run_id, str(local), path)
+        else:
+            self.client.log_artifact(run_id, str(local), path)
+
+    def read_text(self, run_id: str, path: str) -> str:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            return self.download(run_id, path, Path(folder)).read_text()
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        folder, _, name = path.rpartition("/")
+        return any(Path(a.path).name == name for a in self.client.list_artifacts(run_id, folder or None))
+
+    def download(self, run_id: str, path: str, destination: Path) -> Path:
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+
+    def ui_command(self) -> str:
+        """How to look at the runs: the UI on a local store, or the server's own address."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"open {self.uri} in a browser"
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+    def _find(self, query: str):
+        return self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"],
+                                       max_results=1000)

@@ -1,0 +1,68 @@
+"""The Optuna side of a fold: search space, storage, study, pruner, and how many trials remain.
+
+The search space lives here, at the edge (`suggest(trial) -> dict`); the model and the
+pipeline only ever see plain arguments. Trials that were running when a process died
+are marked failed through the storage's heartbeat and never count as done.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from experiments.locks import database_lock
+from vfrac.errors import InputError
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+# The first trial of every fold: sensible values, so a tiny budget still trains a sane model.
+DEFAULTS = {"learning_rate": 3e-4, "weight_decay": 1e-4, "dropout": 0.3, "batch_size": 32,
+            "augment_strength": 1.0, "window_level": 400.0, "window_width": 1800.0}
+
+
+def suggest(trial: optuna.Trial, pretrained: bool) -> dict:
+    """One point of the search space."""
+    params = {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+        "batch_size": trial.suggest_categorical("batch_size", [16, 32]),
+        "augment_strength": trial.suggest_float("augment_strength", 0.0, 1.5),
+        "window_level": trial.suggest_float("window_level", 100.0, 700.0),
+        "window_width": trial.suggest_float("window_width", 600.0, 2500.0),
+    }
+    params["freeze_stages"] = trial.suggest_int("freeze_stages", 0, 3) if pretrained else 0
+    return params
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats (so dead trials are failed), or a clear error."""
+    try:
+        with database_lock(url):  # processes starting together create the tables once
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except Exception as error:  # SQLAlchemy and drivers raise many types
+        raise InputError(f"cannot open the Optuna storage {url!r}: {error}") from error
+
+
+def fold_study(storage, name: str, seed: int, pruner: str) -> optuna.Study:
+    """The fold's study, created once and shared by every process that works on the fold."""
+    pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
+               "hyperband": optuna.pruners.HyperbandPruner(min_resource=1)}
+    if pruner not in pruners:
+        raise ValueError(f"pruner must be one of {sorted(pruners)}, received {pruner!r}")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruners[pruner])
+    optuna.storages.fail_stale_trials(study)
+    if not study.trials:
+        study.enqueue_trial(DEFAULTS, skip_if_exists=True)
+    return study
+
+
+def remaining(study: optuna.Study, budget: int) -> int:
+    return max(0, budget - len(study.get_trials(deepcopy=False, states=DONE)))
+
+
+def pruning_summary(study: optuna.Study, epochs: int) -> dict[str, int]:
+    """Trials pruned and epochs not trained thanks to pruning."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    saved = sum(max(0, epochs - len(t.intermediate_values)) for t in pruned)
+    return {"trials_pruned": len(pruned), "epochs_saved": saved}

@@ -1,0 +1,216 @@
+"""The whole command on a tiny synthetic cohort: run tree, predictions, resume, two processes, privacy."""
+
+import csv
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from mlflow import MlflowClient
+
+from experiments.cv import main
+from vfrac.metrics import evaluate
+from vfrac.synth import generate_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cv")
+    manifest = generate_cohort(folder / "cohort", 12, seed=4, matrix=96)
+    identities = set()
+    for path in (folder / "cohort").rglob("*.dcm"):
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        identities |= {str(header.PatientName), str(header.PatientID), str(header.AccessionNumber),
+                       str(header.StudyInstanceUID), str(header.SeriesInstanceUID)}
+    return manifest, identities
+
+
+def cv(manifest, store: Path, *extra, wait=True):
+    """Run the command in a fresh process, as a user would, in `store` as the working folder."""
+    store.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "experiments.cv", "--cohort", str(manifest), *TINY,
+               "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage", f"sqlite:///{store}/optuna.db",
+               *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    return process.communicate(timeout=900)[0] if wait else process
+
+
+def runs(store: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("vfrac")
+    everything = client.search_runs([experiment.experiment_id], max_results=1000)
+    by_role = {role: [r for r in everything if r.data.tags.get("vfrac.role") == role]
+               for role in ("cv", "fold", "trial")}
+    return client, by_role
+
+
+def artifact_rows(client, run_id, path, folder):
+    with open(client.download_artifacts(run_id, path, str(folder))) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def resumed(cohort, tmp_path_factory):
+    """A run stopped after its first fold (--fold 0), then the same command without --fold."""
+    manifest, _ = cohort
+    store = tmp_path_factory.mktemp("store-a")
+    first = cv(manifest, store, "--fold", "0")
+    second = cv(manifest, store)
+    return store, first, second
+
+
+def test_a_resumed_run_reuses_its_finished_fold(resumed):
+    store, first, second = resumed
+    assert "pooled results wait for the other folds" in first, first
+    assert "fold 0: already done, reused" in second, second
+    assert "fold 0: tuning" not in second and "fold 1: tuning, 2 of 2 trial(s) to run" in second
+    assert "pooled out-of-fold results, 12 patients" in second
+    storage = sqlite3.connect(store / "optuna.db")
+    trials = dict(storage.execute("select s.study_name, count(*) from trials t join studies s "
+                                  "on t.study_id = s.study_id group by s.study_name").fetchall())
+    assert sorted(trials.values()) == [2, 2]  # fold 0 was not tuned again
+
+
+def test_run_tree_tags_and_artifacts_follow_the_design(resumed, tmp_path):
+    store, _, _ = resumed
+    client, by_role = runs(store)
+    (cv_run,) = by_role["cv"]
+    assert {"vfrac.cohort_hash", "vfrac.git_commit", "vfrac.preset"} <= set(cv_run.data.tags)
+    assert cv_run.info.status == "FINISHED" and cv_run.data.params["folds"] == "2"
+    assert sorted(r.data.tags["vfrac.fold"] for r in by_role["fold"]) == ["0", "1"]
+    for fold in by_role["fold"]:
+        assert fold.data.tags["mlflow.parentRunId"] == cv_run.info.run_id
+        assert {"patient_auc", "slice_sensitivity"} <= set(fold.data.metrics)
+        assert {"model", "predictions", "study.md"} <= {a.path for a in client.list_artifacts(fold.info.run_id)}
+    fold_ids = {r.info.run_id: r.data.tags["vfrac.fold"] for r in by_role["fold"]}
+    assert len(by_role["trial"]) == 4
+    for trial in by_role["trial"]:
+        assert fold_ids[trial.data.tags["mlflow.parentRunId"]] == trial.data.tags["vfrac.fold"]
+        assert "vfrac.trial" in trial.data.tags
+    names = {a.path for a in client.list_artifacts(cv_run.info.run_id)}
+    assert {"splits.json", "predictions", "plots", "summary.md", "config.json"} <= names
+    plots = {a.path for a in client.list_artifacts(cv_run.info.run_id, "plots")}
+    assert plots == {"plots/roc.png", "plots/confusion.png", "plots/calibration.png"}
+
+
+def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
+    store, _, _ = resumed
+    client, by_role = runs(store)
+    (cv_run,) = by_role["cv"]
+    run_id = cv_run.info.run_id
+    splits = json.loads(Path(client.download_artifacts(run_id, "splits.json", str(tmp_path))).read_text())
+    for fold in splits:
+        assert not set(fold["train"]) & set(fold["test"])
+    patients = artifact_rows(client, run_id, "predictions/patients.csv", tmp_path)
+    ids = [p["patient_id"] for p in patients]
+    assert len(ids) == len(set(ids)) == 12  # every patient predicted exactly once
+    test_fold = {pid: fold["fold"] for fold in splits for pid in fold["test"]}
+    assert all(int(p["fold"]) == test_fold[p["patient_id"]] for p in patients)
+    slices = artifact_rows(client, run_id, "predictions/slices.csv", tmp_path)
+    result = evaluate([s["patient_id"] for s in slices], [int(s["label"]) for s in slices],
+                      [float(s["probability"]) for s in slices], n_boot=10)
+    metrics = cv_run.data.metrics
+    for level in ("slice", "patient"):
+        for name in ("sensitivity", "specificity", "accuracy", "auc"):
+            value = metrics[f"{level}_{name}"]
+            assert 0.0 <= value <= 1.0
+            assert value == pytest.approx(result[level][name], abs=1e-9)
+            assert metrics[f"{level}_{name}_ci_low"] <= value + 1e-9 <= metrics[f"{level}_{name}_ci_high"] + 2e-9
+    maxima = {}
+    for s in slices:
+        maxima[s["patient_id"]] = max(maxima.get(s["patient_id"], 0.0), float(s["probability"]))
+    assert all(float(p["probability"]) == pytest.approx(maxima[p["patient_id"]]) for p in patients)
+
+
+def test_two_processes_on_one_storage_give_the_same_result(cohort, resumed, tmp_path):
+    manifest, _ = cohort
+    store = tmp_path / "store-b"
+    processes = [cv(manifest, store, "--fold", str(k), wait=False) for k in (0, 1)]
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    client, by_role = runs(store)
+    assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
+    assert by_role["cv"][0].data.tags.get("vfrac.done") == "1"
+    single_client, single = runs(resumed[0])
+
+    def predictions(client_, run):
+        rows = artifact_rows(client_, run.info.run_id, "predictions/slices.csv", tmp_path / run.info.run_id)
+        return sorted((r["patient_id"], int(r["slice"]), int(r["fold"]), float(r["probability"])) for r in rows)
+
+    ours, theirs = predictions(client, by_role["cv"][0]), predictions(single_client, single["cv"][0])
+    assert [r[:3] for r in ours] == [r[:3] for r in theirs]
+    assert np.allclose([r[3] for r in ours], [r[3] for r in theirs], atol=1e-4)
+
+
+def test_no_patient_identifier_reaches_the_store_or_the_logs(cohort, resumed):
+    _, identities = cohort
+    store, first, second = resumed
+    texts = [first.encode(), second.encode()]
+    texts += [path.read_bytes() for path in store.rglob("*") if path.is_file() and "cache" not in path.parts]
+    for identity in identities:
+        assert all(identity.encode() not in text for text in texts), identity
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_run_tree(resumed):
+    store, _, _ = resumed
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{store}/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        experiment = json.load(urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=vfrac"))["experiment"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 100}).encode())
+        found = json.load(urllib.request.urlopen(request))["runs"]
+        tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in found]
+        (cv_tags,) = [t for t in tags if t.get("vfrac.role") == "cv"]
+        cv_id = next(r["info"]["run_id"] for r, t in zip(found, tags, strict=True) if t is cv_tags)
+        children = [t for t in tags if t.get("mlflow.parentRunId") == cv_id]
+        assert sorted(t["vfrac.fold"] for t in children) == ["0", "1"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--cohort", "/nonexistent/manifest.csv"], "manifest not found"),
+    (["--folds", "9"], "fewer than the 9 folds"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking store"),
+    (["--storage", "sqlite:////nonexistent-folder/optuna.db"], "cannot open the Optuna storage"),
+    (["--fold", "5"], "--fold must be in 0..1"),
+])
+def test_bad_input_gives_a_clear_error_and_exit_code(cohort, tmp_path, capsys, monkeypatch, extra, message):
+    manifest, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    argv = ["--cohort", str(manifest), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
