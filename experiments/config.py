@@ -17,7 +17,7 @@ DEMO_COHORT = Path("data/demo/manifest.csv")
 DEFAULT_STORE = Path("mlruns")
 PRESETS = {
     # Small enough to finish, explanation included, in under 10 minutes on 2 CPU cores.
-    "demo": dict(folds=3, trials=2, epochs=4, input_size=48, patience=3, batch_size=32, n_boot=300),
+    "demo": dict(folds=2, trials=2, epochs=3, input_size=48, patience=3, batch_size=32, n_boot=300),
     # The study's protocol, with a real tuning budget, for a GPU machine.
     "paper": dict(folds=10, trials=30, epochs=60, input_size=224, patience=10, batch_size=32, n_boot=2000),
 }

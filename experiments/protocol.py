@@ -102,6 +102,8 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
 
     def report(study, trial):
         value = "" if trial.value is None else f", inner-validation patient AUC {trial.value:.3f}"
+        if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            value = f", last validation AUC (slices) {list(trial.intermediate_values.values())[-1]:.3f}"
         print(f"fold {fold} trial {trial.number}: {trial.state.name.lower()} after "
               f"{len(trial.intermediate_values)} epoch(s){value}", flush=True)
 

@@ -53,13 +53,13 @@ def run(config: RunConfig) -> int:
     cv_run, resumed = tracker.cv_run(key, {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(),
                                            "vfrac.preset": config.preset}, name=f"cv {config.preset} {key[:6]}")
     print(("resuming" if resumed else "new") + f" CV run {cv_run}")
-    tracker.restart(cv_run)
-    tracker.params(cv_run, config.as_params() | library_versions())
     if tracker.is_done(cv_run):
-        print("every fold and the pooled results are already done:")
+        print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
         print(f"to browse the runs: {tracker.ui_command()}")
         return 0
+    tracker.restart(cv_run)
+    tracker.params(cv_run, config.as_params() | library_versions())
     splits = fold_splits(config, data, tracker, cv_run)
     folds = [config.fold] if config.fold is not None else list(range(config.folds))
     for fold in folds:
@@ -102,9 +102,9 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     if config.preset == "demo" and manifest == DEMO_COHORT.resolve():
         from vfrac.synth import generate_cohort
 
-        if not manifest.is_file():
-            print(f"writing the synthetic demo cohort ({DEMO_PATIENTS} patients) to {manifest.parent}")
-        generate_cohort(manifest.parent, DEMO_PATIENTS, seed=0, workers=config.workers)
+        with tqdm(total=DEMO_PATIENTS, unit="patient", desc="demo cohort", disable=manifest.is_file()) as bar:
+            generate_cohort(manifest.parent, DEMO_PATIENTS, seed=0, workers=config.workers,
+                            on_progress=bar.update)
     if not manifest.is_file():
         raise InputError(f"{manifest}: cohort manifest not found")
     cohort = read_manifest(manifest)

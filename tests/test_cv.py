@@ -84,6 +84,14 @@ def test_a_resumed_run_reuses_its_finished_fold(resumed):
     assert sorted(trials.values()) == [2, 2]  # fold 0 was not tuned again
 
 
+def test_a_finished_run_is_not_run_again(cohort, resumed):
+    store, _, _ = resumed
+    output = cv(cohort[0], store)
+    assert "every fold and the pooled results are already done" in output
+    assert "| per patient, vfrac (pooled) |" in output and "tuning" not in output
+    assert len(runs(store)[1]["fold"]) == 2
+
+
 def test_run_tree_tags_and_artifacts_follow_the_design(resumed, tmp_path):
     store, _, _ = resumed
     client, by_role = runs(store)
@@ -198,6 +206,19 @@ def test_mlflow_server_serves_the_run_tree(resumed):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_bad_manifest_rows_stop_the_run(cohort, tmp_path, capsys, monkeypatch):
+    manifest, _ = cohort
+    bad = manifest.with_name("bad.csv")
+    lines = manifest.read_text().splitlines()
+    bad.write_text("\n".join([lines[0], lines[1].replace(",benign,", ",fracture,").replace(",malignant,", ",fracture,"),
+                              *lines[2:]]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--cohort", str(bad), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                 "--storage", f"sqlite:///{tmp_path}/o.db"]) == 2
+    assert "row 1 (patient_id VF0001), column label: 'fracture' is not one of benign, malignant" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -27,6 +27,7 @@ def test_output_shape_and_flat_graph_with_reachable_last_conv(model):
     features, _ = cam_model(batch)
     assert features.shape == (2, 2, 2, 2048)
     assert model.get_layer("malignancy").activation.__name__ == "sigmoid"
+    assert model.get_layer("conv1_bn").momentum == 0.9  # random weights: statistics must follow fast
 
 
 def test_weights_load_from_a_local_backbone_file_and_a_whole_model_file(model, tmp_path):
