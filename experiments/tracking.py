@@ -8,6 +8,7 @@ wrote from the manifest's pseudonymous ids; nothing read from DICOM headers.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,8 +109,6 @@ class Tracker:
             self.client.log_artifact(run_id, str(local), path)
 
     def read_text(self, run_id: str, path: str) -> str:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as folder:
             return self.download(run_id, path, Path(folder)).read_text()
 
