@@ -17,12 +17,14 @@ DEMO_COHORT = Path("data/demo/manifest.csv")
 DEFAULT_STORE = Path("mlruns")
 PRESETS = {
     # Small enough to finish, explanation included, in under 10 minutes on 2 CPU cores.
-    "demo": dict(folds=2, trials=2, epochs=3, input_size=48, patience=3, batch_size=32, n_boot=300),
+    "demo": dict(folds=2, trials=2, epochs=3, input_size=48, patience=3, batch_size=32, n_boot=300,
+                 cam_layer="conv4_block6_out"),  # 3 x 3 maps at 48; conv5 would give 2 x 2
     # The study's protocol, with a real tuning budget, for a GPU machine.
-    "paper": dict(folds=10, trials=30, epochs=60, input_size=224, patience=10, batch_size=32, n_boot=2000),
+    "paper": dict(folds=10, trials=30, epochs=60, input_size=224, patience=10, batch_size=32, n_boot=2000,
+                  cam_layer="conv5_block3_out"),
 }
 # Fields that say where or how a run executes, not what it computes: not in the run key.
-NOT_IN_KEY = ("fold", "explain", "tracking_uri", "storage", "experiment", "workers", "cache_dir")
+NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RunConfig:
     aggregation: str = "max"
     weights: str | None = None  # None, "imagenet" or a weights file
     pruner: str = "median"
+    cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
     workers: int = 2
 
@@ -81,7 +84,7 @@ def resolve(args) -> RunConfig:
         epochs=pick("epochs"), input_size=pick("input_size"), seed=args.seed, experiment=args.experiment,
         tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
-        weights=args.weights,
+        weights=args.weights, cam_layer=preset["cam_layer"],
     )
     _check(config)
     return config

@@ -56,6 +56,8 @@ def run(config: RunConfig) -> int:
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
+        if config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
+            explain(config, cv_run, timings)
         print(f"to browse the runs: {tracker.ui_command()}")
         return 0
     tracker.restart(cv_run)
@@ -79,6 +81,8 @@ def run(config: RunConfig) -> int:
         patients = patient_rows(rows, config.threshold, config.aggregation)
         print(f"fold {fold}: done; {len(patients)} test patients predicted")
     finished = write_pooled(config, tracker, cv_run)
+    if finished and config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
+        explain(config, cv_run, timings)
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
     pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
@@ -160,6 +164,18 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
         tracker.metrics(cv_run, cv_metrics(result))
     print(f"\npooled out-of-fold results, {len(patients)} patients, {len(rows)} slices:\n\n{summary}")
     return True
+
+
+def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
+    """Grad-CAM review of every fold model on its test patients, logged to the CV run."""
+    from explain.review import review
+
+    started = time.perf_counter()
+    print("\nexplanation: Grad-CAM and HiResCAM on each test patient's top slices (--no-explain skips)", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        review(cv_run, config.tracking_uri, layer=config.cam_layer, out=Path(folder))
+    timings["explanation"] = time.perf_counter() - started
+    print("review page: review/index.html in the CV run's artifacts")
 
 
 def git_commit() -> str:

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -11,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -146,7 +149,7 @@ def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
 def test_two_processes_on_one_storage_give_the_same_result(cohort, resumed, tmp_path):
     manifest, _ = cohort
     store = tmp_path / "store-b"
-    processes = [cv(manifest, store, "--fold", str(k), wait=False) for k in (0, 1)]
+    processes = [cv(manifest, store, "--fold", str(k), "--no-explain", wait=False) for k in (0, 1)]
     outputs = [p.communicate(timeout=900)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     client, by_role = runs(store)
@@ -235,3 +238,71 @@ def test_bad_input_gives_a_clear_error_and_exit_code(cohort, tmp_path, capsys, m
             "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def cv_run_id(store: Path) -> str:
+    (run,) = runs(store)[1]["cv"]
+    return run.info.run_id
+
+
+def test_the_review_is_logged_with_every_image_it_shows(cohort, resumed, tmp_path):
+    store, _, second = resumed
+    assert "explanation: 12 patients" in second and "review page" in second, second
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    run_id = cv_run_id(store)
+    local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
+    page = (local / "review" / "index.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) == 12 * 3 * 2 * 2  # patients x top slices x methods x (crop, slice)
+    assert all((local / "review" / source).is_file() for source in sources)
+    with open(local / "explain" / "attention.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert set(rows[0]) == {"patient_id", "fold", "slice", "method", "feature", "energy_fraction",
+                            "area_fraction", "ratio", "pointing_hit"}
+    assert {r["feature"] for r in rows} >= {"soft_tissue_mass", "bone_destruction", "transverse_fracture_line"}
+    present = [r for r in rows if float(r["area_fraction"]) > 0 and r["energy_fraction"]]
+    assert present and all(0.0 <= float(r["energy_fraction"]) <= 1.0 for r in present)
+    assert "Sanity check" in (local / "explain" / "summary.md").read_text()
+    wrong = page.index("(incorrect)") if "(incorrect)" in page else len(page)
+    assert wrong <= page.index("(correct)") if "(correct)" in page else True  # errors first
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_review_page_renders_in_headless_chromium(resumed, tmp_path):
+    store, _, _ = resumed
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    local = Path(client.download_artifacts(cv_run_id(store), "", str(tmp_path / "run")))
+    shot = tmp_path / "page.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+                    f"--screenshot={shot}", (local / "review" / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (1600, 1200)
+    assert image.std() > 10 and (image[..., 2].astype(int) - image[..., 0] > 60).any()  # text and heat colours
+
+
+def test_overlays_export_as_a_secondary_capture_series(cohort, resumed, tmp_path):
+    manifest, identities = cohort
+    store, _, _ = resumed
+    out = tmp_path / "review"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-m", "explain.review", "--run-id", cv_run_id(store),
+                             "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--out", str(out), "--dicom",
+                             "--no-log", "--method", "hirescam", "--top-slices", "1"],
+                            cwd=store, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = sorted((out / "explain" / "dicom").rglob("*.dcm"))
+    assert len(files) == 12  # one overlay per patient: one slice, one method
+    uids = set()
+    for path in files:
+        ds = pydicom.dcmread(path)
+        png = cv2.imread(str(next((out / "explain" / "overlays" / ds.PatientID).glob("*_slice.png"))))
+        assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and ds.Modality == "OT"
+        assert ds.PatientID == str(ds.PatientName) == path.parent.name
+        assert ds.pixel_array.shape == png.shape and np.array_equal(ds.pixel_array, png[..., ::-1])
+        uids |= {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
+    assert not uids & identities and len(uids) == 3 * 12
+    bad = subprocess.run([sys.executable, "-m", "explain.review", "--run-id", "0" * 32,
+                          "--tracking-uri", f"sqlite:///{store}/mlflow.db"], cwd=store, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no MLflow run" in bad.stderr

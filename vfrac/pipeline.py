@@ -127,6 +127,33 @@ def make_transform(input_size: int, cache_size: int, context: float, window, aug
     return transform
 
 
+def evaluation_images(crops: np.ndarray, context: float, input_size: int, window, batch_size: int = 64) -> np.ndarray:
+    """Cached crops (n, C, C, 3) int16 -> the network inputs an evaluation dataset gives them."""
+    crops = np.asarray(crops)
+    transform = make_transform(input_size, crops.shape[1], context, window, None)
+    dataset = tf.data.Dataset.from_tensor_slices(crops).map(lambda crop: transform(crop, None)).batch(batch_size)
+    images = [batch.numpy() for batch in dataset]
+    return np.concatenate(images) if images else np.zeros((0, input_size, input_size, 3), np.float32)
+
+
+def input_to_slice(box, context: float, cache_size: int, input_size: int) -> tuple[float, float, float]:
+    """(scale, row offset, column offset): input pixel (r, c) of an evaluation image lies at
+    (offset_row + scale r, offset_col + scale c) on its full axial slice (pixel centres).
+
+    `box` is the crop's ROI square (y0, x0, size); the chain is the cache's square grown
+    by `context` and resized to `cache_size`, then `make_transform`'s centred warp.
+    """
+    y0, x0, size = (int(v) for v in box)
+    extra = int(round(size * context))
+    grown = size + 2 * extra  # as crops.Box.grown
+    step = cache_size / (1.0 + 2.0 * context) / input_size  # cache pixels per input pixel
+    cache_origin = (cache_size - 1) / 2.0 - step * (input_size - 1) / 2.0
+    to_slice = grown / cache_size  # slice pixels per cache pixel (cv2.resize, pixel centres)
+    scale = step * to_slice
+    offset = (cache_origin + 0.5) * to_slice - 0.5
+    return scale, y0 - extra + offset, x0 - extra + offset
+
+
 def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):
     """One bilinear projective warp: output pixel -> rotated, scaled, shifted box in the crop."""
     step = box_side * scale / size  # crop pixels per output pixel

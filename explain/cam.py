@@ -1,0 +1,146 @@
+"""Class-activation maps for a fold model's sigmoid output, as arrays (no plotting here).
+
+Grad-CAM, Grad-CAM++, Score-CAM (Faster-Score-CAM's `max_N`) and LayerCAM come from
+tf-keras-vis; HiResCAM (gradient x activation summed over channels, no averaging of
+the gradient) is computed here: for ResNet50 + global average pooling + one dense
+unit it is the exact contribution of each location to the logit.
+
+tf-keras-vis scores softmax outputs (Score-CAM applies a softmax itself), which is
+constant for a single sigmoid unit. Maps are therefore taken from a two-logit view
+of the same network, [-z/2, z/2] with z the malignancy logit: its softmax is
+(1 - sigmoid(z), sigmoid(z)), and class 1's logit has the gradient of z. Each image
+is explained for a class (by default the class the model called), so a benign call
+shows where the evidence for benign lay.
+"""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+METHODS = ("gradcam", "gradcam++", "scorecam", "layercam", "hirescam")
+DEFAULT_LAYER = "conv5_block3_out"  # 7 x 7 at input 224
+FINE_LAYER = "conv4_block6_out"  # 14 x 14 at input 224
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)  # ResNet50's preprocess_input
+
+
+def called_classes(probabilities, threshold: float = 0.5) -> np.ndarray:
+    """1 where the model called malignant, 0 where benign: the class each map explains."""
+    return (np.asarray(probabilities, dtype=float) >= threshold).astype(np.int32)
+
+
+def windowed_rgb(images: np.ndarray) -> np.ndarray:
+    """Undo ResNet50's preprocessing: (n, S, S, 3) in 0..255, channels = slices z-1, z, z+1."""
+    return (np.asarray(images, dtype=np.float32) + CAFFE_MEAN_BGR)[..., ::-1]
+
+
+class Explainer:
+    """The maps of one trained model at one layer; built once, used for many batches."""
+
+    def __init__(self, model: keras.Model, layer: str = DEFAULT_LAYER):
+        names = {layer.name for layer in model.layers}
+        if layer not in names:
+            raise ValueError(f"layer {layer!r} is not in the model; try {DEFAULT_LAYER!r} or {FINE_LAYER!r}")
+        self.layer = layer
+        self.two_logits = _two_logit_model(model)
+        self.gradients = keras.Model(self.two_logits.inputs,
+                                     [self.two_logits.get_layer(layer).output, self.two_logits.output])
+        grid = tuple(self.gradients.outputs[0].shape[1:3])
+        if max(grid) <= 1:
+            raise ValueError(f"layer {layer!r} gives {grid[0]} x {grid[1]} maps at input "
+                             f"{model.input_shape[1]}: nothing to localise; choose an earlier layer "
+                             f"such as {FINE_LAYER!r} or a larger input")
+
+    def maps(self, images: np.ndarray, method: str, classes, batch_size: int = 16,
+             max_n: int = 32) -> np.ndarray:
+        """(n, S, S) maps in [0, 1]; all zero where the map is flat (nothing positive)."""
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, received {method!r}")
+        images = np.asarray(images, dtype=np.float32)
+        classes = np.asarray(classes, dtype=np.int32)
+        if len(classes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(classes)} classes")
+        size = images.shape[1:3]
+        out = np.zeros((len(images),) + size, dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            coarse = self._coarse(images[part], method, classes[part], max_n)
+            out[part] = [_upsample_and_scale(m, size) for m in coarse]
+        return out
+
+    def slice_attribution(self, images: np.ndarray, classes, batch_size: int = 16) -> np.ndarray:
+        """(n, 3): gradient x input summed per channel (z-1, z, z+1) of the windowed image.
+
+        The baseline is black (HU below the window); a larger share means that slice
+        drove the decision more.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        classes = np.asarray(classes, dtype=np.int32)
+        out = np.zeros((len(images), 3), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            part = slice(start, start + batch_size)
+            x = tf.constant(images[part])
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                score = _class_score(self.two_logits(x, training=False), classes[part])
+            gradient = tape.gradient(score, x).numpy()[..., ::-1]  # BGR input -> slices z-1, z, z+1
+            out[part] = (gradient * windowed_rgb(images[part])).sum(axis=(1, 2))
+        return out
+
+    def _coarse(self, images, method, classes, max_n) -> np.ndarray:
+        """Maps at the layer's resolution, after ReLU."""
+        if method == "hirescam":
+            activation, gradient = self._activation_and_gradient(images, classes)
+            return np.maximum((activation * gradient).sum(axis=-1), 0.0)
+        from tf_keras_vis.gradcam import Gradcam, GradcamPlusPlus
+        from tf_keras_vis.layercam import Layercam
+        from tf_keras_vis.scorecam import Scorecam
+
+        tool = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam,
+                "layercam": Layercam}[method](self.two_logits, clone=False)
+        options = dict(penultimate_layer=self.layer, seek_penultimate_conv_layer=False, expand_cam=False,
+                       normalize_cam=False)
+        if method == "scorecam":
+            options |= dict(max_N=min(max_n, self.gradients.outputs[0].shape[-1]), batch_size=64)
+        score = lambda output: _class_score(output, classes)  # noqa: E731
+        if method == "scorecam":
+            keras.utils.disable_interactive_logging()  # Score-CAM's predict() would draw progress bars
+            try:
+                coarse = tool(score, images, **options)
+            finally:
+                keras.utils.enable_interactive_logging()
+        else:
+            coarse = tool(score, images, **options)
+        return np.maximum(np.asarray(coarse, dtype=np.float32), 0.0)
+
+    def _activation_and_gradient(self, images, classes):
+        x = tf.constant(images)
+        with tf.GradientTape() as tape:
+            activation, output = self.gradients(x, training=False)
+            score = _class_score(output, classes)
+        return activation.numpy(), tape.gradient(score, activation).numpy()
+
+
+def _class_score(two_logits, classes):
+    """Each image's logit of its own class."""
+    return tf.gather(two_logits, tf.constant(classes, dtype=tf.int32), axis=1, batch_dims=1)
+
+
+def _two_logit_model(model: keras.Model) -> keras.Model:
+    """The same layers, ending in [-z/2, z/2] instead of sigmoid(z)."""
+    head = model.get_layer("malignancy")
+    logit = keras.layers.Dense(1, name="malignancy_logit")
+    z = logit(head.input)
+    logit.set_weights(head.get_weights())
+    two = keras.layers.Concatenate(name="two_logits", dtype="float32")([z * -0.5, z * 0.5])
+    return keras.Model(model.inputs, two, name="vfrac_two_logits")
+
+
+def _upsample_and_scale(coarse: np.ndarray, size) -> np.ndarray:
+    """Bilinear (pixel centres aligned) to the input size, then scaled to 0..1 (min-max, as
+    tf-keras-vis does), so a floor shared by every location does not count as attention."""
+    fine = cv2.resize(np.asarray(coarse, dtype=np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    low, high = float(fine.min()), float(fine.max())
+    return (fine - low) / (high - low) if high > low else np.zeros_like(fine)

@@ -1,0 +1,113 @@
+"""The review sheet: one self-contained HTML page, its images as PNG files in the run's tree.
+
+No scripts, fonts or links outside the run: it opens from disk, from a downloaded
+artifact folder or in the MLflow UI. Patients whose call was wrong come first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from html import escape
+from pathlib import Path
+
+STYLE = """
+body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px}
+h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em;border-top:1px solid #bbb;padding-top:.6em}
+table{border-collapse:collapse;margin:.4em 0;font-size:.85em} td,th{border:1px solid #ccc;padding:2px 6px}
+.wrong{color:#b00;font-weight:bold} .right{color:#070} .slice{margin:.8em 0 1.2em}
+.pair img{width:340px;margin-right:6px;vertical-align:top} .note{color:#555;font-size:.9em}
+"""
+
+
+def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict], methods, layer: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(reviews, key=lambda r: (r.correct, r.fold, r.patient_id))
+    errors = sum(not r.correct for r in reviews)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfrac review</title>"
+             f"<style>{STYLE}</style></head><body>",
+             "<h1>vfrac review: where the model looked</h1>",
+             f"<p class='note'>{len(reviews)} test patients, {errors} called wrongly (listed first). "
+             f"Maps: {escape(', '.join(methods))} at layer {escape(layer)}, explaining the class each slice was "
+             "called. Research use only, not for diagnosis.</p>",
+             _summary_table(summary), _sanity_table(sanity_rows)]
+    for review in ordered:
+        parts.append(_patient_section(review, path.parent, methods))
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _patient_section(review, folder: Path, methods) -> str:
+    verdict = "right" if review.correct else "wrong"
+    readers = ", ".join(f"{escape(name)}: {escape(call)}" for name, call in sorted(review.readers.items()))
+    html = [f"<h2 id='{escape(review.patient_id)}'>{escape(review.patient_id)} "
+            f"<span class='{verdict}'>({'correct' if review.correct else 'incorrect'})</span></h2>",
+            f"<p>fold {review.fold}; true label <b>{escape(review.label)}</b>; model probability "
+            f"{review.probability:.3f}, call <b>{escape(review.call)}</b>"
+            + (f"; readers: {readers}" if readers else "") + "</p>"]
+    for shown in review.slices:
+        shares = ", ".join(f"{name} {_pct(v)}" for name, v in zip(("z-1", "z", "z+1"), shown["attribution"],
+                                                                      strict=True))
+        html.append(f"<div class='slice'><p>slice {shown['slice']}: probability {shown['probability']:.3f}; "
+                    f"share of the decision per slice: {shares}</p>")
+        for method in methods:
+            crop, whole = shown["images"][method]
+            html.append(f"<div class='pair'><p>{escape(method)}</p>"
+                        f"<img src='{_link(crop, folder)}' alt='{escape(method)} on the crop'>"
+                        f"<img src='{_link(whole, folder)}' alt='{escape(method)} on the axial slice'></div>")
+        html.append(_attention_table(shown["attention"]))
+        html.append("</div>")
+    return "\n".join(html)
+
+
+def _attention_table(measured: dict) -> str:
+    if not measured:
+        return "<p class='note'>no feature masks for this patient</p>"
+    rows = ["<table><tr><th>method</th><th>feature</th><th>energy in mask</th><th>mask area</th>"
+            "<th>ratio</th><th>pointing</th></tr>"]
+    for (method, feature), m in sorted(measured.items()):
+        hit = "" if math.isnan(m["pointing_hit"]) else ("hit" if m["pointing_hit"] else "miss")
+        rows.append(f"<tr><td>{escape(method)}</td><td>{escape(feature)}</td><td>{_num(m['energy_fraction'])}</td>"
+                    f"<td>{_num(m['area_fraction'])}</td><td>{_num(m['ratio'])}</td><td>{hit}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _summary_table(summary: list[dict]) -> str:
+    if not summary:
+        return ("<p class='note'>No slice with both a feature mask (mask_* columns) and a map to measure: "
+                "no attention table.</p>")
+    rows = ["<h2>Attention against the visual features</h2><table><tr><th>method</th><th>feature</th>"
+            "<th>true class</th><th>call</th><th>slices</th><th>energy in mask</th><th>mask area</th><th>ratio</th>"
+            "<th>pointing</th></tr>"]
+    for r in summary:
+        rows.append(f"<tr><td>{escape(r['method'])}</td><td>{escape(r['feature'])}</td><td>{escape(r['true_class'])}"
+                    f"</td><td>{escape(r['call'])}</td><td>{r['slices']}</td><td>{_num(r['energy_fraction'])}</td>"
+                    f"<td>{_num(r['area_fraction'])}</td><td>{_num(r['ratio'])}</td>"
+                    f"<td>{_num(r['pointing_hit_rate'])}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+def _sanity_table(rows: list[dict]) -> str:
+    html = ["<h2>Sanity check: randomised networks</h2><p class='note'>Rank correlation of each method's maps "
+            "with those of the network re-initialised from the top down; a method whose maps survive full "
+            "randomisation shows the image rather than what was learnt, and is flagged.</p><table><tr>"
+            "<th>method</th><th>randomised down to</th><th>mean rho</th><th>images</th><th></th></tr>"]
+    for r in rows:
+        flag = "<span class='wrong'>FLAGGED</span>" if r["flagged"] else "ok"
+        html.append(f"<tr><td>{escape(r['method'])}</td><td>{escape(r['randomized_to'])}</td>"
+                    f"<td>{_num(r['spearman_mean'])}</td><td>{r['images']}</td><td>{flag}</td></tr>")
+    return "".join(html) + "</table>"
+
+
+def _link(image: Path, folder: Path) -> str:
+    return escape(Path(os.path.relpath(image, folder)).as_posix())
+
+
+def _num(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{100 * value:.0f}%"

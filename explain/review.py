@@ -1,0 +1,316 @@
+"""`python -m explain.review --run-id RUN`: where each fold model looked, for radiologists.
+
+For every test patient of every finished fold, the slices with the highest
+probability are explained with each method: overlays on the crop and on the whole
+axial slice, attention against the cohort's feature masks, which of the three slices
+drove the call, and a randomisation sanity check of each method. Everything is
+written under --out (explain/ and review/, as in the run's artifact tree) and logged
+to the CV run, so the MLflow UI lists review/index.html with its images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from explain.attention import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    attention,
+    mask_on_input,
+    randomized_cascade,
+    sanity_check,
+    summarize,
+)
+from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, windowed_rgb
+from explain.overlay import BONE_WINDOW, crop_overlay, save_png, slice_overlay
+from explain.page import write_page
+from vfrac.errors import InputError
+
+DEFAULT_METHODS = ("gradcam", "hirescam")
+SANITY_IMAGES = 8
+SANITY_COLUMNS = ("method", "randomized_to", "spearman_mean", "spearman_sd", "images", "flagged")
+
+
+@dataclass
+class PatientReview:
+    """What the page shows of one patient."""
+
+    patient_id: str
+    fold: int
+    label: str
+    probability: float
+    call: str
+    readers: dict
+    slices: list = field(default_factory=list)  # dicts: slice, probability, images, attribution, attention
+
+    @property
+    def correct(self) -> bool:
+        return self.call == self.label
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m explain.review", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-id", required=True, help="the CV run (tag vfrac.role = cv)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    parser.add_argument("--method", action="append", choices=METHODS,
+                        help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--layer", help=f"target layer (default: the run's cam_layer, else {DEFAULT_LAYER}); "
+                        "conv4_block6_out gives finer maps")
+    parser.add_argument("--top-slices", type=int, default=3, help="slices explained per patient")
+    parser.add_argument("--out", type=Path, help="folder for the files (default: a temporary one)")
+    parser.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Capture series")
+    parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            out = args.out or Path(scratch)
+            page = review(args.run_id, tracking, tuple(args.method or DEFAULT_METHODS), args.layer,
+                          args.top_slices, out, dicom=args.dicom, log=not args.no_log)
+            if args.out:
+                print(f"review page: {page}")
+    except (InputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str | None = None, top: int = 3,
+           out: Path = Path("."), dicom: bool = False, log: bool = True) -> Path:
+    """Explain a CV run's fold models on their test patients; returns the page's path."""
+    from mlflow import MlflowClient
+
+    if top < 1:
+        raise ValueError(f"--top-slices must be >= 1, received {top}")
+    started = time.perf_counter()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = _cv_run(client, run_id)
+    params = run.data.params
+    layer = layer or params.get("cam_layer", DEFAULT_LAYER)
+    folds = _finished_folds(client, run)
+    cohort = _cohort(params)
+    out = Path(out)
+    rows, sanity_rows, reviews = [], [], []
+    explained = {m: 0 for m in methods}
+    seconds = {m: 0.0 for m in methods}
+    with tempfile.TemporaryDirectory() as scratch:
+        for fold, fold_run in sorted(folds.items()):
+            context = _fold_context(client, fold_run, Path(scratch) / f"fold{fold}", params)
+            print(f"explain fold {fold}: {len(context['patients'])} test patients, methods {', '.join(methods)}",
+                  flush=True)
+            explainer = Explainer(context["model"], layer)
+            chosen = [_choose(cohort[pid], fold, slice_rows, context, top)
+                      for pid, slice_rows in context["patients"].items()]
+            images = np.concatenate([c["images"] for c in chosen])
+            classes = np.concatenate([c["classes"] for c in chosen])
+            attribution = explainer.slice_attribution(images, classes)
+            maps = {}
+            for method in methods:
+                timer = time.perf_counter()
+                maps[method] = explainer.maps(images, method, classes)
+                seconds[method] += time.perf_counter() - timer
+                explained[method] += len(images)
+            offset = 0
+            for item in chosen:
+                part = slice(offset, offset + len(item["images"]))
+                offset = part.stop
+                rows += _render(item, cohort[item["review"].patient_id], {m: maps[m][part] for m in methods},
+                                attribution[part], context, out, dicom)
+                reviews.append(item["review"])
+            if not sanity_rows:
+                print(f"explain fold {fold}: randomisation sanity check", flush=True)
+                sample = slice(0, SANITY_IMAGES)
+                sanity_rows = _sanity(context["model"], layer, methods, images[sample], classes[sample])
+    outcomes = {r.patient_id: (r.label, "correct" if r.correct else "incorrect") for r in reviews}
+    summary = summarize(rows, outcomes)
+    explain_dir = out / "explain"
+    _write_csv(explain_dir / "attention.csv", rows, COLUMNS)
+    _write_csv(explain_dir / "attention_summary.csv", summary, SUMMARY_COLUMNS)
+    _write_csv(explain_dir / "sanity.csv", sanity_rows, SANITY_COLUMNS)
+    speed = {m: explained[m] / seconds[m] for m in methods if seconds[m] > 0}
+    (explain_dir / "summary.md").write_text(_summary_markdown(summary, sanity_rows, speed, layer))
+    page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, methods, layer)
+    if log:
+        client.log_artifacts(run_id, str(explain_dir), "explain")
+        client.log_artifacts(run_id, str(out / "review"), "review")
+    print(f"explanation: {len(reviews)} patients, {sum(len(r.slices) for r in reviews)} slices, "
+          + ", ".join(f"{m} {s:.1f} slices/s" for m, s in speed.items())
+          + f", {time.perf_counter() - started:.0f} s in all", flush=True)
+    return page
+
+
+def _cv_run(client, run_id: str):
+    try:
+        run = client.get_run(run_id)
+    except Exception as error:  # MLflow raises several types for unknown ids and stores
+        raise InputError(f"no MLflow run {run_id!r} in {client.tracking_uri}: {error}") from error
+    if run.data.tags.get("vfrac.role") != "cv":
+        raise InputError(f"run {run_id} is not a vfrac CV run (tag vfrac.role is "
+                         f"{run.data.tags.get('vfrac.role')!r}); pass the CV run's id")
+    return run
+
+
+def _finished_folds(client, run) -> dict:
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and tags.`vfrac.role` = 'fold'",
+                                  max_results=1000)
+    folds = {int(r.data.tags["vfrac.fold"]): r for r in children if r.data.tags.get("vfrac.done") == "1"}
+    if not folds:
+        raise InputError(f"run {run.info.run_id} has no finished fold to explain yet")
+    return folds
+
+
+def _cohort(params: dict) -> dict:
+    from vfrac.cohort import read_manifest
+
+    manifest = Path(params["cohort"])
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: the run's cohort manifest is not here; explanation needs the cohort")
+    return {p.patient_id: p for p in read_manifest(manifest).patients}
+
+
+def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
+    """The fold's model, window, threshold and test patients' slice probabilities."""
+    import keras
+
+    folder.mkdir(parents=True)
+    run_id = fold_run.info.run_id
+    model_path = client.download_artifacts(run_id, "model/model.keras", str(folder))
+    slices_path = client.download_artifacts(run_id, "predictions/slices.csv", str(folder))
+    patients: dict[str, list] = {}
+    with open(slices_path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            patients.setdefault(row["patient_id"], []).append((int(row["slice"]), float(row["probability"])))
+    fold_params = fold_run.data.params
+    return {"model": keras.models.load_model(model_path, compile=False), "patients": patients,
+            "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
+            "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
+            "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache")}
+
+
+def _choose(patient, fold, slice_rows, context, top) -> dict:
+    """The patient's `top` most probable slices as network inputs, with what rendering needs."""
+    from vfrac.cache import CropSettings, prepare_patient, read_entry
+    from vfrac.metrics import aggregate
+    from vfrac.pipeline import evaluation_images
+
+    pid, size, threshold = patient.patient_id, context["input_size"], context["threshold"]
+    label = "malignant" if patient.is_malignant else "benign"
+    _, _, (probability,) = aggregate([pid] * len(slice_rows), [p for _, p in slice_rows],
+                                     [label] * len(slice_rows), context["aggregation"])
+    review = PatientReview(pid, fold, label, float(probability),
+                           "malignant" if probability >= threshold else "benign", dict(patient.readers))
+    prepared = read_entry(prepare_patient(patient, CropSettings(), Path(context["cache_dir"]))[0])
+    chosen = sorted(slice_rows, key=lambda r: -r[1])[:top]
+    where = {int(z): i for i, z in enumerate(prepared.slices)}
+    indices = [where[z] for z, _ in chosen]
+    crops = prepared.crops[indices]
+    bone = windowed_rgb(evaluation_images(crops, prepared.context, size, BONE_WINDOW))[..., 1]
+    return {"review": review, "chosen": chosen, "boxes": prepared.boxes[indices], "context": prepared.context,
+            "cache_size": prepared.crops.shape[1], "bone": bone,
+            "images": evaluation_images(crops, prepared.context, size, context["window"]),
+            "classes": called_classes([p for _, p in chosen], threshold)}
+
+
+def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]:
+    """Overlays, attention rows and the page's entries for one patient's explained slices."""
+    from explain import secondary_capture
+    from vfrac.pipeline import input_to_slice
+    from vfrac.volume import load_mask, load_volume
+
+    pid, review, size = patient.patient_id, item["review"], context["input_size"]
+    volume = load_volume(patient.ct)
+    masks = {name: load_mask(path, volume) != 0 for name, path in patient.masks.items()}
+    rows, captures = [], []
+    for k, (z, p) in enumerate(item["chosen"]):
+        transform = input_to_slice(item["boxes"][k], item["context"], item["cache_size"], size)
+        shown = {"slice": z, "probability": p, "images": {}, "attention": {}, "attribution": _shares(attribution[k])}
+        for method, method_maps in maps.items():
+            cam = method_maps[k]
+            caption = f"{pid}  p(malignant) {p:.2f}  {method}  slice {z}"
+            whole = slice_overlay(volume.hu[z], cam, transform, caption)
+            base = out / "explain" / "overlays" / pid
+            shown["images"][method] = (save_png(base / f"{method}_z{z}_crop.png",
+                                                crop_overlay(item["bone"][k], cam, caption)),
+                                       save_png(base / f"{method}_z{z}_slice.png", whole))
+            captures.append((f"{method} slice {z}", whole))
+            for feature, mask in masks.items():
+                measured = attention(cam, mask_on_input(mask[z], transform, size))
+                rows.append({"patient_id": pid, "fold": review.fold, "slice": z, "method": method,
+                             "feature": feature} | measured)
+                shown["attention"][(method, feature)] = measured
+        review.slices.append(shown)
+    if dicom:
+        secondary_capture.write_series(out / "explain" / "dicom" / pid, pid, captures)
+    return rows
+
+
+def _sanity(model, layer, methods, images, classes) -> list[dict]:
+    trained = {m: Explainer(model, layer).maps(images, m, classes) for m in methods}
+    randomized = {}
+    for stage, random_model in randomized_cascade(model):
+        explainer = Explainer(random_model, layer)
+        for method in methods:
+            randomized[(method, stage)] = explainer.maps(images, method, classes)
+    return sanity_check(trained, randomized)
+
+
+def _shares(attribution: np.ndarray) -> list[float]:
+    """Each slice's share of the absolute attribution (z-1, z, z+1)."""
+    magnitude = np.abs(attribution)
+    total = magnitude.sum()
+    return [float(v / total) if total > 0 else math.nan for v in magnitude]
+
+
+def _write_csv(path: Path, rows: list[dict], columns) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
+
+
+def _summary_markdown(summary: list[dict], sanity_rows: list[dict], speed: dict, layer: str) -> str:
+    lines = [f"# Where the model looked (layer {layer})", "",
+             "Means over explained slices on which the feature is present. Ratio > 1: attention concentrates "
+             "on the feature; pointing: the map's maximum lies on it.", "",
+             "| method | feature | true class | call | slices | energy in mask | mask area | ratio | pointing |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary:
+        lines.append(f"| {r['method']} | {r['feature']} | {r['true_class']} | {r['call']} | {r['slices']} | "
+                     f"{r['energy_fraction']:.2f} | {r['area_fraction']:.2f} | {r['ratio']:.2f} | "
+                     f"{r['pointing_hit_rate']:.2f} |")
+    if not summary:
+        lines.append("| (no slice with both a feature mask and a map to measure) | | | | | | | | |")
+    lines += ["", "## Sanity check: maps of randomised networks (Adebayo et al., 2018)", "",
+              "Spearman rank correlation with the trained network's maps, randomising from the top down; "
+              "a method whose maps from the fully randomised network (conv1) still agree is flagged.", "",
+              "| method | randomised down to | mean rho | SD | images | flagged |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in sanity_rows:
+        lines.append(f"| {r['method']} | {r['randomized_to']} | {r['spearman_mean']:.2f} | {r['spearman_sd']:.2f} "
+                     f"| {r['images']} | {'FLAGGED' if r['flagged'] else 'ok'} |")
+    lines += ["", "Speed: " + ", ".join(f"{m} {s:.1f} slices/s" for m, s in speed.items()), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

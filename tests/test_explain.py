@@ -1,0 +1,172 @@
+"""Class-activation maps, their mapping onto the CT, attention numbers and the sanity check."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from explain.attention import (
+    CASCADE,
+    attention,
+    mask_on_input,
+    randomized_cascade,
+    rank_correlation,
+    sanity_check,
+    summarize,
+)
+from explain.cam import CAFFE_MEAN_BGR, METHODS, Explainer
+from explain.overlay import cam_on_slice, crop_overlay, slice_overlay
+from vfrac.model import build_classifier
+from vfrac.pipeline import input_to_slice
+from vfrac.train import fit
+
+SIZE, SQUARE, LAYER = 64, 32, "conv3_block4_out"  # 8 x 8 maps: the square spans 4 x 4 cells
+
+
+def squares(count, seed):
+    """Noise, and in every second image a bright square at a random place; its masks."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0.0, 5.0, (count, SIZE, SIZE, 3)).astype(np.float32)
+    labels = np.arange(count) % 2
+    masks = np.zeros((count, SIZE, SIZE), dtype=bool)
+    for i, (row, col) in enumerate(rng.integers(0, SIZE - SQUARE, (count, 2))):
+        if labels[i]:
+            images[i, row:row + SQUARE, col:col + SQUARE] += 100.0
+            masks[i, row:row + SQUARE, col:col + SQUARE] = True
+    return images, labels.astype(np.float32), masks
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A ResNet50 classifier trained to tell a bright square from noise, and held-out squares."""
+    keras.utils.set_random_seed(0)
+    images, labels, _ = squares(128, seed=1)
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(128, seed=0).batch(32)
+    model, history = fit(train, None, lambda: build_classifier(SIZE, dropout=0.1), epochs=4, learning_rate=1e-3)
+    test_images, test_labels, test_masks = squares(32, seed=2)
+    positive = test_labels == 1
+    assert (model.predict(test_images, verbose=0)[:, 0][positive] > 0.5).mean() > 0.9  # it learnt the task
+    return model, test_images[positive], test_masks[positive]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_maps_of_a_square_detector_land_on_the_square(toy, method):
+    model, images, masks = toy
+    maps = Explainer(model, LAYER).maps(images, method, np.ones(len(images), dtype=int))
+    measured = [attention(cam, mask) for cam, mask in zip(maps, masks, strict=True)]
+    assert np.mean([m["energy_fraction"] for m in measured]) > 0.5  # the square is a quarter of the image
+    assert np.mean([m["pointing_hit"] for m in measured]) >= 0.9
+
+
+def test_every_method_returns_maps_in_unit_range(toy):
+    model, images, _ = toy
+    explainer = Explainer(model, LAYER)
+    for method in METHODS:
+        maps = explainer.maps(images[:2], method, [1, 0], max_n=4)
+        assert maps.shape == (2, SIZE, SIZE) and maps.min() >= 0.0 and maps.max() <= 1.0, method
+    with pytest.raises(ValueError, match="method must be one of"):
+        explainer.maps(images[:1], "saliency", [1])
+    with pytest.raises(ValueError, match="nothing to localise"):
+        Explainer(build_classifier(32), "conv5_block3_out")  # 1 x 1 maps
+
+
+def test_randomised_networks_give_different_maps(toy):
+    model, images, _ = toy
+    classes = np.ones(8, dtype=int)
+    trained = {m: Explainer(model, LAYER).maps(images[:8], m, classes) for m in ("gradcam", "hirescam")}
+    randomized = {}
+    for stage, random_model in randomized_cascade(model):
+        for method in trained:
+            randomized[(method, stage)] = Explainer(random_model, LAYER).maps(images[:8], method, classes)
+    rows = sanity_check(trained, randomized)
+    assert {r["randomized_to"] for r in rows} == set(CASCADE)
+    full = {r["method"]: r for r in rows if r["randomized_to"] == "conv1"}
+    # HiResCAM's maps depend on the learnt weights. Grad-CAM's, averaged gradients times
+    # activations, partly follow the image's edges whatever the weights (0.36 to 0.67 here).
+    assert full["hirescam"]["spearman_mean"] < 0.5 and not full["hirescam"]["flagged"], full
+    # A "randomised" network that is the trained one is caught.
+    same = sanity_check(trained, {(m, "conv1"): trained[m] for m in trained})
+    assert all(r["flagged"] and r["spearman_mean"] == pytest.approx(1.0) for r in same)
+
+
+def test_slice_attribution_is_zero_for_a_black_slice(toy):
+    model, images, _ = toy
+    black_first = images[:2].copy()
+    black_first[..., 2] = -CAFFE_MEAN_BGR[2]  # BGR input: channel 2 is slice z-1; 0 after the window
+    attribution = Explainer(model, LAYER).slice_attribution(black_first, [1, 1])
+    assert attribution.shape == (2, 3)
+    assert np.all(attribution[:, 0] == 0.0) and np.all(np.abs(attribution[:, 1:]).sum(axis=1) > 0)
+
+
+def test_a_map_of_the_whole_input_lands_on_the_roi_square():
+    box, context, cache, size = (100, 150, 60), 0.2, 192, 64
+    transform = input_to_slice(box, context, cache, size)
+    whole, covered = cam_on_slice(np.ones((size, size), np.float32), transform, (512, 512))
+    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    assert abs(rows[0] - 100) <= 1 and abs(rows[-1] - 159) <= 1
+    assert abs(cols[0] - 150) <= 1 and abs(cols[-1] - 209) <= 1
+    quarter = np.zeros((size, size), np.float32)
+    quarter[:32, 32:] = 1.0  # top right of the input: rows 100..129, columns 180..209 of the slice
+    placed, _ = cam_on_slice(quarter, transform, (512, 512))
+    hot = placed > 0.5
+    rows, cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+    assert abs(rows[0] - 100) <= 1 and abs(rows[-1] - 129) <= 1
+    assert abs(cols[0] - 180) <= 1 and abs(cols[-1] - 209) <= 1
+    # and back: a full-slice mask of that quarter is the quarter on the input
+    mask = np.zeros((512, 512), bool)
+    mask[100:130, 180:210] = True
+    assert (mask_on_input(mask, transform, size) == quarter.astype(bool)).mean() > 0.97
+
+
+def test_overlays_are_images_with_bar_and_caption():
+    cam = np.zeros((64, 64), np.float32)
+    cam[10:20, 10:20] = 1.0
+    crop = crop_overlay(np.full((64, 64), 128, np.uint8), cam, "VF0001 p 0.91")
+    whole = slice_overlay(np.zeros((256, 256), np.float32), cam, input_to_slice((50, 60, 40), 0.2, 192, 64),
+                          "VF0001 p 0.91")
+    assert crop.ndim == 3 and crop.shape[0] > 384 and whole.shape[0] > 256
+    assert crop[:384, :384].std() > 0 and (whole[:256, :256] != whole[0, 0]).any()
+
+
+def test_attention_numbers_by_hand():
+    cam = np.zeros((4, 4))
+    cam[0, 0], cam[3, 3] = 1.0, 3.0
+    mask = np.zeros((4, 4), bool)
+    mask[2:, 2:] = True  # a quarter of the crop, holding 3 of the 4 units of energy
+    measured = attention(cam, mask, tolerance=0.0)
+    assert measured == {"energy_fraction": 0.75, "area_fraction": 0.25, "ratio": 3.0, "pointing_hit": 1.0}
+    elsewhere = np.zeros((4, 4), bool)
+    elsewhere[0, 0] = True
+    assert attention(cam, elsewhere, tolerance=0.0) == {
+        "energy_fraction": 0.25, "area_fraction": 1 / 16, "ratio": 4.0, "pointing_hit": 0.0}
+    # the maximum 3 pixels from the mask hits with a 4-pixel tolerance (15/224 of 64), not with none
+    big, near = np.zeros((64, 64)), np.zeros((64, 64), bool)
+    big[10, 10] = 1.0
+    near[10, 13:20] = True
+    assert attention(big, near)["pointing_hit"] == 1.0 and attention(big, near, tolerance=0.0)["pointing_hit"] == 0.0
+    absent = attention(cam, np.zeros((4, 4), bool))
+    assert absent["area_fraction"] == 0.0 and math.isnan(absent["ratio"]) and math.isnan(absent["pointing_hit"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        attention(cam, np.zeros((3, 3), bool))
+
+
+def test_summary_groups_by_feature_class_and_call():
+    def row(pid, energy, area, hit):
+        return {"patient_id": pid, "method": "gradcam", "feature": "mass", "energy_fraction": energy,
+                "area_fraction": area, "ratio": energy / area if area else math.nan, "pointing_hit": hit}
+
+    rows = [row("a", 0.6, 0.2, 1.0), row("a", 0.2, 0.2, 0.0), row("b", 0.1, 0.1, 0.0), row("b", 0.0, 0.0, math.nan)]
+    summary = summarize(rows, {"a": ("malignant", "correct"), "b": ("benign", "incorrect")})
+    by_patient = {(s["true_class"], s["call"]): s for s in summary}
+    first = by_patient[("malignant", "correct")]
+    assert first["slices"] == 2 and first["energy_fraction"] == pytest.approx(0.4)
+    assert first["ratio"] == pytest.approx(2.0) and first["pointing_hit_rate"] == 0.5
+    assert by_patient[("benign", "incorrect")]["slices"] == 1  # the slice without the feature is left out
+
+
+def test_rank_correlation_edge_cases():
+    a = np.arange(16.0).reshape(4, 4)
+    assert rank_correlation(a, a) == pytest.approx(1.0) and rank_correlation(a, -a) == pytest.approx(-1.0)
+    assert rank_correlation(a, np.zeros((4, 4))) == 0.0 and math.isnan(rank_correlation(a * 0, a * 0))
