@@ -58,6 +58,8 @@ def run(config: RunConfig) -> int:
         print(tracker.read_text(cv_run, "summary.md"))
         if config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
             explain(config, cv_run, timings)
+        if not tracker.has_artifact(cv_run, "report/report.md"):
+            report(config, cv_run)
         print(f"to browse the runs: {tracker.ui_command()}")
         return 0
     tracker.restart(cv_run)
@@ -83,6 +85,8 @@ def run(config: RunConfig) -> int:
     finished = write_pooled(config, tracker, cv_run)
     if finished and config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
         explain(config, cv_run, timings)
+    if finished:
+        report(config, cv_run)
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
     pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
@@ -176,6 +180,15 @@ def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
         review(cv_run, config.tracking_uri, layer=config.cam_layer, out=Path(folder))
     timings["explanation"] = time.perf_counter() - started
     print("review page: review/index.html in the CV run's artifacts")
+
+
+def report(config: RunConfig, cv_run: str) -> None:
+    """The study's tables (experiments.report), logged to the CV run."""
+    from experiments.report import write_report
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_report(cv_run, config.tracking_uri, Path(folder))
+    print("study report: report/report.md and report/report.html in the CV run's artifacts")
 
 
 def git_commit() -> str:

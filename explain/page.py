@@ -1,7 +1,10 @@
 """The review sheet: one self-contained HTML page, its images as PNG files in the run's tree.
 
-No scripts, fonts or links outside the run: it opens from disk, from a downloaded
-artifact folder or in the MLflow UI. Patients whose call was wrong come first.
+No fonts, styles or links outside the run: it opens from disk or from a downloaded
+artifact folder with its images beside it. The MLflow UI shows an HTML artifact as a
+blob: document, where relative links resolve to nothing; there a few lines of script
+point each image at the same file among the run's artifacts on that server.
+Patients whose call was wrong come first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,19 @@ table{border-collapse:collapse;margin:.4em 0;font-size:.85em} td,th{border:1px s
 """
 
 
-def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict], methods, layer: str) -> Path:
+MLFLOW_UI_IMAGES = """<script>
+if (location.protocol === "blob:") {
+  const server = location.href.slice(5).split("/").slice(0, 3).join("/");
+  for (const image of document.images) {
+    image.src = server + "/get-artifact?path=" + encodeURIComponent(image.dataset.artifact) + "&run_uuid=RUN_ID";
+  }
+}
+</script>"""
+
+
+def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict], methods, layer: str,
+               run_id: str, root: Path) -> Path:
+    """`root` is the folder that mirrors the run's artifact tree (images are under it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ordered = sorted(reviews, key=lambda r: (r.correct, r.fold, r.patient_id))
@@ -33,13 +48,13 @@ def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict]
              "called. Research use only, not for diagnosis.</p>",
              _summary_table(summary), _sanity_table(sanity_rows)]
     for review in ordered:
-        parts.append(_patient_section(review, path.parent, methods))
-    parts.append("</body></html>")
+        parts.append(_patient_section(review, path.parent, Path(root), methods))
+    parts.append(MLFLOW_UI_IMAGES.replace("RUN_ID", escape(run_id)) + "</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
 
-def _patient_section(review, folder: Path, methods) -> str:
+def _patient_section(review, folder: Path, root: Path, methods) -> str:
     verdict = "right" if review.correct else "wrong"
     readers = ", ".join(f"{escape(name)}: {escape(call)}" for name, call in sorted(review.readers.items()))
     html = [f"<h2 id='{escape(review.patient_id)}'>{escape(review.patient_id)} "
@@ -55,8 +70,8 @@ def _patient_section(review, folder: Path, methods) -> str:
         for method in methods:
             crop, whole = shown["images"][method]
             html.append(f"<div class='pair'><p>{escape(method)}</p>"
-                        f"<img src='{_link(crop, folder)}' alt='{escape(method)} on the crop'>"
-                        f"<img src='{_link(whole, folder)}' alt='{escape(method)} on the axial slice'></div>")
+                        + _image(crop, folder, root, f"{method} on the crop")
+                        + _image(whole, folder, root, f"{method} on the axial slice") + "</div>")
         html.append(_attention_table(shown["attention"]))
         html.append("</div>")
     return "\n".join(html)
@@ -101,8 +116,10 @@ def _sanity_table(rows: list[dict]) -> str:
     return "".join(html) + "</table>"
 
 
-def _link(image: Path, folder: Path) -> str:
-    return escape(Path(os.path.relpath(image, folder)).as_posix())
+def _image(image: Path, folder: Path, root: Path, alt: str) -> str:
+    link = Path(os.path.relpath(image, folder)).as_posix()
+    artifact = Path(os.path.relpath(image, root)).as_posix()
+    return f"<img src='{escape(link)}' data-artifact='{escape(artifact)}' alt='{escape(alt)}'>"
 
 
 def _num(value: float) -> str:

@@ -146,7 +146,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     _write_csv(explain_dir / "sanity.csv", sanity_rows, SANITY_COLUMNS)
     speed = {m: explained[m] / seconds[m] for m in methods if seconds[m] > 0}
     (explain_dir / "summary.md").write_text(_summary_markdown(summary, sanity_rows, speed, layer))
-    page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, methods, layer)
+    page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, methods, layer, run_id, out)
     if log:
         client.log_artifacts(run_id, str(explain_dir), "explain")
         client.log_artifacts(run_id, str(out / "review"), "review")

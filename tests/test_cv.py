@@ -206,6 +206,12 @@ def test_mlflow_server_serves_the_run_tree(resumed):
         cv_id = next(r["info"]["run_id"] for r, t in zip(found, tags, strict=True) if t is cv_tags)
         children = [t for t in tags if t.get("mlflow.parentRunId") == cv_id]
         assert sorted(t["vfrac.fold"] for t in children) == ["0", "1"]
+        # The review page's images, as its script asks for them inside the MLflow UI.
+        page = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db").download_artifacts(
+            cv_id, "review/index.html", str(store / "page"))
+        artifact = re.search(r"data-artifact='([^']+)'", Path(page).read_text()).group(1)
+        image = urllib.request.urlopen(f"{base}/get-artifact?path={artifact}&run_uuid={cv_id}").read()
+        assert image.startswith(b"\x89PNG")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -306,3 +312,32 @@ def test_overlays_export_as_a_secondary_capture_series(cohort, resumed, tmp_path
                           "--tracking-uri", f"sqlite:///{store}/mlflow.db"], cwd=store, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no MLflow run" in bad.stderr
+
+
+def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed, tmp_path):
+    _, identities = cohort
+    store, _, second = resumed
+    assert "study report: report/report.md" in second
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    run = client.get_run(cv_run_id(store))
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    text = (local / "report" / "report.md").read_text()
+    html = (local / "report" / "report.html").read_text()
+    for section in ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
+                    "5. Aggregation and threshold", "6. Where the model looked", "7. CLAIM checklist"):
+        assert f"## {section}" in text and f"<h2>{section}</h2>" in html
+    assert (local / "report" / "roc.png").is_file() and (local / "report" / "calibration.png").is_file()
+    metrics = run.data.metrics
+    for level in ("slice", "patient"):
+        cells = [f"{metrics[f'{level}_{n}']:.2f} ({metrics[f'{level}_{n}_ci_low']:.2f}-"
+                 f"{metrics[f'{level}_{n}_ci_high']:.2f})" for n in ("sensitivity", "specificity", "accuracy")]
+        assert f"| per {level}, vfrac pooled | " + " | ".join(cells) in text
+    patients = artifact_rows(client, run.info.run_id, "predictions/patients.csv", tmp_path / "p")
+    malignant = sum(p["label"] == "1" for p in patients)
+    assert f"| analysed | {len(patients) - malignant} | {malignant} | {len(patients)} |" in text
+    hits = sum(p["label"] == "1" and p["prediction"] == "1" for p in patients)
+    assert f"| max (the study's rule) | {hits / malignant:.2f} (" in text
+    for reader in ("senior", "mid", "junior"):
+        assert f"| {reader} | {len(patients)} |" in text
+    assert "| bone_destruction |" in text and "| gradcam | " in text
+    assert all(identity not in text and identity not in html for identity in identities)
