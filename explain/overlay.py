@@ -69,6 +69,9 @@ def slice_overlay(slice_hu: np.ndarray, cam: np.ndarray, transform, caption: str
     rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
     if rows.size and cols.size:
         cv2.rectangle(image, (int(cols[0]), int(rows[0])), (int(cols[-1]), int(rows[-1])), (255, 255, 255), 1)
+    if max(image.shape[:2]) < DISPLAY:  # a small matrix: enlarge so the caption stays legible
+        factor = DISPLAY / max(image.shape[:2])
+        image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
     return _annotate(image, caption)
 
 
