@@ -78,7 +78,7 @@ def slice_overlay(slice_hu: np.ndarray, cam: np.ndarray, transform, caption: str
 def save_png(path: Path, image: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
+    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 6]):
         raise OSError(f"{path}: could not write the PNG")
     return path
 

@@ -108,11 +108,12 @@ def _sanity_table(rows: list[dict]) -> str:
     html = ["<h2>Sanity check: randomised networks</h2><p class='note'>Rank correlation of each method's maps "
             "with those of the network re-initialised from the top down; a method whose maps survive full "
             "randomisation shows the image rather than what was learnt, and is flagged.</p><table><tr>"
-            "<th>method</th><th>randomised down to</th><th>mean rho</th><th>images</th><th></th></tr>"]
+            "<th>method</th><th>randomised down to</th><th>mean rho</th><th>images</th><th>draws</th><th></th></tr>"]
     for r in rows:
         flag = "<span class='wrong'>FLAGGED</span>" if r["flagged"] else "ok"
         html.append(f"<tr><td>{escape(r['method'])}</td><td>{escape(r['randomized_to'])}</td>"
-                    f"<td>{_num(r['spearman_mean'])}</td><td>{r['images']}</td><td>{flag}</td></tr>")
+                    f"<td>{_num(r['spearman_mean'])}</td><td>{r['images']}</td><td>{r['draws']}</td>"
+                    f"<td>{flag}</td></tr>")
     return "".join(html) + "</table>"
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from explain.attention import (
     COLUMNS,
+    RANDOMIZATION_SEEDS,
     SUMMARY_COLUMNS,
     attention,
     mask_on_input,
@@ -37,8 +38,9 @@ from explain.page import write_page
 from vfrac.errors import InputError
 
 DEFAULT_METHODS = ("gradcam", "hirescam")
-SANITY_IMAGES = 8
-SANITY_COLUMNS = ("method", "randomized_to", "spearman_mean", "spearman_sd", "images", "flagged")
+SANITY_IMAGES = 6
+SANITY_DRAWS = 2  # random re-initialisations per stage, averaged
+SANITY_COLUMNS = ("method", "randomized_to", "spearman_mean", "spearman_sd", "images", "draws", "flagged")
 
 
 @dataclass
@@ -265,10 +267,11 @@ def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]
 def _sanity(model, layer, methods, images, classes) -> list[dict]:
     trained = {m: Explainer(model, layer).maps(images, m, classes) for m in methods}
     randomized = {}
-    for stage, random_model in randomized_cascade(model):
-        explainer = Explainer(random_model, layer)
-        for method in methods:
-            randomized[(method, stage)] = explainer.maps(images, method, classes)
+    for seed in RANDOMIZATION_SEEDS[:SANITY_DRAWS]:
+        for stage, random_model in randomized_cascade(model, seed):
+            explainer = Explainer(random_model, layer)
+            for method in methods:
+                randomized.setdefault((method, stage), []).append(explainer.maps(images, method, classes))
     return sanity_check(trained, randomized)
 
 
@@ -303,11 +306,11 @@ def _summary_markdown(summary: list[dict], sanity_rows: list[dict], speed: dict,
     lines += ["", "## Sanity check: maps of randomised networks (Adebayo et al., 2018)", "",
               "Spearman rank correlation with the trained network's maps, randomising from the top down; "
               "a method whose maps from the fully randomised network (conv1) still agree is flagged.", "",
-              "| method | randomised down to | mean rho | SD | images | flagged |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| method | randomised down to | mean rho | SD | images | draws | flagged |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sanity_rows:
         lines.append(f"| {r['method']} | {r['randomized_to']} | {r['spearman_mean']:.2f} | {r['spearman_sd']:.2f} "
-                     f"| {r['images']} | {'FLAGGED' if r['flagged'] else 'ok'} |")
+                     f"| {r['images']} | {r['draws']} | {'FLAGGED' if r['flagged'] else 'ok'} |")
     lines += ["", "Speed: " + ", ".join(f"{m} {s:.1f} slices/s" for m, s in speed.items()), ""]
     return "\n".join(lines)
 
