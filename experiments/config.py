@@ -63,6 +63,11 @@ class RunConfig:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
 
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the sqlite store in mlruns/."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve() / 'mlflow.db'}"
+
+
 def resolve(args) -> RunConfig:
     """Preset values, overridden by every flag the user gave."""
     preset = PRESETS[args.preset]
@@ -72,7 +77,7 @@ def resolve(args) -> RunConfig:
         value = getattr(args, name, None)
         return preset[name] if value is None else value
 
-    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+    tracking = args.tracking_uri or default_tracking_uri()
     storage = args.storage or f"sqlite:///{store / 'optuna.db'}"
     if not (args.tracking_uri and args.storage):
         store.mkdir(exist_ok=True)  # the default stores' folder

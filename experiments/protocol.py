@@ -7,7 +7,6 @@ the best trial's number of epochs.
 
 from __future__ import annotations
 
-import csv
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from experiments.config import RunConfig
+from experiments.results import SLICE_COLUMNS, write_rows
 from experiments.tracking import Tracker
 from experiments.tuning import DEFAULTS, fold_study, pruning_summary, remaining, suggest
 from vfrac.metrics import aggregate, auc, evaluate
@@ -26,8 +26,6 @@ from vfrac.model import build_classifier
 from vfrac.pipeline import Augmentation, class_weights, make_dataset
 from vfrac.splits import Split, inner_splits
 from vfrac.train import fit
-
-SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
 
 
 @dataclass
@@ -169,16 +167,3 @@ def study_summary(study: optuna.Study, epochs: int) -> str:
     summary = pruning_summary(study, epochs)
     lines += ["", f"Pruned trials: {summary['trials_pruned']}; epochs saved by pruning: {summary['epochs_saved']}."]
     return "\n".join(lines) + "\n"
-
-
-def write_rows(path: Path, rows: list[dict], columns) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{"patient_id": r["patient_id"], "fold": int(r["fold"]), "slice": int(r["slice"]),
-                 "label": int(r["label"]), "probability": float(r["probability"])} for r in csv.DictReader(handle)]

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.results import STUDY
+from experiments.config import default_tracking_uri
+from experiments.results import STUDY, patient_rows, per_fold, read_rows
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, roc_points, wilson_interval
 from vfrac.statistics import mcnemar, sign_table, youden_threshold
@@ -40,11 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            page = write_report(args.run_id, tracking, args.out or Path(scratch), log=not args.no_log)
+            page = write_report(args.run_id, args.tracking_uri or default_tracking_uri(), args.out or Path(scratch),
+                                log=not args.no_log)
             print(f"report: {page if args.out else 'report/report.md and report/report.html in the CV run'}")
     except (InputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -83,7 +83,7 @@ def _run_data(client, run, scratch: Path) -> dict:
     names = {a.path for a in client.list_artifacts(run_id, "predictions")}
     if "predictions/slices.csv" not in names:
         raise InputError(f"run {run_id} has no pooled predictions yet: finish every fold first")
-    slices = _rows(client.download_artifacts(run_id, "predictions/slices.csv", str(scratch)))
+    slices = read_rows(Path(client.download_artifacts(run_id, "predictions/slices.csv", str(scratch))))
     attention = None
     if any(a.path == "explain/attention_summary.csv" for a in client.list_artifacts(run_id, "explain")):
         attention = _rows(client.download_artifacts(run_id, "explain/attention_summary.csv", str(scratch)))
@@ -102,13 +102,8 @@ def _rows(path) -> list[dict]:
 # -- the report's content ---------------------------------------------------------------
 
 def build(data: dict, folder: Path) -> list[tuple]:
-    threshold, aggregation = data["threshold"], data["aggregation"]
-    slices = [{"patient_id": r["patient_id"], "fold": int(r["fold"]), "slice": int(r["slice"]),
-               "label": int(r["label"]), "probability": float(r["probability"])} for r in data["slices"]]
-    ids, labels, probabilities = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
-                                           [r["label"] for r in slices], aggregation)
-    model = {pid: {"label": int(y), "probability": float(p), "call": int(p >= threshold)}
-             for pid, y, p in zip(ids, labels, probabilities, strict=True)}
+    threshold, aggregation, slices = data["threshold"], data["aggregation"], data["slices"]
+    model = {row["patient_id"]: row for row in patient_rows(slices, threshold, aggregation)}
     run = data["run"]
     blocks = [("h1", f"vfrac study report: {run.info.run_name}"),
               ("p", f"CV run {run.info.run_id}, preset {data['params'].get('preset')}, "
@@ -142,10 +137,8 @@ def _flow(cohort, slices, model) -> list[tuple]:
             ["excluded", *[sum(cohort[p].label == c for p in excluded) if cohort else "" for c in CLASSES],
              len(excluded)],
             ["analysed", *[analysed[c] for c in CLASSES], len(model)]]
-    folds = sorted({r["fold"] for r in slices})
-    fold_of = {r["patient_id"]: r["fold"] for r in slices}
-    for fold in folds:
-        members = [m for pid, m in model.items() if fold_of[pid] == fold]
+    for fold in sorted({m["fold"] for m in model.values()}):
+        members = [m for m in model.values() if m["fold"] == fold]
         rows.append([f"fold {fold} test patients", *[sum(m["label"] == i for m in members) for i in range(2)],
                      len(members)])
     blocks.append(("table", ["patients", *CLASSES, "all"], rows))
@@ -192,7 +185,7 @@ def _readers(cohort, model) -> dict:
         read = [pid for pid in model if name in cohort[pid].readers]
         truth = np.array([model[pid]["label"] for pid in read], dtype=bool)
         calls = np.array([cohort[pid].readers[name] == "malignant" for pid in read])
-        ours = np.array([model[pid]["call"] for pid in read], dtype=bool)
+        ours = np.array([model[pid]["prediction"] for pid in read], dtype=bool)
         tp, tn = int(np.sum(calls & truth)), int(np.sum(~calls & ~truth))
         positives, negatives = int(truth.sum()), int((~truth).sum())
         test = mcnemar(calls == truth, ours == truth)
@@ -212,7 +205,8 @@ def _readers(cohort, model) -> dict:
 
 
 def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
-    metrics, threshold = data["metrics"], data["threshold"]
+    metrics = data["metrics"]
+    folds = per_fold(slices, data["threshold"], data["aggregation"])
     blocks = [("h2", SECTIONS[3]),
               ("p", "Pooled out-of-fold, with 95% CIs (Wilson for per-patient proportions, patient bootstrap "
                     "for per-slice metrics and AUC), as logged on the CV run; fold mean +- SD; the study's "
@@ -223,17 +217,9 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
             _ci(metrics.get(f"{level}_{name}", math.nan),
                 (metrics.get(f"{level}_{name}_ci_low", math.nan), metrics.get(f"{level}_{name}_ci_high", math.nan)))
             for name in ("sensitivity", "specificity", "accuracy", "auc")])
-        per_fold = []
-        for fold in sorted({r["fold"] for r in slices}):
-            rows_fold = [r for r in slices if r["fold"] == fold]
-            if level == "slice":
-                y, p = [r["label"] for r in rows_fold], [r["probability"] for r in rows_fold]
-            else:
-                y = [m["label"] for pid, m in model.items() if any(r["patient_id"] == pid for r in rows_fold)]
-                p = [m["probability"] for pid, m in model.items() if any(r["patient_id"] == pid for r in rows_fold)]
-            per_fold.append(binary_metrics(y, p, threshold))
         rows.append([f"per {level}, vfrac fold mean +- SD"] + [
-            _spread([f[name] for f in per_fold]) for name in ("sensitivity", "specificity", "accuracy", "auc")])
+            _spread([f[level][name] for f in folds.values()]) for name in ("sensitivity", "specificity", "accuracy",
+                                                                           "auc")])
         study = STUDY[level]
         rows.append([f"per {level}, Li et al. 2021", f"{study['sensitivity']:.2f}", f"{study['specificity']:.2f}",
                      f"{study['accuracy']:.2f}", "not reported"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 
 from vfrac.metrics import aggregate, binary_metrics, calibration, confusion, evaluate, roc_points
 
+SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "fold", "label", "probability", "prediction")
 REPORTED = ("sensitivity", "specificity", "accuracy", "auc")
 STUDY = {  # Li et al. 2021, ResNet50, 10-fold CV
@@ -119,3 +121,16 @@ def plots(folder: Path, slice_rows: list[dict], patients: list[dict], threshold:
     axis.legend(loc="upper left")
     figure.savefig(folder / "calibration.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def write_rows(path: Path, rows: list[dict], columns) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{"patient_id": r["patient_id"], "fold": int(r["fold"]), "slice": int(r["slice"]),
+                 "label": int(r["label"]), "probability": float(r["probability"])} for r in csv.DictReader(handle)]

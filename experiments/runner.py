@@ -13,8 +13,19 @@ import warnings
 from pathlib import Path
 
 from experiments.config import DEMO_COHORT, RunConfig
-from experiments.protocol import SLICE_COLUMNS, FoldData, read_rows, run_fold, write_rows
-from experiments.results import PATIENT_COLUMNS, cv_metrics, patient_rows, per_fold, plots, pooled, summary_markdown
+from experiments.protocol import FoldData, run_fold
+from experiments.results import (
+    PATIENT_COLUMNS,
+    SLICE_COLUMNS,
+    cv_metrics,
+    patient_rows,
+    per_fold,
+    plots,
+    pooled,
+    read_rows,
+    summary_markdown,
+    write_rows,
+)
 from experiments.tracking import Tracker
 from experiments.tuning import open_storage
 from vfrac.errors import InputError
@@ -56,10 +67,7 @@ def run(config: RunConfig) -> int:
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
-        if config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
-            explain(config, cv_run, timings)
-        if not tracker.has_artifact(cv_run, "report/report.md"):
-            report(config, cv_run)
+        review_and_report(config, tracker, cv_run, timings)
         print(f"to browse the runs: {tracker.ui_command()}")
         return 0
     tracker.restart(cv_run)
@@ -83,10 +91,8 @@ def run(config: RunConfig) -> int:
         patients = patient_rows(rows, config.threshold, config.aggregation)
         print(f"fold {fold}: done; {len(patients)} test patients predicted")
     finished = write_pooled(config, tracker, cv_run)
-    if finished and config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
-        explain(config, cv_run, timings)
     if finished:
-        report(config, cv_run)
+        review_and_report(config, tracker, cv_run, timings)
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
     pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
@@ -168,6 +174,14 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
         tracker.metrics(cv_run, cv_metrics(result))
     print(f"\npooled out-of-fold results, {len(patients)} patients, {len(rows)} slices:\n\n{summary}")
     return True
+
+
+def review_and_report(config: RunConfig, tracker: Tracker, cv_run: str, timings: dict) -> None:
+    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report."""
+    if config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
+        explain(config, cv_run, timings)
+    if not tracker.has_artifact(cv_run, "report/report.md"):
+        report(config, cv_run)
 
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:

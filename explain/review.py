@@ -139,7 +139,8 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
             if not sanity_rows:
                 print(f"explain fold {fold}: randomisation sanity check", flush=True)
                 sample = slice(0, SANITY_IMAGES)
-                sanity_rows = _sanity(context["model"], layer, methods, images[sample], classes[sample])
+                sanity_rows = _sanity(context["model"], layer, {m: maps[m][sample] for m in methods},
+                                      images[sample], classes[sample])
     outcomes = {r.patient_id: (r.label, "correct" if r.correct else "incorrect") for r in reviews}
     summary = summarize(rows, outcomes)
     explain_dir = out / "explain"
@@ -264,8 +265,9 @@ def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]
     return rows
 
 
-def _sanity(model, layer, methods, images, classes) -> list[dict]:
-    trained = {m: Explainer(model, layer).maps(images, m, classes) for m in methods}
+def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
+    """The randomisation cascade's maps of `images`, against the trained model's `trained` maps."""
+    methods = list(trained)
     randomized = {}
     for seed in RANDOMIZATION_SEEDS[:SANITY_DRAWS]:
         for stage, random_model in randomized_cascade(model, seed):

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from vfrac.cache import read_entry
+from vfrac.crops import Box
 
 AIR_HU = -1000.0
 BALANCE = ("weights", "sampling", "none")
@@ -143,15 +144,13 @@ def input_to_slice(box, context: float, cache_size: int, input_size: int) -> tup
     `box` is the crop's ROI square (y0, x0, size); the chain is the cache's square grown
     by `context` and resized to `cache_size`, then `make_transform`'s centred warp.
     """
-    y0, x0, size = (int(v) for v in box)
-    extra = int(round(size * context))
-    grown = size + 2 * extra  # as crops.Box.grown
+    grown = Box(0, *(int(v) for v in box)).grown(context)
     step = cache_size / (1.0 + 2.0 * context) / input_size  # cache pixels per input pixel
     cache_origin = (cache_size - 1) / 2.0 - step * (input_size - 1) / 2.0
-    to_slice = grown / cache_size  # slice pixels per cache pixel (cv2.resize, pixel centres)
+    to_slice = grown.size / cache_size  # slice pixels per cache pixel (cv2.resize, pixel centres)
     scale = step * to_slice
     offset = (cache_origin + 0.5) * to_slice - 0.5
-    return scale, y0 - extra + offset, x0 - extra + offset
+    return scale, grown.y0 + offset, grown.x0 + offset
 
 
 def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):
