@@ -31,7 +31,7 @@ from bench.bench_load import cpu_name  # noqa: E402
 from vfrac.cache import CropSettings, Prepared, write_entry  # noqa: E402
 from vfrac.model import build_classifier  # noqa: E402
 from vfrac.pipeline import make_dataset  # noqa: E402
-from vfrac.train import fit  # noqa: E402
+from vfrac.train import Trainer  # noqa: E402
 
 RESNET50_GFLOPS_224 = 4.1
 BATCH = 16
@@ -68,7 +68,9 @@ def training_rates(size: int, datasets: dict, steps: int) -> dict:
     between them is where the batches come from.
     """
     first = next(iter(datasets.values()))
-    model, _ = fit(first.take(2), None, lambda: build_classifier(size), epochs=1, monitor="loss", patience=1)
+    trainer = Trainer(lambda: build_classifier(size))
+    trainer.fit(first.take(2), epochs=1)
+    model = trainer.model
     rates = {name: 0.0 for name in datasets}
     for _ in range(2):
         for name, dataset in datasets.items():

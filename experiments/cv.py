@@ -24,10 +24,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cohort", type=Path, help="manifest.csv (default for the demo: data/demo/manifest.csv)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     parser.add_argument("--folds", type=int, help="outer folds")
-    parser.add_argument("--trials", type=int, help="Optuna trials per fold")
+    parser.add_argument("--trials", type=int, help="Optuna trials per fold; 0: no tuning, the default settings")
     parser.add_argument("--epochs", type=int, help="most epochs per trial")
     parser.add_argument("--input-size", type=int, help="network input, pixels square")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-area", type=float,
+                        help="slice rule: keep ROI slices whose ROI area is at least this share of its largest "
+                             "(default: 0.35; 0 keeps all)")
     parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")

@@ -2,14 +2,18 @@
 
 The outer test patients are never seen by the tuner: trials split the fold's training
 patients again (inner validation), and the final model is trained on all of them for
-the best trial's number of epochs.
+the best trial's number of epochs. With no trials (`--trials 0`, the demo) the final
+model is trained at once with the default settings for `--epochs` epochs: on a small
+cohort an inner validation split of a few patients ranks settings by noise. The
+classical baseline is fitted on the same training patients and tested on the same
+test patients.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -18,14 +22,17 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from experiments.config import RunConfig
-from experiments.results import SLICE_COLUMNS, write_rows
+from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
 from experiments.tracking import Tracker
 from experiments.tuning import DEFAULTS, fold_study, pruning_summary, remaining, suggest
+from vfrac.baseline import baseline_fold
 from vfrac.metrics import aggregate, auc, evaluate
 from vfrac.model import build_classifier
-from vfrac.pipeline import Augmentation, class_weights, make_dataset
+from vfrac.pipeline import Augmentation, make_dataset
 from vfrac.splits import Split, inner_splits
-from vfrac.train import fit
+from vfrac.train import Trainer
+
+_TRAINERS: dict[tuple, Trainer] = {}  # the one compiled model of this process, by what its graph bakes in
 
 
 @dataclass
@@ -34,12 +41,32 @@ class FoldData:
 
     entries: dict  # patient_id -> cache file
     labels: dict  # patient_id -> 0/1
+    slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
+
+
+def trainer(config: RunConfig, params: dict) -> Trainer:
+    """The compiled model for these settings: built and traced once, reused by every fold and trial.
+
+    Tracing ResNet50's training step costs about 20 s on a CPU; only settings that are
+    constants of the graph (input size, weights, dropout, frozen stages, weight decay)
+    need a new one. Its initial weights come from the run's seed.
+    """
+    key = (config.input_size, config.weights, params["dropout"], params.get("freeze_stages", 0),
+           params["weight_decay"], config.ema_momentum)
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        keras.utils.set_random_seed(config.seed)
+        _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
+                                                          dropout=params["dropout"],
+                                                          freeze_stages=params.get("freeze_stages", 0)),
+                                 weight_decay=params["weight_decay"], ema_momentum=config.ema_momentum)
+    return _TRAINERS[key]
 
 
 def train_and_predict(config: RunConfig, params: dict, data: FoldData, train_ids, test_ids, epochs: int,
                       seed: int, val_ids=None, callbacks=()):
     """Fit on train_ids (validating on val_ids when given) and predict test_ids, slice by slice."""
-    keras.utils.set_random_seed(seed)  # the same seed gives the same initial weights and dropout
+    keras.utils.set_random_seed(seed)  # the same seed gives the same batches and dropout
     window = (params["window_level"], params["window_width"])
     train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, window,
                             training=True, seed=seed, batch_size=params["batch_size"],
@@ -48,12 +75,10 @@ def train_and_predict(config: RunConfig, params: dict, data: FoldData, train_ids
     if val_ids is not None:
         val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size, window,
                               batch_size=64)
-    model, history = fit(
-        train, val, lambda: build_classifier(config.input_size, weights=config.weights, dropout=params["dropout"],
-                                             freeze_stages=params.get("freeze_stages", 0)),
-        epochs=epochs, learning_rate=params["learning_rate"], weight_decay=params["weight_decay"],
-        patience=config.patience, callbacks=callbacks,
-        class_weight=class_weights([data.labels[p] for p in train_ids]))
+    fitter = trainer(config, params)
+    history = fitter.fit(train, val, epochs=epochs, learning_rate=params["learning_rate"],
+                         patience=config.patience, callbacks=callbacks)
+    model = fitter.model
     test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size, window,
                                batch_size=64)
     probabilities = model.predict(test, verbose=0)[:, 0]
@@ -117,40 +142,62 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
 def run_fold(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tracker: Tracker,
              fold_run: str, key: str, timings: dict) -> list[dict]:
     """Tune, train the final model, predict the test patients; log all to the fold run."""
-    started = time.perf_counter()
-    study = tune(config, fold, split, data, storage, tracker, fold_run, key)
-    timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if complete:
-        best = max(complete, key=lambda t: t.value)
-        params, best_value = dict(best.params), best.value
-        epochs = int(best.user_attrs.get("best_epoch", config.epochs))
-    else:  # every trial pruned or failed: fall back to the defaults
-        params, epochs, best_value = dict(DEFAULTS), config.epochs, None
+    study, params, epochs, best_value = None, DEFAULTS | {"batch_size": config.batch_size}, config.epochs, None
+    if config.trials:
+        started = time.perf_counter()
+        study = tune(config, fold, split, data, storage, tracker, fold_run, key)
+        timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if complete:  # else every trial was pruned or failed: the defaults
+            best = max(complete, key=lambda t: t.value)
+            params, best_value = dict(best.params), best.value
+            epochs = int(best.user_attrs.get("best_epoch", config.epochs))
     params.setdefault("freeze_stages", 0)
     started = time.perf_counter()
-    print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)", flush=True)
-    model, _, index, probabilities = train_and_predict(config, params, data, split.train, split.test, epochs,
-                                                       seed=config.seed + fold)
+    print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
+          + ("" if config.trials else " with the default settings (no tuning)"), flush=True)
+    losses = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _epoch_line(fold, epoch, epochs, logs))
+    model, history, index, probabilities = train_and_predict(config, params, data, split.train, split.test,
+                                                             epochs, seed=config.seed + fold, callbacks=[losses])
     timings["final_training"] = timings.get("final_training", 0.0) + time.perf_counter() - started
+    for epoch, loss in enumerate(history["loss"]):
+        tracker.metrics(fold_run, {"train_loss": loss, "train_slice_auc": history["auc"][epoch]}, step=epoch)
+    started = time.perf_counter()
+    baseline = baseline_fold({p: data.entries[p] for p in split.train}, data.labels,
+                             {p: data.entries[p] for p in split.test}, seed=config.seed + fold)
+    timings["baseline"] = timings.get("baseline", 0.0) + time.perf_counter() - started
+    baseline_rows = [{"patient_id": pid, "fold": fold, "label": data.labels[pid], "probability": p}
+                     for pid, p in baseline.items()]
     rows = [{"patient_id": pid, "fold": fold, "slice": z, "label": data.labels[pid], "probability": float(p)}
             for (pid, z), p in zip(index, probabilities, strict=True)]
     result = evaluate([r["patient_id"] for r in rows], [r["label"] for r in rows],
                       [r["probability"] for r in rows], config.threshold, config.aggregation,
                       n_boot=config.n_boot, seed=config.seed)
+    baseline_auc = auc([r["label"] for r in baseline_rows], [r["probability"] for r in baseline_rows])
+    print(f"fold {fold}: per-patient AUC {result['patient']['auc']:.3f} ({config.aggregation}), "
+          f"baseline {baseline_auc:.3f}", flush=True)
     tracker.params(fold_run, {f"best_{k}": v for k, v in params.items()} | {"final_epochs": epochs})
-    tracker.metrics(fold_run, fold_metrics(result) | {"best_inner_val_patient_auc": best_value}
-                    | pruning_summary(study, config.epochs))
+    tracker.metrics(fold_run, fold_metrics(result) | {"best_inner_val_patient_auc": best_value,
+                                                      "baseline_patient_auc": baseline_auc}
+                    | (pruning_summary(study, config.epochs) if study else {}))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         write_rows(folder / "slices.csv", rows, SLICE_COLUMNS)
+        write_rows(folder / "baseline.csv", baseline_rows, BASELINE_COLUMNS)
         tracker.artifacts(fold_run, folder / "slices.csv", "predictions")
+        tracker.artifacts(fold_run, folder / "baseline.csv", "predictions")
         model.save(folder / "model.keras")
         tracker.artifacts(fold_run, folder / "model.keras", "model")
-        (folder / "study.md").write_text(study_summary(study, config.epochs))
-        tracker.artifacts(fold_run, folder / "study.md")
+        if study:
+            (folder / "study.md").write_text(study_summary(study, config.epochs))
+            tracker.artifacts(fold_run, folder / "study.md")
     tracker.finish(fold_run)
     return rows
+
+
+def _epoch_line(fold: int, epoch: int, epochs: int, logs: dict) -> None:
+    print(f"fold {fold}: epoch {epoch + 1}/{epochs}, training loss {logs['loss']:.3f}, "
+          f"slice AUC {logs['auc']:.3f}", flush=True)
 
 
 def fold_metrics(result: dict) -> dict:

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from vfrac.metrics import aggregate, binary_metrics, calibration, confusion, evaluate, roc_points
+from vfrac.statistics import delong_test
 
 SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "fold", "label", "probability", "prediction")
+BASELINE_COLUMNS = ("patient_id", "fold", "label", "probability")
 REPORTED = ("sensitivity", "specificity", "accuracy", "auc")
 STUDY = {  # Li et al. 2021, ResNet50, 10-fold CV
     "slice": {"sensitivity": 0.90, "specificity": 0.79, "accuracy": 0.85},
@@ -57,7 +59,36 @@ def cv_metrics(result: dict) -> dict[str, float]:
     return metrics
 
 
-def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: float) -> str:
+def baseline_comparison(baseline_rows: list[dict], patients: list[dict], threshold: float, n_boot: int,
+                        seed: int) -> dict:
+    """The radiomics baseline's per-patient metrics (CIs as the network's) and DeLong's test of
+    the network's AUC against it on the same patients."""
+    by_id = {r["patient_id"]: r for r in baseline_rows}
+    missing = [p["patient_id"] for p in patients if p["patient_id"] not in by_id]
+    if missing:
+        raise ValueError(f"the baseline has no prediction for {len(missing)} patient(s), e.g. {missing[0]}")
+    labels = [p["label"] for p in patients]
+    scores = [by_id[p["patient_id"]]["probability"] for p in patients]
+    result = evaluate([p["patient_id"] for p in patients], labels, scores, threshold, "max", n_boot=n_boot,
+                      seed=seed)["patient"]
+    result["delong"] = delong_test(labels, [p["probability"] for p in patients], scores)
+    return result
+
+
+def baseline_metrics(comparison: dict) -> dict[str, float]:
+    """`baseline_` metric names for the CV run (DESIGN.md), beside the network's."""
+    metrics = {}
+    for name in REPORTED:
+        metrics[f"baseline_patient_{name}"] = comparison[name]
+        metrics[f"baseline_patient_{name}_ci_low"], metrics[f"baseline_patient_{name}_ci_high"] = \
+            comparison[f"{name}_ci"]
+    delong = comparison["delong"]
+    metrics |= {"baseline_auc_difference": delong["difference"], "baseline_delong_p": delong["p"]}
+    return metrics
+
+
+def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: float,
+                     baseline: dict | None = None) -> str:
     """The study's table (per slice and per patient) with our CIs, the study beside, and fold spread."""
     def cell(level, name):
         value, (low, high) = result[level][name], result[level][f"{name}_ci"]
@@ -77,6 +108,15 @@ def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: flo
         study = STUDY[level]
         lines.append(f"| {label}, Li et al. 2021 | {study['sensitivity']:.2f} | {study['specificity']:.2f} | "
                      f"{study['accuracy']:.2f} | not reported |")
+    if baseline is not None:
+        cells = " | ".join(f"{baseline[n]:.2f} ({baseline[n + '_ci'][0]:.2f}-{baseline[n + '_ci'][1]:.2f})"
+                           for n in REPORTED)
+        lines.append(f"| per patient, radiomics baseline (pooled) | {cells} |")
+        delong = baseline["delong"]
+        lines += ["", "Radiomics baseline: first-order HU and GLCM texture in the ROI square, L2 logistic "
+                  "regression fitted per fold on that fold's training patients. Network minus baseline AUC "
+                  f"{delong['difference']:+.2f} (95% CI {delong['ci'][0]:+.2f} to {delong['ci'][1]:+.2f}), "
+                  f"DeLong p = {delong['p']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +170,10 @@ def write_rows(path: Path, rows: list[dict], columns) -> None:
         writer.writerows(rows)
 
 
+TYPES = {"fold": int, "slice": int, "label": int, "prediction": int, "probability": float}
+
+
 def read_rows(path: Path) -> list[dict]:
+    """A prediction table (slices, patients or baseline) with its numbers as numbers."""
     with open(path, newline="") as handle:
-        return [{"patient_id": r["patient_id"], "fold": int(r["fold"]), "slice": int(r["slice"]),
-                 "label": int(r["label"]), "probability": float(r["probability"])} for r in csv.DictReader(handle)]
+        return [{k: TYPES.get(k, str)(v) for k, v in r.items()} for r in csv.DictReader(handle)]

@@ -15,8 +15,11 @@ from pathlib import Path
 from experiments.config import DEMO_COHORT, RunConfig
 from experiments.protocol import FoldData, run_fold
 from experiments.results import (
+    BASELINE_COLUMNS,
     PATIENT_COLUMNS,
     SLICE_COLUMNS,
+    baseline_comparison,
+    baseline_metrics,
     cv_metrics,
     patient_rows,
     per_fold,
@@ -29,8 +32,6 @@ from experiments.results import (
 from experiments.tracking import Tracker
 from experiments.tuning import open_storage
 from vfrac.errors import InputError
-
-DEMO_PATIENTS = 60
 
 
 def quiet() -> None:
@@ -81,8 +82,8 @@ def run(config: RunConfig) -> int:
             continue
         tracker.restart(fold_run)
         split = splits[fold]
-        print(f"fold {fold}: {len(split.train)} training patients (tuned on these only), "
-              f"{len(split.test)} test patients")
+        print(f"fold {fold}: {len(split.train)} training patients" + (" (tuned on these only)" if config.trials else "")
+              + f", {len(split.test)} test patients")
         try:
             rows = run_fold(config, fold, split, data, storage, tracker, fold_run, key, timings)
         except BaseException:
@@ -95,9 +96,10 @@ def run(config: RunConfig) -> int:
         review_and_report(config, tracker, cv_run, timings)
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
-    print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
-          f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
+    if config.trials:
+        pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
+        print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
+              f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
     if not finished:
         print("pooled results wait for the other folds; run again without --fold, or run the remaining folds")
     tracker.finish(cv_run, done=finished)
@@ -109,31 +111,34 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
     from tqdm import tqdm
 
-    from vfrac.cache import CropSettings, prepare_cohort
+    from vfrac.cache import CropSettings, prepare_cohort, slice_counts
     from vfrac.cohort import read_manifest
+    from vfrac.prepare import slice_rule_summary
 
     manifest = Path(config.cohort)
     if config.preset == "demo" and manifest == DEMO_COHORT.resolve():
-        from vfrac.synth import generate_cohort
+        from vfrac.synth import DEMO, generate_cohort
 
-        with tqdm(total=DEMO_PATIENTS, unit="patient", desc="demo cohort", disable=manifest.is_file()) as bar:
-            generate_cohort(manifest.parent, DEMO_PATIENTS, seed=0, workers=config.workers,
-                            on_progress=bar.update)
+        with tqdm(total=DEMO["patients"], unit="patient", desc="demo cohort", disable=manifest.is_file()) as bar:
+            generate_cohort(manifest.parent, seed=0, workers=config.workers, on_progress=bar.update, **DEMO)
     if not manifest.is_file():
         raise InputError(f"{manifest}: cohort manifest not found")
     cohort = read_manifest(manifest)
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
-        result = prepare_cohort(cohort.patients, CropSettings(), config.cache_dir, workers=config.workers,
-                                on_progress=lambda *_: bar.update())
+        result = prepare_cohort(cohort.patients, CropSettings(min_area=config.min_area), config.cache_dir,
+                                workers=config.workers, on_progress=lambda *_: bar.update())
     digest = hashlib.sha256(manifest.read_bytes())
     for pid in sorted(result.entries):
         digest.update(result.entries[pid].name.encode())  # entry names carry the CT and ROI content keys
     labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients}
-    return FoldData(entries=result.entries, labels=labels), digest.hexdigest()[:16]
+    counts = slice_counts(result.entries)
+    print(slice_rule_summary(counts, config.min_area))
+    return FoldData(entries=result.entries, labels=labels, slice_counts=counts), digest.hexdigest()[:16]
 
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str):
     """The run's splits: read from its splits.json when it has one, else made and logged."""
+    from vfrac.prepare import SLICE_REPORT_NAME, write_slice_report
     from vfrac.splits import load_splits, outer_folds, save_splits
 
     with tempfile.TemporaryDirectory() as folder:
@@ -146,6 +151,8 @@ def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str
         tracker.artifacts(cv_run, folder / "splits.json")
         (folder / "config.json").write_text(json.dumps(config.as_params(), indent=1) + "\n")
         tracker.artifacts(cv_run, folder / "config.json")
+        write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.min_area)
+        tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
         return splits
 
 
@@ -157,21 +164,24 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
         return False
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        rows = []
+        rows, baseline_rows = [], []
         for fold, run_id in sorted(folds.items()):
             rows += read_rows(tracker.download(run_id, "predictions/slices.csv", folder / f"fold{fold}"))
+            baseline_rows += read_rows(tracker.download(run_id, "predictions/baseline.csv", folder / f"fold{fold}"))
         patients = patient_rows(rows, config.threshold, config.aggregation)
         result = pooled(rows, config.threshold, config.aggregation, config.n_boot, config.seed)
         spread = per_fold(rows, config.threshold, config.aggregation)
+        baseline = baseline_comparison(baseline_rows, patients, config.threshold, config.n_boot, config.seed)
         out = folder / "out"
         (out / "predictions").mkdir(parents=True)
         write_rows(out / "predictions" / "slices.csv", rows, SLICE_COLUMNS)
         write_rows(out / "predictions" / "patients.csv", patients, PATIENT_COLUMNS)
+        write_rows(out / "predictions" / "baseline.csv", baseline_rows, BASELINE_COLUMNS)
         plots(out / "plots", rows, patients, config.threshold)
-        summary = summary_markdown(result, spread, config.aggregation, config.threshold)
+        summary = summary_markdown(result, spread, config.aggregation, config.threshold, baseline)
         (out / "summary.md").write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
         tracker.artifacts(cv_run, out)
-        tracker.metrics(cv_run, cv_metrics(result))
+        tracker.metrics(cv_run, cv_metrics(result) | baseline_metrics(baseline))
     print(f"\npooled out-of-fold results, {len(patients)} patients, {len(rows)} slices:\n\n{summary}")
     return True
 

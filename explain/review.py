@@ -205,7 +205,8 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
     return {"model": keras.models.load_model(model_path, compile=False), "patients": patients,
             "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
             "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
-            "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache")}
+            "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache"),
+            "min_area": float(params.get("min_area", 0.0))}  # runs before the slice rule kept every slice
 
 
 def _choose(patient, fold, slice_rows, context, top) -> dict:
@@ -220,7 +221,8 @@ def _choose(patient, fold, slice_rows, context, top) -> dict:
                                      [label] * len(slice_rows), context["aggregation"])
     review = PatientReview(pid, fold, label, float(probability),
                            "malignant" if probability >= threshold else "benign", dict(patient.readers))
-    prepared = read_entry(prepare_patient(patient, CropSettings(), Path(context["cache_dir"]))[0])
+    settings = CropSettings(min_area=context["min_area"])
+    prepared = read_entry(prepare_patient(patient, settings, Path(context["cache_dir"]))[0])
     chosen = sorted(slice_rows, key=lambda r: -r[1])[:top]
     where = {int(z): i for i, z in enumerate(prepared.slices)}
     indices = [where[z] for z, _ in chosen]

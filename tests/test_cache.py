@@ -104,7 +104,10 @@ def test_changed_setting_or_roi_gives_a_new_entry_and_label_does_not(tmp_path, m
     np.save(cohort.patients[0].roi, roi)
     changed = prepare_cohort(cohort.patients, CropSettings(), tmp_path / "cache")
     assert changed.entries["P001"] not in (base, margin) and changed.built == 1
-    assert read_entry(changed.entries["P001"]).slices.tolist() == [2, 3, 4, 5]
+    entry = read_entry(changed.entries["P001"])  # one voxel on slice 5: under the slice rule's 35 %
+    assert entry.slices.tolist() == [2, 3, 4] and entry.dropped.tolist() == [5]
+    every = read_entry(prepare_cohort(cohort.patients, CropSettings(min_area=0.0), tmp_path / "cache").entries["P001"])
+    assert every.slices.tolist() == [2, 3, 4, 5] and every.dropped.size == 0
     manifest.write_text(manifest.read_text().replace("P002,malignant", "P002,benign"))
     relabelled = prepare_cohort(read_manifest(manifest).patients, CropSettings(), tmp_path / "cache")
     assert relabelled.built == 0

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vfrac.crops import AIR_HU, Box, crop_stack, roi_boxes
+from vfrac.crops import AIR_HU, Box, crop_stack, lesion_slices, roi_boxes
 
 
 def volume_with_slice_ids(depth=6, height=40, width=50):
@@ -80,3 +80,28 @@ def test_grown_box_keeps_its_centre():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         roi_boxes(np.ones((1, 2, 2), bool), **kwargs)
+
+
+def vertebra_like_roi():
+    """Slices 0-1: a 2 x 4 spinous process (8 voxels); 2-4: body 10 x 10 + process (108);
+    5: the body's edge, 6 x 6 (36); slice 6 empty."""
+    roi = np.zeros((7, 30, 30), bool)
+    roi[0:5, 20:22, 13:17] = True
+    roi[2:5, 5:15, 10:20] = True
+    roi[5, 7:13, 12:18] = True
+    return roi
+
+
+def test_slice_rule_keeps_slices_through_the_body_and_says_which_it_dropped():
+    roi = vertebra_like_roi()
+    kept, dropped = lesion_slices(roi, min_area=0.35)  # 8 / 108 = 0.07 and 36 / 108 = 0.33 are out
+    assert kept.tolist() == [2, 3, 4] and dropped.tolist() == [0, 1, 5]
+    kept, dropped = lesion_slices(roi, min_area=0.3)
+    assert kept.tolist() == [2, 3, 4, 5] and dropped.tolist() == [0, 1]
+    kept, dropped = lesion_slices(roi, min_area=0.0)  # every ROI slice, never the empty one
+    assert kept.tolist() == [0, 1, 2, 3, 4, 5] and dropped.size == 0
+    assert [b.z for b in roi_boxes(roi, margin=0.0, min_area=0.35)] == [2, 3, 4]
+    (union, *_) = roi_boxes(roi, margin=0.0, mode="union", min_area=0.35)
+    assert (union.y0, union.x0, union.size) == (5, 7, 17)  # rows 5..21, columns 10..19 centred: 10 - 7 // 2
+    with pytest.raises(ValueError, match="min_area must be in \\[0, 1\\]"):
+        lesion_slices(roi, min_area=1.5)

@@ -9,7 +9,7 @@ from vfrac.cache import Prepared, write_entry
 from vfrac.metrics import auc
 from vfrac.model import LAST_CONV, build_classifier
 from vfrac.pipeline import make_dataset
-from vfrac.train import fit
+from vfrac.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,8 @@ def test_short_training_learns_a_bright_square(tmp_path):
     train, _ = make_dataset(train_entries, train_labels, input_size=32, training=True, batch_size=16,
                             window=(300.0, 1000.0), seed=0)
     val, index = make_dataset(val_entries, val_labels, input_size=32, batch_size=16, window=(300.0, 1000.0))
-    model, history = fit(train, val, lambda: build_classifier(32, dropout=0.1), epochs=12,
-                         learning_rate=1e-3, patience=12)
-    probabilities = model.predict(val, verbose=0)[:, 0]
-    assert auc([val_labels[pid] for pid, _ in index], probabilities) > 0.9
-    assert 1 <= history["best_epoch"] <= len(history["loss"])
-    assert max(history["val_auc"]) == pytest.approx(history["val_auc"][history["best_epoch"] - 1])
+    trainer = Trainer(lambda: build_classifier(32, dropout=0.1))
+    history = trainer.fit(train, val, epochs=12, learning_rate=1e-3)
+    probabilities = trainer.model.predict(val, verbose=0)[:, 0]
+    assert auc([val_labels[pid] for pid, _ in index], probabilities) > 0.9  # averaged weights, recalibrated BN
+    assert 1 <= history["best_epoch"] <= len(history["loss"]) == 12

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from vfrac.cache import Prepared, write_entry
-from vfrac.pipeline import Augmentation, class_weights, make_dataset, make_transform
+from vfrac.pipeline import Augmentation, make_dataset, make_transform, patient_weights
 
 MEANS_BGR = np.array([103.939, 116.779, 123.68])
 SIZE = 40  # cache size of the test crops
@@ -75,7 +75,7 @@ def test_transform_gives_the_same_result_eagerly_and_inside_dataset_map():
 
 
 def collect(dataset, epochs=2):
-    return [np.concatenate([b.numpy() for b, _ in dataset]) for _ in range(epochs)]
+    return [np.concatenate([batch[0].numpy() for batch in dataset]) for _ in range(epochs)]
 
 
 def test_same_seed_same_batches_other_seed_other_batches(patients):
@@ -114,15 +114,28 @@ def test_flips_are_left_right_only():
     assert outcomes == {"same", "left-right"}
 
 
-def test_balanced_sampling_and_class_weights(tmp_path):
+def test_balanced_sampling_and_per_patient_weights(tmp_path):
     entries, labels = write_patients(tmp_path, [1, 1, 1, 1, 1, 1, 0, 0], crops_each=4)
     dataset, index = make_dataset(entries, labels, input_size=16, training=True, balance="sampling",
                                   batch_size=8, seed=0)
     drawn = np.concatenate([y.numpy() for _ in range(10) for _, y in dataset])
     assert len(drawn) == 10 * len(index)
     assert abs(drawn.mean() - 0.5) < 0.06  # against 0.75 without balancing
-    weights = class_weights([1, 1, 1, 0])
-    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
+    # P0 (malignant, 2 crops), P1 (malignant, 4), P2 (benign, 2): each class half the loss, each
+    # patient an equal part of its class, weights averaging 1 over the 8 crops
+    index = [("P0", 0), ("P0", 1), *(("P1", z) for z in range(4)), ("P2", 0), ("P2", 1)]
+    weights = patient_weights(index, {"P0": 1, "P1": 1, "P2": 0})
+    assert weights == pytest.approx({"P0": 1.0, "P1": 0.5, "P2": 2.0})
+
+
+def test_training_batches_carry_each_patients_weight_and_a_known_length(tmp_path):
+    entries, labels = write_patients(tmp_path, [1, 1, 1, 0], crops_each=2)
+    dataset, index = make_dataset(entries, labels, input_size=16, training=True, batch_size=3, seed=0)
+    assert int(dataset.cardinality()) == 3  # 8 crops in batches of 3
+    rows = sorted((float(y), float(w)) for _, ys, ws in dataset for y, w in zip(ys, ws, strict=True))
+    assert np.allclose(rows, [(0.0, 2.0)] * 2 + [(1.0, 2 / 3)] * 6)
+    evaluation, _ = make_dataset(entries, labels, input_size=16, batch_size=3)
+    assert int(evaluation.cardinality()) == 3 and len(next(iter(evaluation))) == 2  # (image, label)
     with pytest.raises(ValueError, match="balance must be one of"):
         make_dataset(entries, labels, balance="oversample")
 

@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from vfrac.metrics import wilson_interval
-from vfrac.statistics import fisher_p, mcnemar, odds_ratio, sign_table, youden_threshold
+from vfrac.statistics import delong_test, fisher_p, mcnemar, odds_ratio, sign_table, youden_threshold
 
 
 def test_odds_ratio_and_woolf_interval():
@@ -63,3 +65,51 @@ def test_sign_table_counts_and_rates():
 def test_youden_threshold_by_hand():
     # at 0.8: sensitivity 0.5, specificity 1 (J 0.5); at 0.35: 1 and 0.5 (J 0.5); the first is kept
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx((0.8, 0.5))
+
+
+def test_delong_worked_by_hand():
+    # positives X, negatives Y; psi(x, y) = 1 if x > y, 1/2 if tied, 0 otherwise
+    labels = [1, 1, 1, 0, 0, 0]
+    a = [0.9, 0.8, 0.4, 0.6, 0.3, 0.85]  # X = .9 .8 .4, Y = .6 .3 .85
+    b = [0.7, 0.6, 0.5, 0.6, 0.8, 0.4]  # X = .7 .6 .5, Y = .6 .8 .4 (one tie: x .6 vs y .6)
+    # V10 (per positive, mean psi over Y): a [1, 2/3, 1/3], b [2/3, 1/2, 1/3] -> AUC a 2/3, b 1/2
+    # V01 (per negative, mean psi over X): a [2/3, 1, 1/3], b [1/2, 0, 1]
+    # S10 (n - 1 = 2): var a = (1/9 + 0 + 1/9) / 2 = 1/9, var b = (1/36 + 0 + 1/36) / 2 = 1/36,
+    #   cov = (1/3 x 1/6 + 0 + 1/3 x 1/6) / 2 = 1/18
+    # S01: var a = (0 + 1/9 + 1/9) / 2 = 1/9, var b = (0 + 1/4 + 1/4) / 2 = 1/4,
+    #   cov = (0 - 1/3 x 1/2 - 1/3 x 1/2) / 2 = -1/6
+    # S = S10 / 3 + S01 / 3: var a = 2/27, var b = 5/54, cov = (1/18 - 1/6) / 3 = -1/27
+    # var(a - b) = 2/27 + 5/54 + 2/27 = 13/54; z = (1/6) / sqrt(13/54), z^2 = 3/26
+    result = delong_test(labels, a, b)
+    assert (result["auc_a"], result["auc_b"]) == pytest.approx((2 / 3, 1 / 2))
+    assert (result["auc_a"], result["auc_b"]) == pytest.approx((roc_auc_score(labels, a), roc_auc_score(labels, b)))
+    assert result["difference"] == pytest.approx(1 / 6)
+    assert result["se"] == pytest.approx(math.sqrt(13 / 54))
+    assert result["z"] == pytest.approx(math.sqrt(3 / 26))
+    assert result["p"] == pytest.approx(math.erfc(math.sqrt(3 / 26) / math.sqrt(2)))  # 0.734
+    spread = 1.959964 * math.sqrt(13 / 54)
+    assert result["ci"] == pytest.approx((1 / 6 - spread, 1 / 6 + spread))
+
+
+def test_delong_agrees_with_sklearn_and_identical_scores_differ_by_nothing():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 80)
+    a, b = labels + rng.normal(0, 1, 80), np.round(labels + rng.normal(0, 2, 80))  # b has many ties
+    result = delong_test(labels, a, b)
+    assert (result["auc_a"], result["auc_b"]) == pytest.approx((roc_auc_score(labels, a), roc_auc_score(labels, b)))
+    assert result["auc_a"] > result["auc_b"] and result["p"] < 0.05 and result["ci"][0] > 0
+    same = delong_test(labels, a, a)
+    assert (same["difference"], same["z"], same["p"], same["ci"]) == (0.0, 0.0, 1.0, (0.0, 0.0))
+
+
+@pytest.mark.parametrize(("labels", "a", "b", "message"), [
+    ([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], "4 positive, 0 negative"),
+    ([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], "0 positive, 4 negative"),
+    ([0, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5], "at least 2 .*4 positive, 1 negative"),
+    ([0, 1, 0, 1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4], "4 labels and 3, 4 scores"),
+    ([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2], "4 labels and 4, 2 scores"),
+    ([0, 1, 2, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], r"\[0, 1, 2\]"),
+])
+def test_delong_refuses_bad_input(labels, a, b, message):
+    with pytest.raises(ValueError, match=message):
+        delong_test(labels, a, b)

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 
 from vfrac.cohort import Patient
-from vfrac.crops import BOX_MODES, crop_stack, roi_boxes
+from vfrac.crops import BOX_MODES, crop_stack, lesion_slices, roi_boxes
 from vfrac.errors import InputError
 from vfrac.volume import load_mask, load_volume
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 HU_MIN, HU_MAX = -32768, 32767
 
 
@@ -38,8 +38,11 @@ class CropSettings:
     box_mode: str = "slice"  # "slice": a square per slice; "union": one per patient
     context: float = 0.2  # extra surroundings kept around the square, for box jitter
     cache_size: int = 192  # crops are resampled to cache_size x cache_size (square: 137 px)
+    min_area: float = 0.35  # slice rule: keep slices whose ROI area is >= this share of its largest
 
     def __post_init__(self):
+        if not 0.0 <= self.min_area <= 1.0:
+            raise ValueError(f"min_area must be in [0, 1], received {self.min_area}")
         if self.box_mode not in BOX_MODES:
             raise ValueError(f"box_mode must be one of {BOX_MODES}, received {self.box_mode!r}")
         if self.margin < 0 or self.context < 0:
@@ -54,7 +57,8 @@ class Prepared:
 
     Crop i shows the ROI square `boxes[i]` (y0, x0, size in voxels of slice
     `slices[i]`) grown by `context` on each side, so the square itself fills the
-    central 1 / (1 + 2 context) of the crop.
+    central 1 / (1 + 2 context) of the crop. `dropped` lists the ROI slices the
+    slice rule left out (ROI area under `min_area` of its largest).
     """
 
     patient_id: str
@@ -63,6 +67,7 @@ class Prepared:
     boxes: np.ndarray
     spacing: np.ndarray
     context: float
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
 
 
 @dataclass
@@ -77,7 +82,8 @@ def build_entry(patient: Patient, settings: CropSettings) -> Prepared:
     """Load the CT and ROI and cut every crop (the expensive part)."""
     volume = load_volume(patient.ct)
     roi = roi_voxels(load_mask(patient.roi, volume), patient)
-    boxes = roi_boxes(roi, margin=settings.margin, mode=settings.box_mode)
+    boxes = roi_boxes(roi, margin=settings.margin, mode=settings.box_mode, min_area=settings.min_area)
+    _, dropped = lesion_slices(roi, settings.min_area)
     size = settings.cache_size
     crops = np.empty((len(boxes), size, size, 3), dtype=np.int16)
     for i, box in enumerate(boxes):
@@ -92,6 +98,7 @@ def build_entry(patient: Patient, settings: CropSettings) -> Prepared:
         boxes=np.array([(b.y0, b.x0, b.size) for b in boxes], dtype=np.int32).reshape(-1, 3),
         spacing=np.array(volume.spacing),
         context=settings.context,
+        dropped=dropped.astype(np.int32),
     )
 
 
@@ -144,10 +151,13 @@ def read_entry(path) -> Prepared:
     return Prepared(**fields)
 
 
-def crop_count(path) -> int:
-    """Number of crops in an entry, without loading the crops."""
-    with np.load(path, allow_pickle=False) as data:
-        return len(data["slices"])
+def slice_counts(entries: dict) -> dict[str, tuple[int, int]]:
+    """patient_id -> (crops kept, ROI slices dropped by the slice rule), without loading crops."""
+    counts = {}
+    for pid, path in entries.items():
+        with np.load(path, allow_pickle=False) as data:
+            counts[pid] = (len(data["slices"]), len(data["dropped"]))
+    return counts
 
 
 def prepare_cohort(patients, settings: CropSettings, cache_dir, workers: int = 1,

@@ -31,20 +31,36 @@ class Box:
         return Box(self.z, self.y0 - extra, self.x0 - extra, self.size + 2 * extra)
 
 
-def roi_boxes(roi: np.ndarray, margin: float = 0.1, mode: str = "slice") -> list[Box]:
-    """One square per slice on which the ROI has voxels, in slice order.
+def lesion_slices(roi: np.ndarray, min_area: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, dropped): slices of the ROI whose ROI area is at least `min_area` of its largest.
+
+    A whole-vertebra ROI reaches slices that show only the spinous process or the edge
+    of the body (a tenth to a third of the largest area) while the body, where the
+    fracture is, fills 0.6-1; every crop carries the patient's label, so the small
+    ones teach the network noise and, under the max rule, can decide a patient's call.
+    """
+    if not 0.0 <= min_area <= 1.0:
+        raise ValueError(f"min_area must be in [0, 1], received {min_area}")
+    areas = np.asarray(roi, dtype=bool).sum(axis=(1, 2))
+    slices = np.flatnonzero(areas)
+    keep = areas[slices] >= min_area * areas.max() if slices.size else np.zeros(0, bool)
+    return slices[keep], slices[~keep]
+
+
+def roi_boxes(roi: np.ndarray, margin: float = 0.1, mode: str = "slice", min_area: float = 0.0) -> list[Box]:
+    """One square per kept ROI slice (see `lesion_slices`), in slice order.
 
     mode "slice": the smallest square around that slice's ROI; "union": one square
-    around the ROI of all slices, used on each of them.
+    around the ROI of all kept slices, used on each of them.
     """
     if mode not in BOX_MODES:
         raise ValueError(f"box mode must be one of {BOX_MODES}, received {mode!r}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, received {margin}")
     roi = np.asarray(roi, dtype=bool)
-    slices = np.flatnonzero(roi.any(axis=(1, 2)))
+    slices, _ = lesion_slices(roi, min_area)
     if mode == "union":
-        union = _square(roi.any(axis=0), margin)
+        union = _square(roi[slices].any(axis=0), margin)
         return [Box(int(z), *union) for z in slices]
     return [Box(int(z), *_square(roi[z], margin)) for z in slices]
 

@@ -47,11 +47,20 @@ def entry_index(entries: dict) -> list[tuple[str, int]]:
     return index
 
 
-def class_weights(labels) -> dict[int, float]:
-    """Inverse-frequency weights so both classes count equally in the loss."""
-    labels = np.asarray(labels).astype(int)
-    counts = np.bincount(labels, minlength=2)
-    return {c: float(len(labels) / (2 * counts[c])) if counts[c] else 0.0 for c in (0, 1)}
+def patient_weights(index: list[tuple[str, int]], labels: dict) -> dict[str, float]:
+    """Loss weight of each slice, per patient: every patient counts the same, both classes half.
+
+    Weights from patient counts applied to a per-slice loss would let a patient with
+    30 slices count three times one with 10; here a patient's slices share its weight,
+    and the weights average to 1 over the slices.
+    """
+    crops = {}
+    for pid, _ in index:
+        crops[pid] = crops.get(pid, 0) + 1
+    counts = np.bincount([int(labels[p]) for p in crops], minlength=2)
+    classes = int(np.count_nonzero(counts))
+    share = {pid: 1.0 / (classes * counts[int(labels[pid])] * n) for pid, n in crops.items()}
+    return {pid: w * len(index) for pid, w in share.items()}
 
 
 def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400.0, 1800.0),
@@ -60,8 +69,10 @@ def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400
     """(dataset of (image, label) batches, [(patient_id, slice)] in evaluation order).
 
     `entries` maps patient id -> cache file, `labels` patient id -> 0/1. With
-    training=True the dataset shuffles, augments and, with balance="sampling",
-    draws both classes equally often; balance="weights" is left to `class_weights`.
+    training=True the dataset shuffles, augments and balances the classes: with
+    balance="weights" it yields (image, label, weight) with `patient_weights`, with
+    "sampling" it draws both classes equally often. The length is known
+    (`cardinality()`), so learning-rate schedules can count steps.
     """
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, received {balance!r}")
@@ -73,15 +84,19 @@ def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400
     pids = list(entries)
     paths = [str(entries[p]) for p in pids]
     patient_labels = [float(labels[p]) for p in pids]
+    weighted = training and balance == "weights"
+    weights = patient_weights(index, labels) if weighted else dict.fromkeys(pids, 1.0)
 
-    def load(path, label):
+    def load(path, label, weight):
         crops = tf.numpy_function(_load_crops, [path], tf.int16, stateful=False)
         crops = tf.ensure_shape(crops, (None, cache_size, cache_size, 3))
-        return crops, tf.fill([tf.shape(crops)[0]], label)
+        n = tf.shape(crops)[0]
+        return crops, tf.fill([n], label), tf.fill([n], weight)
 
-    dataset = (tf.data.Dataset.from_tensor_slices((paths, patient_labels))
+    dataset = (tf.data.Dataset.from_tensor_slices((paths, patient_labels, [weights[p] for p in pids]))
                .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .unbatch()
+               .apply(tf.data.experimental.assert_cardinality(len(index)))
                .cache())
     transform = make_transform(input_size, cache_size, context, window, augmentation if training else None)
     if training:
@@ -91,10 +106,10 @@ def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda element, pair: (transform(element[0], pair), element[1]),
+            lambda element, pair: (transform(element[0], pair), *element[1:(3 if weighted else 2)]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        dataset = dataset.map(lambda crop, label: (transform(crop, None), label),
+        dataset = dataset.map(lambda crop, label, _: (transform(crop, None), label),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return dataset, index
@@ -172,8 +187,8 @@ def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):
 
 def _balanced(dataset, seed, count):
     """Both classes drawn equally often, for `count` elements per epoch."""
-    negatives = dataset.filter(lambda crop, label: label < 0.5).repeat()
-    positives = dataset.filter(lambda crop, label: label >= 0.5).repeat()
+    negatives = dataset.filter(lambda crop, label, weight: label < 0.5).repeat()
+    positives = dataset.filter(lambda crop, label, weight: label >= 0.5).repeat()
     return tf.data.Dataset.sample_from_datasets([negatives, positives], weights=[0.5, 0.5],
                                                 seed=seed, rerandomize_each_iteration=True).take(count)
 

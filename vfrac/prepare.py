@@ -16,13 +16,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vfrac.cache import CropSettings, crop_count, prepare_cohort
+from vfrac.cache import CropSettings, prepare_cohort, slice_counts
 from vfrac.cohort import read_manifest
 from vfrac.crops import BOX_MODES
 from vfrac.errors import InputError
 
 DEFAULT_CACHE = Path("data/cache")
 REPORT_NAME = "prepare_report.csv"
+SLICE_REPORT_NAME = "slice_report.csv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="surroundings kept around the square for box jitter (default: %(default)s)")
     parser.add_argument("--cache-size", type=int, default=defaults.cache_size,
                         help="crops are resampled to this many pixels square (default: %(default)s)")
+    parser.add_argument("--min-area", type=float, default=defaults.min_area,
+                        help="slice rule: keep ROI slices whose ROI area is at least this share of its "
+                             "largest slice's, dropping slices through the spinous process or the edge "
+                             "of the body; 0 keeps every ROI slice (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log skipped files and details")
     return parser.parse_args(argv)
 
@@ -53,7 +58,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         settings = CropSettings(margin=args.margin, box_mode=args.box_mode,
-                                context=args.context, cache_size=args.cache_size)
+                                context=args.context, cache_size=args.cache_size, min_area=args.min_area)
         cohort = read_manifest(args.cohort, skip_bad=args.skip_bad)
         print(f"{len(cohort.patients)} patient(s) in {args.cohort}; cache: {args.cache_dir}; {settings}")
         with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
@@ -71,11 +76,34 @@ def main(argv=None) -> int:
         with open(report, "w", newline="") as handle:
             csv.writer(handle).writerows([("patient_id", "reason"), *problems])
         print(f"left out {len(problems)} patient(s) or row(s); reasons in {report}", file=sys.stderr)
-    crops = sum(crop_count(path) for path in result.entries.values())
+    counts = slice_counts(result.entries)
+    print(slice_rule_summary(counts, settings.min_area))
+    write_slice_report(args.cache_dir / SLICE_REPORT_NAME, counts, settings.min_area)
+    crops = sum(kept for kept, _ in counts.values())
     print(f"prepared {len(result.entries)} patient(s), {crops} crops "
           f"({result.built} built, {result.reused} already cached) "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def slice_rule_summary(counts: dict[str, tuple[int, int]], min_area: float) -> str:
+    """One line on what the slice rule kept and dropped, for the console and the run log."""
+    kept = sum(k for k, _ in counts.values())
+    dropped = [d for _, d in counts.values()]
+    losers = [d for d in dropped if d]
+    spread = f", {min(losers)}-{max(losers)} each (median {sorted(losers)[len(losers) // 2]})" if losers else ""
+    return (f"slice rule (ROI area >= {min_area:.0%} of its largest slice): kept {kept} of {kept + sum(dropped)} "
+            f"ROI slices; {len(losers)} of {len(counts)} patient(s) lost slices{spread}, "
+            "those through the spinous process or the edge of the vertebral body")
+
+
+def write_slice_report(path: Path, counts: dict[str, tuple[int, int]], min_area: float) -> None:
+    """Per patient: crops kept, slices dropped and why."""
+    reason = f"ROI area under {min_area:.0%} of the patient's largest ROI slice"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("patient_id", "kept", "dropped", "reason"))
+        writer.writerows((pid, k, d, reason if d else "") for pid, (k, d) in sorted(counts.items()))
 
 
 if __name__ == "__main__":

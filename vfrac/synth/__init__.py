@@ -4,7 +4,7 @@
 feature masks and a manifest with known ground truth for every visual feature.
 """
 
-from vfrac.synth.generate import generate_cohort
+from vfrac.synth.generate import DEMO, generate_cohort
 from vfrac.synth.params import FEATURES
 
-__all__ = ["FEATURES", "generate_cohort"]
+__all__ = ["DEMO", "FEATURES", "generate_cohort"]

@@ -1,4 +1,8 @@
-"""`python -m vfrac.synth --out DIR --patients N --seed S`: write a synthetic cohort."""
+"""`python -m vfrac.synth --out DIR --patients N --seed S`: write a synthetic cohort.
+
+`--demo` takes every generator setting of the built-in demo (`vfrac.synth.DEMO`), so
+`python -m vfrac.synth --demo --out DIR --seed S` is the demo's cohort with another seed.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +14,43 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vfrac.synth.generate import generate_cohort
+from vfrac.synth.generate import DEMO, generate_cohort
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vfrac.synth", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", action="store_true",
+                        help="the built-in demo's settings (" + ", ".join(f"{k} {v}" for k, v in DEMO.items())
+                        + "); only --seed, --workers and --overwrite may be given with it")
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must be new or empty)")
-    parser.add_argument("--patients", type=int, default=60, help="number of patients (default: %(default)s)")
+    parser.add_argument("--patients", type=int, help="number of patients (default: 60)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same cohort (default: %(default)s)")
-    parser.add_argument("--malignant-fraction", type=float, default=0.68,
-                        help="share of malignant patients; the study had 296/433 (default: %(default)s)")
-    parser.add_argument("--difficulty", type=float, default=0.3,
-                        help="0: textbook cases .. 1: features overlap often between classes (default: %(default)s)")
-    parser.add_argument("--matrix", type=int, default=512,
-                        help="image rows and columns; smaller is faster, for tests (default: %(default)s)")
+    parser.add_argument("--malignant-fraction", type=float,
+                        help="share of malignant patients; the study had 296/433 (default: 0.68)")
+    parser.add_argument("--difficulty", type=float,
+                        help="0: textbook cases .. 1: features overlap often between classes (default: 0.3)")
+    parser.add_argument("--matrix", type=int, help="image rows and columns; smaller is faster (default: 512)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="patients made in parallel (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cohort in --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    settings = {"patients": args.patients, "malignant_fraction": args.malignant_fraction,
+                "difficulty": args.difficulty, "matrix": args.matrix}
+    given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
+    if args.demo and given:
+        parser.error(f"--demo fixes every generator setting but the seed; drop {', '.join(given)}")
+    args.settings = DEMO if args.demo else {k: v for k, v in settings.items() if v is not None}
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    patients = args.settings.get("patients", 60)
     try:
-        with tqdm(total=args.patients, unit="patient", desc="synth") as bar:
-            manifest = generate_cohort(args.out, args.patients, seed=args.seed,
-                                       malignant_fraction=args.malignant_fraction, difficulty=args.difficulty,
-                                       matrix=args.matrix, workers=args.workers, overwrite=args.overwrite,
-                                       on_progress=bar.update)
+        with tqdm(total=patients, unit="patient", desc="synth") as bar:
+            manifest = generate_cohort(args.out, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+                                       on_progress=bar.update, **({"patients": 60} | args.settings))
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -48,7 +60,7 @@ def main(argv=None) -> int:
     if bar.n == 0:
         print(f"{manifest} already holds this cohort (same settings); nothing to do")
     else:
-        print(f"wrote {args.patients} synthetic patients to {manifest} in {time.perf_counter() - started:.1f} s")
+        print(f"wrote {patients} synthetic patients to {manifest} in {time.perf_counter() - started:.1f} s")
     return 0
 
 

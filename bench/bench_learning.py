@@ -1,0 +1,92 @@
+"""Does the demo learn? The demo preset on several synthetic cohorts of the demo's settings.
+
+    python bench/bench_learning.py [--seeds 1 2 3] [--out /tmp/vfrac-learning] [--explain]
+
+For each seed: writes the cohort (`python -m vfrac.synth --demo --seed S`), runs
+`python -m experiments.cv --cohort ...` (the demo preset) in a fresh process with its
+own stores, and prints the pooled out-of-fold per-patient AUC of the network under the
+max, mean and top-3 mean of its slices, the radiomics baseline's AUC on the same
+patients, DeLong's p, and the command's wall time. One seed says little: the spread
+over seeds is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from experiments.results import read_rows  # noqa: E402
+from vfrac.metrics import AGGREGATIONS, aggregate, auc  # noqa: E402
+from vfrac.statistics import delong_test  # noqa: E402
+
+
+def run_seed(seed: int, out: Path, explain: bool) -> dict:
+    cohort = out / f"cohort-{seed}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-m", "vfrac.synth", "--demo", "--out", str(cohort), "--seed", str(seed)],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = out / f"store-{seed}"
+    store.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "experiments.cv", "--cohort", str(cohort / "manifest.csv"),
+               "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage", f"sqlite:///{store}/optuna.db",
+               *([] if explain else ["--no-explain"])]
+    started = time.perf_counter()
+    log = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    (store / "cv.log").write_text(log.stdout + log.stderr)
+    if log.returncode:
+        raise SystemExit(f"seed {seed}: experiments.cv failed, see {store / 'cv.log'}")
+    return {"seconds": seconds} | scores(store)
+
+
+def scores(store: Path) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("vfrac")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`vfrac.role` = 'cv'")
+    folder = store / "artifacts-read"
+    slices = read_rows(Path(client.download_artifacts(run.info.run_id, "predictions/slices.csv", str(folder))))
+    baseline = {r["patient_id"]: r["probability"] for r in
+                read_rows(Path(client.download_artifacts(run.info.run_id, "predictions/baseline.csv", str(folder))))}
+    result = {}
+    for method in AGGREGATIONS:
+        ids, labels, probabilities = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
+                                               [r["label"] for r in slices], method)
+        result[method] = auc(labels, probabilities)
+        if method == "max":
+            result["baseline"] = auc(labels, [baseline[p] for p in ids])
+            result["delong_p"] = delong_test(labels, probabilities, [baseline[p] for p in ids])["p"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/vfrac-learning"))
+    parser.add_argument("--explain", action="store_true", help="include the Grad-CAM review in the timing")
+    args = parser.parse_args()
+    print("| seed | network max | network mean | network top-3 | baseline | DeLong p (max vs baseline) | wall |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
+    for seed in args.seeds:
+        row = run_seed(seed, args.out, args.explain)
+        rows.append(row)
+        print(f"| {seed} | {row['max']:.3f} | {row['mean']:.3f} | {row['topk']:.3f} | {row['baseline']:.3f} | "
+              f"{row['delong_p']:.3f} | {row['seconds']:.0f} s |", flush=True)
+    mean = {k: np.mean([r[k] for r in rows]) for k in ("max", "mean", "topk", "baseline", "seconds")}
+    print(f"| mean | {mean['max']:.3f} | {mean['mean']:.3f} | {mean['topk']:.3f} | {mean['baseline']:.3f} | | "
+          f"{mean['seconds']:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()
