@@ -14,10 +14,10 @@ from experiments.locks import database_lock
 from vfrac.errors import InputError
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-# The first trial of every fold, and the demo's only settings: measured on synthetic cohorts
-# (bench/bench_learning.py), ResNet50 from random weights learns within a CPU budget with a
-# peak rate of 2e-3 (warm-up, cosine decay, averaged weights), batches of 16 and half-strength
-# augmentation; at 3e-4, or with full augmentation, it has not started learning after 12 epochs.
+# The first trial of every fold, and the demo's only settings. Measured on one fold of a
+# synthetic cohort (60 training patients, 12 epochs, 64 px): a peak rate of 2e-3 with
+# batches of 16 and half-strength augmentation reached patient AUC 0.86-0.90, against
+# 0.62-0.70 at 3e-4 (batches of 32) and 0.69-0.85 at 1e-3 with full augmentation.
 DEFAULTS = {"learning_rate": 2e-3, "weight_decay": 1e-4, "dropout": 0.3, "batch_size": 16,
             "augment_strength": 0.5, "window_level": 400.0, "window_width": 1800.0}
 

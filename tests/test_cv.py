@@ -18,11 +18,14 @@ import numpy as np
 import pydicom
 import pytest
 from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
 from experiments.cv import main
 from vfrac.metrics import evaluate
+from vfrac.statistics import delong_test
 from vfrac.synth import generate_cohort
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32"]
 
@@ -106,13 +109,15 @@ def test_run_tree_tags_and_artifacts_follow_the_design(resumed, tmp_path):
         assert fold.data.tags["mlflow.parentRunId"] == cv_run.info.run_id
         assert {"patient_auc", "slice_sensitivity"} <= set(fold.data.metrics)
         assert {"model", "predictions", "study.md"} <= {a.path for a in client.list_artifacts(fold.info.run_id)}
+        assert {"baseline_patient_auc", "train_loss"} <= set(fold.data.metrics)
     fold_ids = {r.info.run_id: r.data.tags["vfrac.fold"] for r in by_role["fold"]}
     assert len(by_role["trial"]) == 4
     for trial in by_role["trial"]:
         assert fold_ids[trial.data.tags["mlflow.parentRunId"]] == trial.data.tags["vfrac.fold"]
         assert "vfrac.trial" in trial.data.tags
     names = {a.path for a in client.list_artifacts(cv_run.info.run_id)}
-    assert {"splits.json", "predictions", "plots", "summary.md", "config.json"} <= names
+    assert {"splits.json", "predictions", "plots", "summary.md", "config.json", "slice_report.csv"} <= names
+    assert {"baseline_patient_auc", "baseline_patient_auc_ci_low", "baseline_delong_p"} <= set(cv_run.data.metrics)
     plots = {a.path for a in client.list_artifacts(cv_run.info.run_id, "plots")}
     assert plots == {"plots/roc.png", "plots/confusion.png", "plots/calibration.png"}
 
@@ -131,8 +136,9 @@ def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
     test_fold = {pid: fold["fold"] for fold in splits for pid in fold["test"]}
     assert all(int(p["fold"]) == test_fold[p["patient_id"]] for p in patients)
     slices = artifact_rows(client, run_id, "predictions/slices.csv", tmp_path)
+    aggregation = cv_run.data.params["aggregation"]
     result = evaluate([s["patient_id"] for s in slices], [int(s["label"]) for s in slices],
-                      [float(s["probability"]) for s in slices], n_boot=10)
+                      [float(s["probability"]) for s in slices], aggregation=aggregation, n_boot=10)
     metrics = cv_run.data.metrics
     for level in ("slice", "patient"):
         for name in ("sensitivity", "specificity", "accuracy", "auc"):
@@ -140,10 +146,19 @@ def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
             assert 0.0 <= value <= 1.0
             assert value == pytest.approx(result[level][name], abs=1e-9)
             assert metrics[f"{level}_{name}_ci_low"] <= value + 1e-9 <= metrics[f"{level}_{name}_ci_high"] + 2e-9
-    maxima = {}
+    per_patient = {}
     for s in slices:
-        maxima[s["patient_id"]] = max(maxima.get(s["patient_id"], 0.0), float(s["probability"]))
-    assert all(float(p["probability"]) == pytest.approx(maxima[p["patient_id"]]) for p in patients)
+        per_patient.setdefault(s["patient_id"], []).append(float(s["probability"]))
+    rule = {"max": max, "mean": np.mean}[aggregation]
+    assert all(float(p["probability"]) == pytest.approx(rule(per_patient[p["patient_id"]])) for p in patients)
+    baseline = {b["patient_id"]: b for b in artifact_rows(client, run_id, "predictions/baseline.csv", tmp_path)}
+    assert set(baseline) == set(ids) and all(int(b["fold"]) == test_fold[pid] for pid, b in baseline.items())
+    labels = [int(p["label"]) for p in patients]
+    assert metrics["baseline_patient_auc"] == pytest.approx(
+        roc_auc_score(labels, [float(baseline[pid]["probability"]) for pid in ids]))
+    delong = delong_test(labels, [float(p["probability"]) for p in patients],
+                         [float(baseline[pid]["probability"]) for pid in ids])
+    assert metrics["baseline_delong_p"] == pytest.approx(delong["p"])
 
 
 def test_two_processes_on_one_storage_give_the_same_result(cohort, resumed, tmp_path):

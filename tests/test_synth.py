@@ -176,3 +176,16 @@ def test_command_refuses_to_overwrite_and_reports(tmp_path, capsys):
     assert len(read_manifest(out / "manifest.csv").patients) == 3
     assert main(["--out", str(out), "--patients", "0"]) == 2
     assert not list(tmp_path.glob(".cohort.*"))  # no staging folder left behind
+
+
+def test_demo_flag_takes_the_demos_settings_and_refuses_others(capsys):
+    from vfrac.synth import DEMO
+    from vfrac.synth.__main__ import parse_args
+
+    args = parse_args(["--demo", "--out", "x", "--seed", "5"])
+    assert args.settings == DEMO and args.seed == 5
+    assert DEMO == {"patients": 120, "malignant_fraction": 0.68, "difficulty": 0.3, "matrix": 256}
+    assert parse_args(["--out", "x", "--matrix", "64"]).settings == {"matrix": 64}
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--demo", "--out", "x", "--matrix", "64"])
+    assert stopped.value.code == 2 and "drop --matrix" in capsys.readouterr().err
