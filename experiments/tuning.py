@@ -14,7 +14,7 @@ from experiments.locks import database_lock
 from vfrac.errors import InputError
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-# The first trial of every fold, and the demo's only settings. Measured on one fold of a
+# The first trial of every fold, and the demo's only settings. Measured (before zero-gamma) on one fold of a
 # synthetic cohort (60 training patients, 12 epochs, 64 px): a peak rate of 2e-3 with
 # batches of 16 and half-strength augmentation reached patient AUC 0.86-0.90, against
 # 0.62-0.70 at 3e-4 (batches of 32) and 0.69-0.85 at 1e-3 with full augmentation.
