@@ -87,6 +87,10 @@ def baseline_metrics(comparison: dict) -> dict[str, float]:
     return metrics
 
 
+def p_value(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: float,
                      baseline: dict | None = None) -> str:
     """The study's table (per slice and per patient) with our CIs, the study beside, and fold spread."""
@@ -116,7 +120,7 @@ def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: flo
         lines += ["", "Radiomics baseline: first-order HU and GLCM texture in the ROI square, L2 logistic "
                   "regression fitted per fold on that fold's training patients. Network minus baseline AUC "
                   f"{delong['difference']:+.2f} (95% CI {delong['ci'][0]:+.2f} to {delong['ci'][1]:+.2f}), "
-                  f"DeLong p = {delong['p']:.3f}."]
+                  f"DeLong {p_value(delong['p'])}."]
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,7 @@ def toy():
     return model, test_images[positive], test_masks[positive]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 def test_maps_of_a_square_detector_land_on_the_square(toy, method):
     model, images, masks = toy
@@ -63,6 +64,7 @@ def test_maps_of_a_square_detector_land_on_the_square(toy, method):
     assert np.mean([m["pointing_hit"] for m in measured]) >= 0.9
 
 
+@pytest.mark.slow
 def test_every_method_returns_maps_in_unit_range(toy):
     model, images, _ = toy
     explainer = Explainer(model, LAYER)
@@ -75,6 +77,7 @@ def test_every_method_returns_maps_in_unit_range(toy):
         Explainer(build_classifier(32), "conv5_block3_out")  # 1 x 1 maps
 
 
+@pytest.mark.slow
 def test_randomised_networks_give_different_maps(toy):
     model, images, _ = toy
     classes = np.ones(8, dtype=int)
@@ -94,6 +97,7 @@ def test_randomised_networks_give_different_maps(toy):
     assert all(r["flagged"] and r["spearman_mean"] == pytest.approx(1.0) for r in same)
 
 
+@pytest.mark.slow
 def test_slice_attribution_is_zero_for_a_black_slice(toy):
     model, images, _ = toy
     black_first = images[:2].copy()

@@ -94,6 +94,7 @@ def square_cohort(folder, count, seed):
     return entries, labels
 
 
+@pytest.mark.slow
 def test_short_training_learns_a_bright_square(tmp_path):
     keras.utils.set_random_seed(0)
     train_entries, train_labels = square_cohort(tmp_path, 24, seed=1)

@@ -110,6 +110,7 @@ def test_feature_masks_lie_where_the_feature_was_drawn(cohort):
     assert seen == set(FEATURES)
 
 
+@pytest.mark.slow
 def test_no_shortcut_separates_the_classes(tmp_path):
     """On 200 patients, nothing but the lesion tells benign from malignant (AUC < 0.7)."""
     manifest = generate_cohort(tmp_path / "cohort", 200, seed=21, matrix=128, workers=2)
