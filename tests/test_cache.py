@@ -159,5 +159,20 @@ def test_command_prepares_reports_and_fails_clearly(tmp_path, capsys):
     assert "prepared 2 patient(s), 6 crops" in captured.out
     report = (cache_dir / "prepare_report.csv").read_text().splitlines()
     assert report[0] == "patient_id,reason" and report[1].startswith("P003,")
+    assert "kept 6 of 6 ROI slices; 0 of 2 patient(s) lost slices" in captured.out
+    roi = np.load(tmp_path / "cohort" / "P001" / "roi.npy")
+    roi[5, 7, 9] = roi[1, 7, 9] = 1  # a voxel above and below the 3-slice ROI
+    np.save(tmp_path / "cohort" / "P001" / "roi.npy", roi)
+    assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--workers", "1", "--skip-bad"]) == 0
+    assert "kept 6 of 8 ROI slices; 1 of 2 patient(s) lost slices, 2-2 each (median 2)" in capsys.readouterr().out
+    rows = (cache_dir / "slice_report.csv").read_text().splitlines()
+    assert rows[:2] == ["patient_id,kept,dropped,reason",
+                        "P001,3,2,ROI area under 35% of the patient's largest ROI slice"]
+    assert rows[2] == "P002,3,0,"
+    assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--workers", "1", "--skip-bad",
+                 "--min-area", "0"]) == 0
+    assert "kept 8 of 8 ROI slices" in capsys.readouterr().out
+    assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--min-area", "2"]) == 2
+    assert "min_area must be in [0, 1]" in capsys.readouterr().err
     assert main(["--cohort", str(tmp_path / "none.csv"), "--cache-dir", str(cache_dir)]) == 2
     assert "manifest not found" in capsys.readouterr().err

@@ -251,6 +251,8 @@ def test_bad_manifest_rows_stop_the_run(cohort, tmp_path, capsys, monkeypatch):
     (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking store"),
     (["--storage", "sqlite:////nonexistent-folder/optuna.db"], "cannot open the Optuna storage"),
     (["--fold", "5"], "--fold must be in 0..1"),
+    (["--min-area", "1.5"], "--min-area must be in [0, 1]"),
+    (["--trials", "-1"], "--trials must be >= 0"),
 ])
 def test_bad_input_gives_a_clear_error_and_exit_code(cohort, tmp_path, capsys, monkeypatch, extra, message):
     manifest, _ = cohort

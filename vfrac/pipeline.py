@@ -12,6 +12,7 @@ sequence, and evaluation datasets neither shuffle nor augment.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import keras
@@ -54,9 +55,7 @@ def patient_weights(index: list[tuple[str, int]], labels: dict) -> dict[str, flo
     30 slices count three times one with 10; here a patient's slices share its weight,
     and the weights average to 1 over the slices.
     """
-    crops = {}
-    for pid, _ in index:
-        crops[pid] = crops.get(pid, 0) + 1
+    crops = Counter(pid for pid, _ in index)
     counts = np.bincount([int(labels[p]) for p in crops], minlength=2)
     classes = int(np.count_nonzero(counts))
     share = {pid: 1.0 / (classes * counts[int(labels[pid])] * n) for pid, n in crops.items()}
