@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.config import default_tracking_uri
-from experiments.results import STUDY, patient_rows, per_fold, read_rows
+from experiments.results import STUDY, p_value, patient_rows, per_fold, read_rows
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, roc_points, wilson_interval
 from vfrac.statistics import mcnemar, sign_table, youden_threshold
@@ -116,7 +116,7 @@ def build(data: dict, folder: Path) -> list[tuple]:
     readers = _readers(cohort, model)
     blocks += readers["blocks"]
     blocks += _model(data, slices, model, readers["points"], folder)
-    blocks += _aggregation(slices, threshold)
+    blocks += _aggregation(slices, threshold, aggregation)
     blocks += _attention(data["attention"])
     blocks += _claim(data, slices, model)
     return blocks
@@ -223,7 +223,17 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
         study = STUDY[level]
         rows.append([f"per {level}, Li et al. 2021", f"{study['sensitivity']:.2f}", f"{study['specificity']:.2f}",
                      f"{study['accuracy']:.2f}", "not reported"])
+    if "baseline_patient_auc" in metrics:
+        rows.append(["per patient, radiomics baseline pooled"] + [
+            _ci(metrics[f"baseline_patient_{name}"], (metrics.get(f"baseline_patient_{name}_ci_low", math.nan),
+                                                      metrics.get(f"baseline_patient_{name}_ci_high", math.nan)))
+            for name in ("sensitivity", "specificity", "accuracy", "auc")])
     blocks.append(("table", ["", "sensitivity", "specificity", "accuracy", "AUC"], rows))
+    if "baseline_delong_p" in metrics:
+        blocks.append(("p", "Radiomics baseline (IBSI first-order HU and GLCM texture in the ROI square, L2 logistic "
+                            "regression fitted in each fold on its training patients): network minus baseline "
+                            f"per-patient AUC {metrics['baseline_auc_difference']:+.2f}, DeLong "
+                            f"{p_value(metrics['baseline_delong_p'])}."))
     patient_y = [m["label"] for m in model.values()]
     patient_p = [m["probability"] for m in model.values()]
     cal = calibration(patient_y, patient_p)
@@ -235,10 +245,12 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
     return blocks
 
 
-def _aggregation(slices, threshold) -> list[tuple]:
+def _aggregation(slices, threshold, chosen: str) -> list[tuple]:
+    """Every rule at the threshold; `chosen`, the run's pre-specified rule, is marked."""
     blocks = [("h2", SECTIONS[4])]
     rows = []
     for method, label in (("max", "max (the study's rule)"), ("mean", "mean"), ("topk", "top-3 mean")):
+        label += ", pre-specified" if method == chosen else ""
         _, y, p = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
                             [r["label"] for r in slices], method)
         m = binary_metrics(y, p, threshold)
@@ -247,12 +259,12 @@ def _aggregation(slices, threshold) -> list[tuple]:
                      _ci(m["accuracy"], wilson_interval(m["tp"] + m["tn"], len(y))), f"{m['auc']:.2f}"])
     blocks.append(("table", ["per-patient aggregation", "sensitivity", "specificity", "accuracy", "AUC"], rows))
     _, y, p = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
-                        [r["label"] for r in slices], "max")
+                        [r["label"] for r in slices], chosen)
     if len(set(y.tolist())) == 2:
         cut, j = youden_threshold(y, p)
         m = binary_metrics(y, p, cut)
         blocks.append(("p", f"Exploratory, not pre-specified: the Youden threshold of the pooled per-patient "
-                            f"probabilities (max) is {cut:.3f} (J = {j:.2f}), giving sensitivity "
+                            f"probabilities ({chosen}) is {cut:.3f} (J = {j:.2f}), giving sensitivity "
                             f"{m['sensitivity']:.2f} and specificity {m['specificity']:.2f} on the same patients "
                             f"it was chosen on; the pre-specified threshold is {threshold}."))
     return blocks

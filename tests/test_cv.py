@@ -353,7 +353,9 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
     malignant = sum(p["label"] == "1" for p in patients)
     assert f"| analysed | {len(patients) - malignant} | {malignant} | {len(patients)} |" in text
     hits = sum(p["label"] == "1" and p["prediction"] == "1" for p in patients)
-    assert f"| max (the study's rule) | {hits / malignant:.2f} (" in text
+    rule = {"max": "max (the study's rule)", "mean": "mean"}[run.data.params["aggregation"]]
+    assert f"| {rule}, pre-specified | {hits / malignant:.2f} (" in text
+    assert "| per patient, radiomics baseline pooled | " in text and "DeLong p" in text
     for reader in ("senior", "mid", "junior"):
         assert f"| {reader} | {len(patients)} |" in text
     assert "| bone_destruction |" in text and "| gradcam | " in text
