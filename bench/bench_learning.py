@@ -1,6 +1,6 @@
 """Does the demo learn? The demo preset on several synthetic cohorts of the demo's settings.
 
-    python bench/bench_learning.py [--seeds 1 2 3] [--out /tmp/vfrac-learning] [--explain]
+    python bench/bench_learning.py [--seeds 1 2 3] [--out /tmp/vfrac-learning] [--explain] [-- CV FLAGS]
 
 For each seed: writes the cohort (`python -m vfrac.synth --demo --seed S`), runs
 `python -m experiments.cv --cohort ...` (the demo preset) in a fresh process with its
@@ -29,16 +29,16 @@ from vfrac.metrics import AGGREGATIONS, aggregate, auc  # noqa: E402
 from vfrac.statistics import delong_test  # noqa: E402
 
 
-def run_seed(seed: int, out: Path, explain: bool) -> dict:
+def run_seed(seed: int, out: Path, explain: bool, extra=()) -> dict:
     cohort = out / f"cohort-{seed}"
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     subprocess.run([sys.executable, "-m", "vfrac.synth", "--demo", "--out", str(cohort), "--seed", str(seed)],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    store = out / f"store-{seed}"
+    store = out / f"store-{seed}{'-' + '-'.join(extra).replace('--', '') if extra else ''}"
     store.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "experiments.cv", "--cohort", str(cohort / "manifest.csv"),
                "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage", f"sqlite:///{store}/optuna.db",
-               *([] if explain else ["--no-explain"])]
+               *([] if explain else ["--no-explain"]), *extra]
     started = time.perf_counter()
     log = subprocess.run(command, cwd=store, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -78,13 +78,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("/tmp/vfrac-learning"))
     parser.add_argument("--explain", action="store_true", help="include the Grad-CAM review in the timing")
+    parser.add_argument("cv_flags", nargs="*", help="after --: flags for experiments.cv, e.g. -- --epochs 10")
     args = parser.parse_args()
     print("| seed | network max | network mean | network top-3 | baseline | DeLong p, max vs baseline | "
           "DeLong p, mean vs baseline | wall |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for seed in args.seeds:
-        rows.append(run_seed(seed, args.out, args.explain))
+        rows.append(run_seed(seed, args.out, args.explain, args.cv_flags))
         print(table_row(seed, rows[-1]), flush=True)
     print(table_row("mean", {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}))
 

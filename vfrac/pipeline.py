@@ -92,16 +92,16 @@ def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400
         n = tf.shape(crops)[0]
         return crops, tf.fill([n], label), tf.fill([n], weight)
 
-    dataset = (tf.data.Dataset.from_tensor_slices((paths, patient_labels, [weights[p] for p in pids]))
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .unbatch()
-               .apply(tf.data.experimental.assert_cardinality(len(index)))
-               .cache())
+    loaded = (tf.data.Dataset.from_tensor_slices((paths, patient_labels, [weights[p] for p in pids]))
+              .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .unbatch()
+              .apply(tf.data.experimental.assert_cardinality(len(index))))
+    dataset = loaded.cache()
     transform = make_transform(input_size, cache_size, context, window, augmentation if training else None)
     if training:
         count = len(index)
         if balance == "sampling":
-            dataset = _balanced(dataset, seed, count)
+            dataset = _balanced(loaded, seed, count)
         dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
@@ -185,9 +185,14 @@ def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):
 
 
 def _balanced(dataset, seed, count):
-    """Both classes drawn equally often, for `count` elements per epoch."""
-    negatives = dataset.filter(lambda crop, label, weight: label < 0.5).repeat()
-    positives = dataset.filter(lambda crop, label, weight: label >= 0.5).repeat()
+    """Both classes drawn equally often, for `count` elements per epoch.
+
+    Each class has a cache of its own, filled from the files: with two filtered iterators
+    over one in-memory cache still being filled, a loaded test run once drew no benign
+    crop at all.
+    """
+    negatives = dataset.filter(lambda crop, label, weight: label < 0.5).cache().repeat()
+    positives = dataset.filter(lambda crop, label, weight: label >= 0.5).cache().repeat()
     return tf.data.Dataset.sample_from_datasets([negatives, positives], weights=[0.5, 0.5],
                                                 seed=seed, rerandomize_each_iteration=True).take(count)
 

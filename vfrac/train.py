@@ -63,7 +63,9 @@ class Trainer:
         if not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1), received {ema_momentum}")
         self.model = model_fn()
-        self.initial_weights = self.model.get_weights()
+        # Weights, BatchNorm statistics and the dropout layers' random state: a fit gives
+        # the same result whatever the model fitted before.
+        self.initial_state = [variable.numpy() for variable in self.model.variables]
         self.schedule = WarmupCosine()
         self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule, weight_decay=weight_decay,
                                                 use_ema=ema_momentum > 0, ema_momentum=ema_momentum)
@@ -97,7 +99,8 @@ class Trainer:
         return result
 
     def _reset(self) -> None:
-        self.model.set_weights(self.initial_weights)
+        for variable, value in zip(self.model.variables, self.initial_state, strict=True):
+            variable.assign(value)
         for variable in self.optimizer.variables:  # step count, moments and averages
             variable.assign(ops.zeros(variable.shape, variable.dtype))
 
