@@ -29,7 +29,8 @@ PRESETS = {
                   aggregation="max", cam_layer="conv5_block3_out"),
 }
 # Fields that say where or how a run executes, not what it computes: not in the run key.
-NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir")
+NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir",
+              "allow_outside")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RunConfig:
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
     workers: int = 2
+    allow_outside: bool = False  # manifest paths may lead outside its folder (vfrac.cohort.read_manifest)
 
     def key(self, cohort_hash: str) -> str:
         """What identifies this run's results: the settings that change them, and the cohort."""
@@ -98,6 +100,7 @@ def resolve(args) -> RunConfig:
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
         weights=args.weights, cam_layer=preset["cam_layer"], aggregation=preset["aggregation"],
         min_area=RunConfig.min_area if args.min_area is None else args.min_area,
+        allow_outside=args.allow_outside,
     )
     _check(config)
     return config

@@ -2,9 +2,10 @@
 
 With no arguments it runs the demo: the synthetic cohort in data/demo/ (written if
 absent) with the small `demo` preset. Rerunning the same command resumes the same CV
-run: finished folds and trials are reused. `--fold K` runs one outer fold, so several
-processes or machines sharing `--storage` and the tracking store can split the work;
-whichever finishes the last fold writes the pooled results.
+run: finished folds and trials are reused. Several processes or machines sharing
+`--storage` and the tracking store split the work: each trial, fold model, pooled
+result, review and report is done once, by whichever process claims it first
+(experiments.claims); `--fold K` keeps a process to one outer fold.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--min-area", type=float,
                         help="slice rule: keep ROI slices whose ROI area is at least this share of its largest "
                              "(default: 0.35; 0 keeps all)")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept manifest paths that lead outside the manifest's folder (refused by default)")
     parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")
@@ -44,6 +48,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up chatter; errors still raise
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = resolve(args)
         # TensorFlow, MLflow and Optuna load only now: the cache's worker processes
@@ -58,6 +63,11 @@ def main(argv=None) -> int:
         print("\ninterrupted: finished folds and trials are kept; run the same command again to continue",
               file=sys.stderr)
         return 130
+
+
+def _interrupt(signum, frame):
+    """SIGTERM (a scheduler's stop, `kill`) ends the run as Ctrl-C does: its runs marked KILLED."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -21,10 +21,20 @@ import numpy as np
 import optuna
 from optuna_integration import KerasPruningCallback
 
+from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
 from experiments.config import RunConfig
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
 from experiments.tracking import Tracker
-from experiments.tuning import DEFAULTS, fold_study, pruning_summary, remaining, suggest
+from experiments.tuning import (
+    DEFAULTS,
+    POSITION_ATTR,
+    claim_trial,
+    fold_study,
+    others_running,
+    pruning_summary,
+    remaining,
+    suggest,
+)
 from vfrac.baseline import baseline_fold
 from vfrac.metrics import aggregate, auc, evaluate
 from vfrac.model import build_classifier
@@ -47,19 +57,18 @@ class FoldData:
 def trainer(config: RunConfig, params: dict) -> Trainer:
     """The compiled model for these settings: built and traced once, reused by every fold and trial.
 
-    Tracing ResNet50's training step costs about 20 s on a CPU; only settings that are
-    constants of the graph (input size, weights, dropout, frozen stages, weight decay)
-    need a new one. Its initial weights come from the run's seed.
+    Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
+    the graph (input size, weights, frozen stages, weight averaging) need a new one, as
+    learning rate, weight decay and dropout are variables. Its initial weights come from
+    the run's seed.
     """
-    key = (config.input_size, config.weights, params["dropout"], params.get("freeze_stages", 0),
-           params["weight_decay"], config.ema_momentum)
+    key = (config.input_size, config.weights, params.get("freeze_stages", 0), config.ema_momentum)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
         _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
-                                                          dropout=params["dropout"],
                                                           freeze_stages=params.get("freeze_stages", 0)),
-                                 weight_decay=params["weight_decay"], ema_momentum=config.ema_momentum)
+                                 ema_momentum=config.ema_momentum)
     return _TRAINERS[key]
 
 
@@ -77,7 +86,8 @@ def train_and_predict(config: RunConfig, params: dict, data: FoldData, train_ids
                               batch_size=64)
     fitter = trainer(config, params)
     history = fitter.fit(train, val, epochs=epochs, learning_rate=params["learning_rate"],
-                         patience=config.patience, callbacks=callbacks)
+                         weight_decay=params["weight_decay"], dropout=params["dropout"], patience=config.patience,
+                         callbacks=callbacks)
     model = fitter.model
     test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size, window,
                                batch_size=64)
@@ -86,16 +96,23 @@ def train_and_predict(config: RunConfig, params: dict, data: FoldData, train_ids
 
 
 def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tracker: Tracker,
-         fold_run: str, key: str) -> optuna.Study:
-    """Run this fold's remaining trials; each is an MLflow child run of the fold."""
+         fold_run: str, key: str) -> optuna.Study | None:
+    """Run this fold's trials still unclaimed; each is an MLflow child run of the fold.
+
+    Returns the study once every trial of the budget is done, None while trials of
+    other processes still run.
+    """
     inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.inner_folds,
                          seed=config.seed + fold)
-    study = fold_study(storage, f"vfrac-{key}-fold{fold}", seed=config.seed + fold, pruner=config.pruner)
+    study = fold_study(storage, f"vfrac-{key}-fold{fold}", pruner=config.pruner)
+    for dead in fail_dead(study):
+        _close_dead_trial_run(tracker, fold_run, dead)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial, position: int) -> float:
         params = suggest(trial, pretrained=config.weights is not None)
-        run = tracker.child_run(fold_run, "trial", {"vfrac.fold": fold, "vfrac.trial": trial.number},
-                                name=f"fold {fold} trial {trial.number}")
+        run = tracker.child_run(fold_run, "trial", {"vfrac.fold": fold, POSITION_ATTR: position},
+                                name=f"fold {fold} trial {position}")
+        tracker.restart(run)
         tracker.params(run, params)
         scores, epochs_seen = [], []
         counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
@@ -104,7 +121,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
                 pruning = [counter, KerasPruningCallback(trial, "val_auc")] if number == 0 else []
                 _, history, index, probabilities = train_and_predict(
                     config, params, data, inner_split.train, inner_split.test, config.epochs,
-                    seed=config.seed + 1000 * fold + trial.number, val_ids=inner_split.test, callbacks=pruning)
+                    seed=config.seed + 1000 * fold + position, val_ids=inner_split.test, callbacks=pruning)
                 ids, labels, patient_p = aggregate([p for p, _ in index], probabilities,
                                                    [data.labels[p] for p, _ in index], config.aggregation)
                 scores.append(auc(labels, patient_p))
@@ -115,43 +132,58 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
             tracker.metrics(run, {"epochs_trained": len(epochs_seen)})
             tracker.finish(run, status="KILLED")
             raise
-        except BaseException:
-            tracker.finish(run, done=False, status="FAILED")
+        except BaseException as error:
+            tracker.fail(run, error)
             raise
         score = float(np.nanmean(scores))
         tracker.metrics(run, {"inner_val_patient_auc": score, "best_epoch": trial.user_attrs["best_epoch"]})
         tracker.finish(run)
         return score
 
-    def report(study, trial):
-        value = "" if trial.value is None else f", inner-validation patient AUC {trial.value:.3f}"
-        if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
-            value = f", last validation AUC (slices) {list(trial.intermediate_values.values())[-1]:.3f}"
-        print(f"fold {fold} trial {trial.number}: {trial.state.name.lower()} after "
-              f"{len(trial.intermediate_values)} epoch(s){value}", flush=True)
+    if to_run := remaining(study, config.trials):
+        print(f"fold {fold}: tuning, {to_run} of {config.trials} trial(s) to run", flush=True)
+    while claimed := claim_trial(study, config.trials, seed=config.seed + 1000 * fold):
+        trial, position = claimed
+        try:
+            with heartbeat(storage, trial._trial_id):
+                value = objective(trial, position)
+            study.tell(trial, value)
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        _report_trial(fold, position, study.trials[trial.number])
+    return None if others_running(study) else study
 
-    budget = remaining(study, config.trials)
-    print(f"fold {fold}: tuning, {budget} of {config.trials} trial(s) to run", flush=True)
-    if budget:
-        study.optimize(objective, n_trials=budget, catch=(),
-                       callbacks=[report, optuna.study.MaxTrialsCallback(config.trials, states=(
-                           optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))])
-    return study
+
+def _report_trial(fold: int, position: int, trial: optuna.trial.FrozenTrial) -> None:
+    value = "" if trial.value is None else f", inner-validation patient AUC {trial.value:.3f}"
+    if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+        value = f", last validation AUC (slices) {list(trial.intermediate_values.values())[-1]:.3f}"
+    print(f"fold {fold} trial {position}: {trial.state.name.lower()} after "
+          f"{len(trial.intermediate_values)} epoch(s){value}", flush=True)
 
 
-def run_fold(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tracker: Tracker,
-             fold_run: str, key: str, timings: dict) -> list[dict]:
-    """Tune, train the final model, predict the test patients; log all to the fold run."""
-    study, params, epochs, best_value = None, DEFAULTS | {"batch_size": config.batch_size}, config.epochs, None
-    if config.trials:
-        started = time.perf_counter()
-        study = tune(config, fold, split, data, storage, tracker, fold_run, key)
-        timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if complete:  # else every trial was pruned or failed: the defaults
-            best = max(complete, key=lambda t: t.value)
-            params, best_value = dict(best.params), best.value
-            epochs = int(best.user_attrs.get("best_epoch", config.epochs))
+def _close_dead_trial_run(tracker: Tracker, fold_run: str, trial: optuna.trial.FrozenTrial) -> None:
+    """The MLflow run of a trial whose process died: KILLED, saying so; the trial is re-run."""
+    position = trial.user_attrs.get(POSITION_ATTR)
+    for run in tracker.children(fold_run, "trial"):
+        if run.data.tags.get(POSITION_ATTR) == str(position) and run.info.status == "RUNNING":
+            tracker.fail(run.info.run_id, f"its process died ({trial.user_attrs.get(OWNER_ATTR, 'unknown')})",
+                         status="KILLED")
+
+
+def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, study: optuna.Study | None,
+                tracker: Tracker, fold_run: str, timings: dict) -> list[dict]:
+    """Train the fold's final model with the best trial's settings (or the defaults), predict its
+    test patients, fit the baseline beside it; log all to the fold run and mark it done."""
+    params, epochs, best_value = DEFAULTS | {"batch_size": config.batch_size}, config.epochs, None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
+    if complete:  # else no tuning, or every trial was pruned or failed: the defaults
+        best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
+        params, best_value = dict(best.params), best.value
+        epochs = int(best.user_attrs.get("best_epoch", config.epochs))
     params.setdefault("freeze_stages", 0)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
@@ -206,11 +238,15 @@ def fold_metrics(result: dict) -> dict:
 
 
 def study_summary(study: optuna.Study, epochs: int) -> str:
-    lines = [f"# Optuna study {study.study_name}", "", "| trial | state | value | epochs | params |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [f"# Optuna study {study.study_name}", "", "Trials in the order they ran; a FAIL whose settings "
+             "run again later was killed with its process and re-run.", "",
+             "| trial | position | state | value | epochs | params |", "| --- | --- | --- | --- | --- | --- |"]
     for t in study.trials:
+        if not t.params:  # a claim that lost the race for the budget's last trial: never ran
+            continue
         value = "" if t.value is None else f"{t.value:.3f}"
-        lines.append(f"| {t.number} | {t.state.name} | {value} | {len(t.intermediate_values)} | {t.params} |")
+        lines.append(f"| {t.number} | {t.user_attrs.get(POSITION_ATTR, '')} | {t.state.name} | {value} | "
+                     f"{len(t.intermediate_values)} | {t.params} |")
     summary = pruning_summary(study, epochs)
     lines += ["", f"Pruned trials: {summary['trials_pruned']}; epochs saved by pruning: {summary['epochs_saved']}."]
     return "\n".join(lines) + "\n"

@@ -88,7 +88,8 @@ def _run_data(client, run, scratch: Path) -> dict:
     if any(a.path == "explain/attention_summary.csv" for a in client.list_artifacts(run_id, "explain")):
         attention = _rows(client.download_artifacts(run_id, "explain/attention_summary.csv", str(scratch)))
     manifest = Path(params["cohort"])
-    patients = read_manifest(manifest).patients if manifest.is_file() else None
+    outside = params.get("allow_outside") == "True"
+    patients = read_manifest(manifest, allow_outside=outside).patients if manifest.is_file() else None
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max")}

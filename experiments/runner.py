@@ -12,8 +12,9 @@ import time
 import warnings
 from pathlib import Path
 
+from experiments.claims import POLL_SECONDS, Claims
 from experiments.config import DEMO_COHORT, RunConfig
-from experiments.protocol import FoldData, run_fold
+from experiments.protocol import FoldData, final_model, tune
 from experiments.results import (
     BASELINE_COLUMNS,
     PATIENT_COLUMNS,
@@ -32,6 +33,8 @@ from experiments.results import (
 from experiments.tracking import Tracker
 from experiments.tuning import open_storage
 from vfrac.errors import InputError
+
+POOLED_TAG = "vfrac.pooled"  # set once the pooled results are all logged
 
 
 def quiet() -> None:
@@ -59,52 +62,101 @@ def run(config: RunConfig) -> int:
     t = time.perf_counter()
     data, cohort_hash = prepare(config)
     timings["preparation"] = time.perf_counter() - t
-    key = config.key(cohort_hash)
+    code, settings = code_version(), config.key(cohort_hash)
+    key = hashlib.sha256(f"{settings} {code}".encode()).hexdigest()[:16]
     tracker = Tracker(config.tracking_uri, config.experiment)
     storage = open_storage(config.storage)
     cv_run, resumed = tracker.cv_run(key, {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(),
+                                           "vfrac.code_version": code, "vfrac.settings_key": settings,
                                            "vfrac.preset": config.preset}, name=f"cv {config.preset} {key[:6]}")
     print(("resuming" if resumed else "new") + f" CV run {cv_run}")
-    if tracker.is_done(cv_run):
-        print("every fold and the pooled results are already done:\n")
-        print(tracker.read_text(cv_run, "summary.md"))
-        review_and_report(config, tracker, cv_run, timings)
-        print(f"to browse the runs: {tracker.ui_command()}")
-        return 0
-    tracker.restart(cv_run)
-    tracker.params(cv_run, config.as_params() | library_versions())
-    splits = fold_splits(config, data, tracker, cv_run)
-    folds = [config.fold] if config.fold is not None else list(range(config.folds))
-    for fold in folds:
-        fold_run = tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
-        if tracker.is_done(fold_run):
-            print(f"fold {fold}: already done, reused")
-            continue
-        tracker.restart(fold_run)
-        split = splits[fold]
-        print(f"fold {fold}: {len(split.train)} training patients" + (" (tuned on these only)" if config.trials else "")
-              + f", {len(split.test)} test patients")
-        try:
-            rows = run_fold(config, fold, split, data, storage, tracker, fold_run, key, timings)
-        except BaseException:
-            tracker.finish(fold_run, done=False, status="KILLED")
-            raise
-        patients = patient_rows(rows, config.threshold, config.aggregation)
-        print(f"fold {fold}: done; {len(patients)} test patients predicted")
-    finished = write_pooled(config, tracker, cv_run)
-    if finished:
-        review_and_report(config, tracker, cv_run, timings)
+    if not resumed:
+        for other in tracker.cv_runs_of_other_code(settings, key):
+            print(f"note: CV run {other.info.run_id} has these settings and this cohort but ran other code "
+                  f"({other.data.tags.get('vfrac.code_version', 'unknown version')}); its folds are not reused")
+    try:
+        finished = cross_validate(config, data, tracker, Claims(storage, key), storage, cv_run, key, timings)
+    except BaseException as error:
+        tracker.fail(cv_run, error)
+        raise
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    if config.trials:
-        pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
-        print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
-              f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
     if not finished:
         print("pooled results wait for the other folds; run again without --fold, or run the remaining folds")
     tracker.finish(cv_run, done=finished)
     print(f"to browse the runs: {tracker.ui_command()}")
     return 0
+
+
+def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, storage, cv_run: str,
+                   key: str, timings: dict) -> bool:
+    """Every fold this process can do, then (once all are done) the pooled results, review and report.
+
+    Folds that other processes are working on are left to them and visited again until
+    done; returns whether the pooled results exist.
+    """
+    if tracker.is_done(cv_run):
+        print("every fold and the pooled results are already done:\n")
+        print(tracker.read_text(cv_run, "summary.md"))
+        review_and_report(config, tracker, claims, cv_run, timings)
+        return True
+    tracker.restart(cv_run)
+    tracker.params(cv_run, config.as_params() | library_versions())
+    splits = fold_splits(config, data, tracker, claims, cv_run)
+    pending, waiting = [config.fold] if config.fold is not None else list(range(config.folds)), []
+    while pending:
+        busy = [fold for fold in pending
+                if not work_on_fold(config, fold, splits[fold], data, storage, tracker, claims, cv_run, key,
+                                    timings, first_visit=fold not in waiting)]
+        if busy:
+            if busy != waiting:
+                print(f"fold(s) {', '.join(map(str, busy))}: other processes are working on them; waiting",
+                      flush=True)
+            time.sleep(POLL_SECONDS)
+        pending, waiting = busy, busy
+    if config.trials:
+        pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
+        print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
+              f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
+    if not all_folds_done(config, tracker, cv_run):
+        return False
+    claims.once("pooled", lambda: tracker.tag(cv_run, POOLED_TAG) is not None,
+                lambda: write_pooled(config, tracker, cv_run))
+    print(f"\npooled out-of-fold results, {tracker.tag(cv_run, POOLED_TAG)}:\n\n"
+          f"{tracker.read_text(cv_run, 'summary.md')}")
+    review_and_report(config, tracker, claims, cv_run, timings)
+    return True
+
+
+def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, tracker: Tracker, claims: Claims,
+                 cv_run: str, key: str, timings: dict, first_visit: bool) -> bool:
+    """Tune and train this fold as far as this process can; returns whether the fold is done."""
+    fold_run = tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
+    if tracker.is_done(fold_run):
+        if first_visit:
+            print(f"fold {fold}: already done, reused")
+        return True
+    if first_visit:
+        print(f"fold {fold}: {len(split.train)} training patients"
+              + (" (tuned on these only)" if config.trials else "") + f", {len(split.test)} test patients")
+    try:
+        tracker.restart(fold_run)
+        study = None
+        if config.trials:
+            started = time.perf_counter()
+            study = tune(config, fold, split, data, storage, tracker, fold_run, key)
+            timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
+            if study is None:  # trials of other processes still run
+                return False
+
+        def train() -> None:
+            rows = final_model(config, fold, split, data, study, tracker, fold_run, timings)
+            print(f"fold {fold}: done; {len({r['patient_id'] for r in rows})} test patients predicted")
+
+        return claims.once(f"fold{fold}", lambda: tracker.is_done(fold_run), train, wait=False)
+    except BaseException as error:
+        tracker.fail(fold_run, error)
+        raise
 
 
 def prepare(config: RunConfig) -> tuple[FoldData, str]:
@@ -123,7 +175,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
             generate_cohort(manifest.parent, seed=0, workers=config.workers, on_progress=bar.update, **DEMO)
     if not manifest.is_file():
         raise InputError(f"{manifest}: cohort manifest not found")
-    cohort = read_manifest(manifest)
+    cohort = read_manifest(manifest, allow_outside=config.allow_outside)
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
         result = prepare_cohort(cohort.patients, CropSettings(min_area=config.min_area), config.cache_dir,
                                 workers=config.workers, on_progress=lambda *_: bar.update())
@@ -136,32 +188,43 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     return FoldData(entries=result.entries, labels=labels, slice_counts=counts), digest.hexdigest()[:16]
 
 
-def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str):
-    """The run's splits: read from its splits.json when it has one, else made and logged."""
+def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):
+    """The run's splits: made and logged once (with the config, slice report and fold runs), then read back."""
+    from vfrac.splits import load_splits
+
+    claims.once("splits", lambda: tracker.has_artifact(cv_run, "splits.json"),
+                lambda: log_splits(config, data, tracker, cv_run))
+    with tempfile.TemporaryDirectory() as folder:
+        return load_splits(tracker.download(cv_run, "splits.json", Path(folder)))
+
+
+def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str) -> None:
     from vfrac.prepare import SLICE_REPORT_NAME, write_slice_report
-    from vfrac.splits import load_splits, outer_folds, save_splits
+    from vfrac.splits import outer_folds, save_splits
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        if tracker.has_artifact(cv_run, "splits.json"):
-            return load_splits(tracker.download(cv_run, "splits.json", folder))
         ids = sorted(data.labels)
         splits = outer_folds(ids, [data.labels[p] for p in ids], config.folds, config.seed)
-        save_splits(folder / "splits.json", splits)
-        tracker.artifacts(cv_run, folder / "splits.json")
         (folder / "config.json").write_text(json.dumps(config.as_params(), indent=1) + "\n")
         tracker.artifacts(cv_run, folder / "config.json")
         write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.min_area)
         tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
-        return splits
+        for fold in range(config.folds):  # made here, once, so processes starting together share them
+            tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
+        save_splits(folder / "splits.json", splits)
+        tracker.artifacts(cv_run, folder / "splits.json")  # last: its presence says the rest is there
 
 
-def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
-    """When every fold is done: pooled tables, metrics, plots and summary on the CV run."""
+def all_folds_done(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
+    done = {r.data.tags["vfrac.fold"] for r in tracker.children(cv_run, "fold") if tracker.is_done(r.info.run_id)}
+    return len(done) == config.folds
+
+
+def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
+    """Pooled tables, metrics, plots and summary on the CV run, then the tag that says they are there."""
     folds = {int(r.data.tags["vfrac.fold"]): r.info.run_id for r in tracker.children(cv_run, "fold")
              if tracker.is_done(r.info.run_id)}
-    if len(folds) < config.folds:
-        return False
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         rows, baseline_rows = [], []
@@ -182,16 +245,15 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
         (out / "summary.md").write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
         tracker.artifacts(cv_run, out)
         tracker.metrics(cv_run, cv_metrics(result) | baseline_metrics(baseline))
-    print(f"\npooled out-of-fold results, {len(patients)} patients, {len(rows)} slices:\n\n{summary}")
-    return True
+    tracker.set_tag(cv_run, POOLED_TAG, f"{len(patients)} patients, {len(rows)} slices")
 
 
-def review_and_report(config: RunConfig, tracker: Tracker, cv_run: str, timings: dict) -> None:
+def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str, timings: dict) -> None:
     """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report."""
-    if config.explain and not tracker.has_artifact(cv_run, "review/index.html"):
-        explain(config, cv_run, timings)
-    if not tracker.has_artifact(cv_run, "report/report.md"):
-        report(config, cv_run)
+    if config.explain:
+        claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
+                    lambda: explain(config, cv_run, timings))
+    claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"), lambda: report(config, cv_run))
 
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
@@ -216,11 +278,33 @@ def report(config: RunConfig, cv_run: str) -> None:
 
 
 def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def code_version() -> str:
+    """The package version and git commit, with a digest of uncommitted changes when the tree is dirty.
+
+    Part of the run key: a rerun after the code changed starts a new CV run instead of
+    pooling folds computed by other code.
+    """
+    import vfrac
+
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return vfrac.__version__
+    changes = _git("status", "--porcelain", "--untracked-files=normal")
+    if not changes:
+        return f"{vfrac.__version__}+g{commit}"
+    digest = hashlib.sha256((changes + (_git("diff", "HEAD") or "")).encode()).hexdigest()[:8]
+    return f"{vfrac.__version__}+g{commit}.dirty.{digest}"
+
+
+def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return ""
 
 
 def library_versions() -> dict[str, str]:

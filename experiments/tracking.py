@@ -19,6 +19,7 @@ from experiments.locks import database_lock
 from vfrac.errors import InputError
 
 PARENT = "mlflow.parentRunId"
+FAILURE_TAG = "vfrac.failure"  # why a run ended FAILED or KILLED
 
 
 class Tracker:
@@ -82,8 +83,22 @@ class Tracker:
             self.client.set_tag(run_id, "vfrac.done", "1")
         self.client.set_terminated(run_id, status=status)
 
+    def fail(self, run_id: str, error: BaseException | str, status: str | None = None) -> None:
+        """End a run that did not finish: KILLED when interrupted, else FAILED; the reason as a tag."""
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        reason = "interrupted" if interrupted else str(error) or type(error).__name__
+        self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        self.client.set_terminated(run_id, status=status or ("KILLED" if interrupted else "FAILED"))
+
+    def cv_runs_of_other_code(self, settings_key: str, run_key: str):
+        """CV runs of the same settings and cohort that other code computed."""
+        return [r for r in self._find(f"tags.`vfrac.settings_key` = '{settings_key}' and tags.`vfrac.role` = 'cv'")
+                if r.data.tags.get("vfrac.run_key") != run_key]
+
     def restart(self, run_id: str) -> None:
         """Mark a resumed run as running again (MLflow has no other 'resume' for clients)."""
+        if FAILURE_TAG in self.client.get_run(run_id).data.tags:  # the reason it stopped before no longer holds
+            self.client.delete_tag(run_id, FAILURE_TAG)
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     # -- logging --------------------------------------------------------------------
@@ -98,9 +113,11 @@ class Tracker:
             if value is not None and value == value:  # skip NaN
                 self.client.log_metric(run_id, name, float(value), step=step)
 
-    def tags(self, run_id: str, tags: dict) -> None:
-        for name, value in tags.items():
-            self.client.set_tag(run_id, name, str(value))
+    def set_tag(self, run_id: str, name: str, value: str) -> None:
+        self.client.set_tag(run_id, name, value)
+
+    def tag(self, run_id: str, name: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(name)
 
     def artifacts(self, run_id: str, local: Path, path: str | None = None) -> None:
         if Path(local).is_dir():

@@ -1,8 +1,9 @@
 """The Optuna side of a fold: search space, storage, study, pruner, and how many trials remain.
 
 The search space lives here, at the edge (`suggest(trial) -> dict`); the model and the
-pipeline only ever see plain arguments. Trials that were running when a process died
-are marked failed through the storage's heartbeat and never count as done.
+pipeline only ever see plain arguments. Trials are claimed through `claim_trial`, so
+the budget holds across processes, and a trial whose process died is failed
+(experiments.claims) and re-run with its own settings and seed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from experiments.claims import GRACE_SECONDS, HEARTBEAT_SECONDS, new_trial
 from experiments.locks import database_lock
 from vfrac.errors import InputError
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also its MLflow tag
 # The first trial of every fold, and the demo's only settings. Measured (before zero-gamma) on one fold of a
 # synthetic cohort (60 training patients, 12 epochs, 64 px): a peak rate of 2e-3 with
 # batches of 16 and half-strength augmentation reached patient AUC 0.86-0.90, against
@@ -41,27 +44,55 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeats (so dead trials are failed), or a clear error."""
     try:
         with database_lock(url):  # processes starting together create the tables once
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=GRACE_SECONDS)
     except Exception as error:  # SQLAlchemy and drivers raise many types
         raise InputError(f"cannot open the Optuna storage {url!r}: {error}") from error
 
 
-def fold_study(storage, name: str, seed: int, pruner: str) -> optuna.Study:
+def fold_study(storage, name: str, pruner: str) -> optuna.Study:
     """The fold's study, created once and shared by every process that works on the fold."""
     pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
                "hyperband": optuna.pruners.HyperbandPruner(min_resource=1)}
     if pruner not in pruners:
         raise ValueError(f"pruner must be one of {sorted(pruners)}, received {pruner!r}")
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruners[pruner])
-    optuna.storages.fail_stale_trials(study)
-    if not study.trials:
-        study.enqueue_trial(DEFAULTS, skip_if_exists=True)
-    return study
+    return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                               pruner=pruners[pruner])
+
+
+def claim_trial(study: optuna.Study, budget: int, seed: int) -> tuple[optuna.Trial, int] | None:
+    """This process's next trial and its position in the fold's sequence; None once the budget is claimed.
+
+    Live trials (running or done, in any process) count against the budget. A trial's
+    settings depend only on its position and the trials done before it: position 0 is
+    DEFAULTS, the others are drawn by a sampler seeded with `seed + position`. So a trial
+    killed with its process is re-run, under a new number, with the same settings.
+    """
+    if len(_live(study)) >= budget:
+        return None
+    frozen = new_trial(study, {})
+    position = sum(t.number < frozen.number for t in _live(study))
+    storage = study._storage
+    if position >= budget:  # another process claimed the last one first
+        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        return None
+    storage.set_trial_user_attr(frozen._trial_id, POSITION_ATTR, position)
+    if position == 0:
+        storage.set_trial_system_attr(frozen._trial_id, "fixed_params", DEFAULTS)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + position)
+    return optuna.trial.Trial(study, frozen._trial_id), position
 
 
 def remaining(study: optuna.Study, budget: int) -> int:
-    return max(0, budget - len(study.get_trials(deepcopy=False, states=DONE)))
+    return max(0, budget - len(_live(study)))
+
+
+def others_running(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _live(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=DONE + (TrialState.RUNNING,))
 
 
 def pruning_summary(study: optuna.Study, epochs: int) -> dict[str, int]:

@@ -186,12 +186,13 @@ def _cohort(params: dict) -> dict:
     manifest = Path(params["cohort"])
     if not manifest.is_file():
         raise InputError(f"{manifest}: the run's cohort manifest is not here; explanation needs the cohort")
-    return {p.patient_id: p for p in read_manifest(manifest).patients}
+    cohort = read_manifest(manifest, allow_outside=params.get("allow_outside") == "True")
+    return {p.patient_id: p for p in cohort.patients}
 
 
 def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
     """The fold's model, window, threshold and test patients' slice probabilities."""
-    import keras
+    from vfrac.model import load_classifier
 
     folder.mkdir(parents=True)
     run_id = fold_run.info.run_id
@@ -202,7 +203,7 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
         for row in csv.DictReader(handle):
             patients.setdefault(row["patient_id"], []).append((int(row["slice"]), float(row["probability"])))
     fold_params = fold_run.data.params
-    return {"model": keras.models.load_model(model_path, compile=False), "patients": patients,
+    return {"model": load_classifier(model_path), "patients": patients,
             "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
             "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
             "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache"),

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -107,4 +114,59 @@ def write_enhanced(path: Path, stored: np.ndarray, order, dz=2.0, spacing=(0.5, 
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_claim(path: Path, rows: int, columns: int, syntax=ExplicitVRLittleEndian) -> Path:
+    """A CT file whose header claims rows x columns pixels but that holds 64 bytes of them."""
+    ds = ct_slice(np.zeros((4, 8), np.int16), slice_positions(1)[0])
+    ds.Rows, ds.Columns = rows, columns
+    ds.file_meta.TransferSyntaxUID = syntax
+    if syntax.is_compressed:
+        ds.PixelData = encapsulate([bytes(64)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def deflate_zeros(head: bytes, zeros: int) -> Iterator[bytes]:
+    """Raw deflate of `head` then `zeros` zero bytes, made in milliseconds.
+
+    After a full flush a compressor starts afresh, so the deflate of one block of
+    zeros can be repeated as often as needed: about 1 KB per MB of zeros.
+    """
+    block = 2**26
+    start = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    yield start.compress(head) + start.flush(zlib.Z_FULL_FLUSH)
+    if zeros >= block:
+        repeated = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        unit = repeated.compress(bytes(block)) + repeated.flush(zlib.Z_FULL_FLUSH)
+        for _ in range(zeros // block):
+            yield unit
+    end = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    yield end.compress(bytes(zeros % block)) + end.flush()
+
+
+def write_deflated_zeros(path: Path, rows: int, columns: int, bits: int = 8, pixel_bytes=None) -> Path:
+    """A Deflated Explicit VR Little Endian CT of one rows x columns frame of zeros.
+
+    Really deflated and whole: 60000 x 60000 x 8 bit is a 3.5 MB file that inflates
+    to 3.6 GB. `pixel_bytes` makes the pixel data longer (or shorter) than the frame.
+    """
+    ds = ct_slice(np.zeros((1, 1), np.int16), slice_positions(1)[0])
+    del ds.PixelData
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta)
+    write_dataset(body, ds)
+    size = rows * columns * bits // 8 if pixel_bytes is None else pixel_bytes
+    pixel_element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, size)
+    with open(path, "wb") as out:
+        out.write(bytes(128) + b"DICM" + meta.getvalue())
+        out.writelines(deflate_zeros(body.getvalue() + pixel_element, size))
     return path

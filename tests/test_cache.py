@@ -1,5 +1,9 @@
 """The prepared cache: right crops, built once, atomic, keyed on everything that matters."""
 
+import errno
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -176,3 +180,67 @@ def test_command_prepares_reports_and_fails_clearly(tmp_path, capsys):
     assert "min_area must be in [0, 1]" in capsys.readouterr().err
     assert main(["--cohort", str(tmp_path / "none.csv"), "--cache-dir", str(cache_dir)]) == 2
     assert "manifest not found" in capsys.readouterr().err
+
+
+def test_read_only_cache_folder_stops_the_run_up_front(tmp_path, manifest):
+    patients = read_manifest(manifest).patients
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod does not make a folder read-only")
+        with pytest.raises(InputError, match=f"cache folder {locked} is not writable: Permission denied"):
+            prepare_cohort(patients, CropSettings(), locked, workers=2)
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unwritable_cache_folder_is_named_even_as_root(tmp_path, manifest, monkeypatch):
+    patients = read_manifest(manifest).patients
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(InputError, match=f"cache folder {tmp_path / 'a-file'} is not writable: File exists"):
+        prepare_cohort(patients, CropSettings(), tmp_path / "a-file")
+
+    def refuse(dir):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+
+    monkeypatch.setattr(cache.tempfile, "TemporaryFile", refuse)  # what a read-only folder answers
+    with pytest.raises(InputError, match=f"cache folder {tmp_path / 'cache'} is not writable: Permission denied"):
+        prepare_cohort(patients, CropSettings(), tmp_path / "cache")
+
+
+def test_command_names_an_unwritable_cache_folder(tmp_path, manifest, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert main(["--cohort", str(manifest), "--cache-dir", str(tmp_path / "a-file"), "--workers", "1"]) == 2
+    assert f"error: cache folder {tmp_path / 'a-file'} is not writable" in capsys.readouterr().err
+
+
+def test_stale_temporary_files_of_a_killed_write_are_removed(tmp_path, manifest):
+    cache_dir = tmp_path / "cache"
+    (cache_dir / "keys").mkdir(parents=True)
+    stale = [cache_dir / ".P001-0123456789abcdef01234567.npz.k3x_9q2a.tmp",
+             cache_dir / "keys" / ".P001-0123456789abcdef01234567.x7y8z9w0.tmp"]
+    not_ours = [cache_dir / "notes.tmp", cache_dir / ".notes.tmp", cache_dir / "keys" / "P001.tmp"]
+    old = time.time() - 2 * cache.STALE_AFTER_S
+    for path in stale + not_ours:
+        path.write_bytes(b"PK\x03\x04 half an entry")
+        os.utime(path, (old, old))
+    live = cache_dir / ".P002-0123456789abcdef01234567.npz.a1b2c3d4.tmp"  # recent: a live writer's
+    live.write_bytes(b"PK\x03\x04 half an entry")
+    result = prepare_cohort(read_manifest(manifest).patients, CropSettings(), cache_dir)
+    assert result.built == 2
+    assert [p.exists() for p in stale] == [False, False] and all(p.exists() for p in [live, *not_ours])
+
+
+def test_command_refuses_paths_outside_the_cohort_unless_allowed(tmp_path, manifest, capsys):
+    elsewhere = tmp_path / "elsewhere" / "manifest.csv"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(manifest.read_text().replace(",P00", ",../cohort/P00"))
+    command = ["--cohort", str(elsewhere), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "error: 4 problem(s)" in err and "row 1 (patient_id P001), column ct: ../cohort/P001/ct resolves" in err
+    assert "Traceback" not in err and not (tmp_path / "cache").exists()  # refused before any file was read
+    assert main([*command, "--allow-outside"]) == 0
+    assert "prepared 2 patient(s), 6 crops" in capsys.readouterr().out

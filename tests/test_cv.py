@@ -1,5 +1,6 @@
 """The whole command on a tiny synthetic cohort: run tree, predictions, resume, two processes, privacy."""
 
+import contextlib
 import csv
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import optuna
 import pydicom
 import pytest
 from mlflow import MlflowClient
@@ -68,26 +70,64 @@ def artifact_rows(client, run_id, path, folder):
         return list(csv.DictReader(handle))
 
 
+def wait_for_running_trial(store: Path, study_suffix: str, process, timeout=900) -> None:
+    """Block until a trial of the study whose name ends with `study_suffix` is RUNNING."""
+    deadline = time.monotonic() + timeout
+    query = ("select count(*) from trials t join studies s on t.study_id = s.study_id "
+             f"where s.study_name like '%{study_suffix}' and t.state = 'RUNNING'")
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        if (store / "optuna.db").is_file():
+            with contextlib.suppress(sqlite3.OperationalError):  # tables not yet created
+                if sqlite3.connect(store / "optuna.db").execute(query).fetchone()[0]:
+                    return
+        time.sleep(0.2)
+    raise TimeoutError(f"no running trial in {study_suffix}")
+
+
 @pytest.fixture(scope="module")
 def resumed(cohort, tmp_path_factory):
-    """A run stopped after its first fold (--fold 0), then the same command without --fold."""
+    """A run killed (SIGKILL) while a trial of its second fold runs, then the same command again."""
     manifest, _ = cohort
     store = tmp_path_factory.mktemp("store-a")
-    first = cv(manifest, store, "--fold", "0")
+    process = cv(manifest, store, wait=False)
+    wait_for_running_trial(store, "-fold1", process)
+    process.kill()
+    first = process.communicate(timeout=60)[0]
     second = cv(manifest, store)
     return store, first, second
 
 
-def test_a_resumed_run_reuses_its_finished_fold(resumed):
+def studies(store: Path) -> dict[str, list[tuple]]:
+    """(number, state, position, params) of every trial, by fold study name suffix."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{store}/optuna.db")
+    found = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        if "-fold" in summary.study_name:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            found[summary.study_name.rsplit("-", 1)[1]] = [
+                (t.number, t.state.name, t.user_attrs.get("vfrac.trial"), t.params) for t in study.trials]
+    return found
+
+
+def test_a_killed_run_resumes_and_reruns_the_killed_trial_with_its_own_settings(resumed):
     store, first, second = resumed
-    assert "pooled results wait for the other folds" in first, first
-    assert "fold 0: already done, reused" in second, second
-    assert "fold 0: tuning" not in second and "fold 1: tuning, 2 of 2 trial(s) to run" in second
-    assert "pooled out-of-fold results, 12 patients" in second
-    storage = sqlite3.connect(store / "optuna.db")
-    trials = dict(storage.execute("select s.study_name, count(*) from trials t join studies s "
-                                  "on t.study_id = s.study_id group by s.study_name").fetchall())
-    assert sorted(trials.values()) == [2, 2]  # fold 0 was not tuned again
+    assert "fold 0: done" in first and "fold 1: tuning" in first, first
+    assert "fold 0: already done, reused" in second and "fold 0: tuning" not in second, second
+    assert "fold 1: tuning, " in second and "pooled out-of-fold results, 12 patients" in second
+    trials = studies(store)
+    assert sorted(trials) == ["fold0", "fold1"]
+    for fold, rows in trials.items():
+        done = {position: params for _, state, position, params in rows if state == "COMPLETE"}
+        assert sorted(done) == [0, 1], (fold, rows)  # the budget, once per position
+    killed = [row for row in trials["fold1"] if row[1] == "FAIL"]
+    assert len(killed) == 1 and len(trials["fold0"]) == 2
+    _, _, position, params = killed[0]
+    rerun = [row for row in trials["fold1"] if row[1] == "COMPLETE" and row[2] == position]
+    assert rerun[0][0] > killed[0][0] and rerun[0][3] == params  # a new trial, the same settings
+    client, by_role = runs(store)
+    for run in sum(by_role.values(), []):
+        assert run.info.status == "FINISHED" and "vfrac.failure" not in run.data.tags, run.data.tags
 
 
 def test_a_finished_run_is_not_run_again(cohort, resumed):
@@ -161,24 +201,36 @@ def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
     assert metrics["baseline_delong_p"] == pytest.approx(delong["p"])
 
 
-def test_two_processes_on_one_storage_give_the_same_result(cohort, resumed, tmp_path):
+def test_two_identical_processes_share_the_work_and_match_the_uninterrupted_run(cohort, resumed, tmp_path):
     manifest, _ = cohort
     store = tmp_path / "store-b"
-    processes = [cv(manifest, store, "--fold", str(k), "--no-explain", wait=False) for k in (0, 1)]
+    processes = [cv(manifest, store, "--no-explain", wait=False) for _ in range(2)]
     outputs = [p.communicate(timeout=900)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     client, by_role = runs(store)
     assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
-    assert by_role["cv"][0].data.tags.get("vfrac.done") == "1"
+    (cv_run,) = by_role["cv"]
+    assert cv_run.data.tags.get("vfrac.done") == "1"
+    for fold, rows in studies(store).items():
+        assert sorted(r[2] for r in rows if r[1] == "COMPLETE") == [0, 1], (fold, rows)  # 2 trials, not 4
+    assert len(client.get_metric_history(cv_run.info.run_id, "patient_auc")) == 1  # pooled once
+    for fold in by_role["fold"]:
+        assert len(client.get_metric_history(fold.info.run_id, "train_loss")) == 1  # one final model, 1 epoch
+        assert len(client.get_metric_history(fold.info.run_id, "patient_auc")) == 1
+    assert sum(output.count("final model on all") for output in outputs) == 2
     single_client, single = runs(resumed[0])
+    ours, theirs = cv_run.data.metrics, single["cv"][0].data.metrics
+    assert ours.keys() == theirs.keys()
+    for name, value in ours.items():
+        assert value == pytest.approx(theirs[name], abs=1e-9), name
 
     def predictions(client_, run):
         rows = artifact_rows(client_, run.info.run_id, "predictions/slices.csv", tmp_path / run.info.run_id)
         return sorted((r["patient_id"], int(r["slice"]), int(r["fold"]), float(r["probability"])) for r in rows)
 
-    ours, theirs = predictions(client, by_role["cv"][0]), predictions(single_client, single["cv"][0])
+    ours, theirs = predictions(client, cv_run), predictions(single_client, single["cv"][0])
     assert [r[:3] for r in ours] == [r[:3] for r in theirs]
-    assert np.allclose([r[3] for r in ours], [r[3] for r in theirs], atol=1e-4)
+    assert np.allclose([r[3] for r in ours], [r[3] for r in theirs], atol=1e-6)
 
 
 def test_no_patient_identifier_reaches_the_store_or_the_logs(cohort, resumed):
@@ -201,7 +253,8 @@ def test_mlflow_server_serves_the_run_tree(resumed):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{store}/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))  # no job workers
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(120):
@@ -360,3 +413,24 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
         assert f"| {reader} | {len(patients)} |" in text
     assert "| bone_destruction |" in text and "| gradcam | " in text
     assert all(identity not in text and identity not in html for identity in identities)
+
+
+def test_a_failed_start_leaves_no_run_running_and_a_rerun_by_other_code_says_so(cohort, tmp_path, capsys,
+                                                                              monkeypatch):
+    from experiments import runner
+
+    manifest, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    argv = ["--cohort", str(manifest), *TINY, "--folds", "9", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    assert main(argv) == 2
+    client, by_role = runs(tmp_path)
+    (failed,) = by_role["cv"]
+    assert failed.info.status == "FAILED" and "fewer than the 9 folds" in failed.data.tags["vfrac.failure"]
+    assert failed.data.tags["vfrac.code_version"].startswith("0.1.0")
+    capsys.readouterr()
+    monkeypatch.setattr(runner, "code_version", lambda: "0.1.0+gother")
+    assert main(argv) == 2
+    output = capsys.readouterr().out
+    assert f"note: CV run {failed.info.run_id} has these settings and this cohort but ran other code" in output
+    assert len(runs(tmp_path)[1]["cv"]) == 2

@@ -1,13 +1,22 @@
 """DICOM series reading: order, rescale, grouping, skipping, geometry checks, decoders."""
 
 import logging
+import re
 import shutil
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
+    JPEG2000Lossless,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
 
 from tests.dicom_factory import ct_slice, slice_positions, write_enhanced, write_series
 from vfrac.errors import InputError
@@ -19,6 +28,15 @@ def pydicom_file(name):
     if path is None:
         pytest.skip(f"pydicom does not ship {name}")
     return path
+
+
+def as_ct(name, folder):
+    """A copy of one of pydicom's MR files relabelled as CT, in its own encoding."""
+    ds = pydicom.dcmread(pydicom_file(name))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    ds.save_as(folder / name)
+    return folder / name
 
 
 @pytest.fixture
@@ -40,11 +58,16 @@ def test_ct_small_hu_of_known_pixels():
     assert volume.spacing[1:] == pytest.approx((0.661468, 0.661468))
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless], ids=lambda s: s.name)
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian],
+                         ids=lambda s: s.name)
 def test_compressed_ct_decodes_to_the_same_hu(tmp_path, syntax):
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
-    ds.compress(syntax)
+    if syntax.is_compressed:
+        ds.compress(syntax)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(tmp_path / "compressed.dcm")
+    assert pydicom.dcmread(tmp_path / "compressed.dcm").file_meta.TransferSyntaxUID == syntax
     original = load_volume(pydicom_file("CT_small.dcm"))
     assert np.array_equal(load_volume(tmp_path / "compressed.dcm").hu, original.hu)
 
@@ -53,9 +76,10 @@ def test_compressed_ct_decodes_to_the_same_hu(tmp_path, syntax):
     "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
     "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
 ])
-def test_pydicom_encoded_twins_decode_identically(twin):
-    reference = load_volume(pydicom_file("MR_small.dcm"))
-    volume = load_volume(pydicom_file(twin))
+def test_pydicom_encoded_twins_decode_identically(tmp_path, twin):
+    """pydicom's MR twins, relabelled CT (MR itself is refused), in every encoding."""
+    reference = load_volume(as_ct("MR_small.dcm", tmp_path))
+    volume = load_volume(as_ct(twin, tmp_path))
     assert np.array_equal(volume.hu, reference.hu)
     assert np.allclose(volume.affine, reference.affine)
 
@@ -105,7 +129,7 @@ def test_affine_maps_voxels_to_patient_positions(tmp_path, stored):
 def test_missing_middle_slice_is_a_gap_error(tmp_path, stored):
     paths = write_series(tmp_path, stored)
     paths[3].unlink()
-    with pytest.raises(InputError, match=r"gap of 4 mm between IM0002.dcm .* and IM0004.dcm .*1 slice\(s\) missing"):
+    with pytest.raises(InputError, match=r"gap of 4 mm between file 3 of 5 .* and file 4 of 5 .*1 slice\(s\) missing"):
         load_volume(tmp_path)
 
 
@@ -133,7 +157,7 @@ def test_mixed_orientations_in_one_series_is_an_error(tmp_path, stored):
     ds = pydicom.dcmread(paths[2])
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9848, -0.1736]
     ds.save_as(paths[2])
-    with pytest.raises(InputError, match="mixed slice orientations.*IM0002.dcm"):
+    with pytest.raises(InputError, match="mixed slice orientations.*file 3 of 6 has"):
         load_volume(tmp_path)
 
 
@@ -208,9 +232,10 @@ def test_enhanced_multiframe_ct_reads_like_the_series(tmp_path, stored):
 def test_missing_decoder_names_the_package(monkeypatch, tmp_path):
     from pydicom.pixels.decoders.base import Decoder
 
+    path = as_ct("MR_small_jp2klossless.dcm", tmp_path)
     monkeypatch.setattr(Decoder, "is_available", property(lambda self: False))
     with pytest.raises(InputError, match="pip install pylibjpeg pylibjpeg-openjpeg"):
-        load_volume(pydicom_file("MR_small_jp2klossless.dcm"))
+        load_volume(path)
 
 
 def _ct_file(tmp_path, edit):
@@ -243,7 +268,8 @@ def _no_position(ds):
 
 
 BAD_FILES = [
-    ("MR_truncated.dcm", r"pixel data is 8,130 bytes, expected 8,192 for 1 x 64 x 64 x 16 bit"),
+    ("MR_small.dcm", r"not a CT image \(MR Image Storage object, is MR, not CT\)"),
+    ("MR_truncated.dcm", r"not a CT image \(MR Image Storage object, is MR, not CT\)"),
     ("no_meta.dcm", r"not a CT image \(not a DICOM file\)"),  # no meta, misaligned
     ("ExplVR_LitEndNoMeta.dcm", r"not a CT image \(RT Ion Plan Storage without file meta"),
     ("badVR.dcm", r"not a CT image \(RT Dose Storage object\)"),
@@ -261,18 +287,29 @@ def test_pydicom_malformed_files_raise_input_error(name, message):
     assert name in str(caught.value)
 
 
+def test_pixel_data_cut_short_is_a_truncated_file(tmp_path):
+    path = as_ct("MR_truncated.dcm", tmp_path)  # its pixel data lacks 62 bytes
+    with pytest.raises(InputError, match=r"pixel data is 8,130 bytes, expected 8,192 for 1 x 64 x 64 x 16 bit"):
+        load_volume(path)
+
+
 @pytest.mark.parametrize("edit, message", [
-    (_huge, r"header claims 1 x 60000 x 60000 pixels|pixel data is 128 bytes, expected 7,200,000,000"),
-    (_no_pixels, "CT Image Storage object has no pixel data"),
+    (_huge, r"claims 1 x 60000 x 60000 voxels \(3.6e9\), over the budget of 1.1e9 \(VFRAC_MAX_VOXELS"),
+    (_no_pixels, r"damaged DICOM file: it ends inside its header, before any pixel data \(truncated\?\)"),
     (_bad_spacing, "PixelSpacing has an invalid value"),
     (_bad_frames, "NumberOfFrames has an invalid value '1A'"),
     (_no_position, "ImagePositionPatient is missing"),
 ], ids=["huge-rows-columns", "no-pixel-data", "invalid-pixel-spacing", "invalid-frames", "no-position"])
-def test_broken_ct_files_raise_input_error_naming_the_file(tmp_path, edit, message):
+def test_broken_ct_files_raise_input_error_naming_the_file(tmp_path, monkeypatch, edit, message):
+    monkeypatch.delenv("VFRAC_MAX_VOXELS", raising=False)
     path = _ct_file(tmp_path, edit)
     with pytest.raises(InputError, match=message) as caught:
         load_volume(tmp_path)
-    assert str(path) in str(caught.value)
+    assert str(caught.value).startswith(f"{tmp_path} (file 1 of 1): ")
+    assert path.name not in str(caught.value)
+    with pytest.raises(InputError, match=message) as caught:
+        load_volume(path)  # a file the user names is named by its path
+    assert str(caught.value).startswith(f"{path}: ")
 
 
 def test_empty_folder_and_non_dicom_files(tmp_path):
@@ -286,3 +323,79 @@ def test_empty_folder_and_non_dicom_files(tmp_path):
         load_volume(tmp_path)
     with pytest.raises(InputError, match="no such file or folder"):
         load_volume(tmp_path / "absent")
+
+
+def _relabel(paths, sop_class, modality):
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.Modality = modality
+        ds.save_as(path)
+
+
+@pytest.mark.parametrize("sop_class, modality, what", [
+    (MRImageStorage, "MR", "MR Image Storage object"),
+    (EnhancedMRImageStorage, "MR", "Enhanced MR Image Storage object"),
+    (CTImageStorage, "MR", "CT Image Storage object"),  # the class says CT, the modality MR
+    ("", "MR", "no SOP Class UID object"),
+], ids=["mr", "enhanced-mr", "ct-class-mr-modality", "no-class"])
+def test_an_mr_series_is_refused_as_not_ct(tmp_path, stored, sop_class, modality, what):
+    _relabel(write_series(tmp_path / "mr", stored), sop_class, modality)
+    with pytest.raises(InputError, match=rf"mr: no CT image among 6 file\(s\); skipped 6 x {what}, is MR, not CT$"):
+        load_volume(tmp_path / "mr")
+    with pytest.raises(InputError, match=rf"IM0000.dcm: not a CT image \({what}, is MR, not CT\)"):
+        load_volume(tmp_path / "mr" / "IM0000.dcm")
+
+
+def test_mr_images_beside_a_ct_series_are_skipped(tmp_path, stored, caplog):
+    write_series(tmp_path, stored)
+    mr = write_series(tmp_path, stored[:3], series_uid="1.2.3.9", names=["mr0.dcm", "mr1.dcm", "mr2.dcm"])
+    _relabel(mr, MRImageStorage, "MR")
+    with caplog.at_level(logging.INFO, logger="vfrac.dicom"):
+        assert np.array_equal(load_volume(tmp_path).hu, stored - 1024.0)
+    assert "3 x MR Image Storage object, is MR, not CT" in caplog.text
+
+
+def test_a_file_cut_anywhere_is_reported_damaged_never_skipped(tmp_path, stored):
+    """A cut inside the header used to read as "has no pixel data", or as another object."""
+    whole = write_series(tmp_path / "whole", stored[:1])[0].read_bytes()
+    cut = tmp_path / "cut.dcm"
+    for size in range(133, len(whole), 3):  # from the 'DICM' prefix to the last pixel byte
+        cut.write_bytes(whole[:size])
+        with pytest.raises(InputError) as caught:
+            load_volume(cut)
+        message = str(caught.value)
+        assert re.search(r"damaged DICOM file|pixel data is [\d,]+ bytes, expected 384 .* \(truncated file\?\)",
+                         message), (size, message)
+        assert "not a CT image" not in message and "no pixel data" not in message, (size, message)
+
+
+def test_a_file_cut_inside_its_header_is_damaged_in_a_series(tmp_path, stored):
+    paths = write_series(tmp_path, stored)
+    header_end = len(paths[2].read_bytes()) - stored[0].nbytes - 12
+    paths[2].write_bytes(paths[2].read_bytes()[:header_end - 30])  # cut inside a header value
+    with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path))} \(file 3 of 6\): damaged DICOM file: it "
+                                         r"ends inside its header, before any pixel data \(truncated\?\)$"):
+        load_volume(tmp_path)
+
+
+def test_uid_file_names_never_reach_messages_or_logs(tmp_path, stored, caplog):
+    names = [f"{generate_uid()}.dcm" for _ in stored]
+    paths = write_series(tmp_path, stored, names=names)
+    (tmp_path / f"{generate_uid()}.txt").write_text("notes")
+    uids = [path.stem for path in tmp_path.iterdir()]
+    messages = []
+    ds = pydicom.dcmread(paths[4])
+    del ds.ImagePositionPatient
+    ds.save_as(paths[4])
+    with caplog.at_level(logging.DEBUG, logger="vfrac"), pytest.raises(InputError) as caught:
+        load_volume(tmp_path)
+    messages.append(str(caught.value))
+    paths[4].unlink()  # now a gap, between two UID-named files
+    with caplog.at_level(logging.DEBUG, logger="vfrac"), pytest.raises(InputError) as caught:
+        load_volume(tmp_path)
+    messages.append(str(caught.value))
+    assert re.search(r" \(file \d of 7\): ImagePositionPatient is missing$", messages[0])
+    assert re.search(r"gap of 4 mm between file \d of 6 .* and file \d of 6 ", messages[1])
+    for text in messages + [caplog.text]:
+        assert not any(uid in text for uid in uids), text

@@ -7,7 +7,7 @@ import pytest
 from tests.test_pipeline import SIZE
 from vfrac.cache import Prepared, write_entry
 from vfrac.metrics import auc
-from vfrac.model import LAST_CONV, build_classifier
+from vfrac.model import LAST_CONV, build_classifier, load_classifier
 from vfrac.pipeline import make_dataset
 from vfrac.train import Trainer
 
@@ -61,7 +61,7 @@ def test_weights_load_from_a_local_backbone_file_and_a_whole_model_file(model, t
 
 def test_save_and_load_round_trip_gives_the_same_predictions(model, tmp_path):
     model.save(tmp_path / "model.keras")
-    restored = keras.models.load_model(tmp_path / "model.keras")
+    restored = load_classifier(tmp_path / "model.keras")
     batch = np.random.default_rng(3).normal(size=(3, 64, 64, 3)).astype("float32") * 50
     assert np.allclose(restored.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
 

@@ -1,6 +1,8 @@
 """The synthetic cohort: reproducible, valid DICOM, right geometry, honest features, no shortcuts."""
 
 import csv
+import shutil
+import subprocess
 
 import numpy as np
 import pydicom
@@ -64,6 +66,16 @@ def test_dicom_headers_look_like_a_scanner_and_carry_fake_identity(cohort):
         assert ds.StudyDescription and ds.SeriesDescription and ds.SeriesInstanceUID
         representations.add(ds.PixelRepresentation)
     assert representations == {0, 1}  # stored unsigned and signed both occur
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+def test_every_series_validates_with_dciodvfy(cohort):
+    """dicom3tools' checker of the CT Image IOD: no errors, on signed and unsigned storage alike."""
+    for patient in read_manifest(cohort).patients:
+        first = min(patient.ct.iterdir())
+        checked = subprocess.run(["dciodvfy", str(first)], capture_output=True, text=True, timeout=60)
+        output = checked.stdout + checked.stderr
+        assert "CTImage" in output and not [line for line in output.splitlines() if line.startswith("Error")], output
 
 
 def test_tissues_have_their_hounsfield_values():

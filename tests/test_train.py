@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from vfrac.model import VariableDropout
 from vfrac.train import SmoothedStopping, Trainer, WarmupCosine, recalibrate_batchnorm, smooth
 
 
@@ -58,7 +59,7 @@ def small_model():
     inputs = keras.Input((16, 16, 1))
     x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
     x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.Dropout(0.3)(keras.layers.GlobalAveragePooling2D()(x))
+    x = VariableDropout(0.3)(keras.layers.GlobalAveragePooling2D()(x))
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
 
 
@@ -80,6 +81,33 @@ def test_a_trainer_reuses_its_graph_restarts_from_the_same_weights_and_keeps_the
     assert all(np.allclose(a, np.asarray(w)) for a, w in zip(averages, trainer.model.trainable_weights, strict=True))
 
 
+def test_dropout_and_weight_decay_change_without_a_new_trace():
+    keras.utils.set_random_seed(0)
+    trainer = Trainer(small_model, ema_momentum=0.0)  # the raw weights, to see the decay
+    train = toy_data(1)
+    trainer.fit(train, epochs=2, learning_rate=1e-2, weight_decay=0.0, dropout=0.0)
+    step, plain = trainer.model.train_function, np.abs(trainer.model.layers[-1].kernel.numpy()).sum()
+    trainer.fit(train, epochs=2, learning_rate=1e-2, weight_decay=20.0, dropout=0.0)
+    decayed = np.abs(trainer.model.layers[-1].kernel.numpy()).sum()
+    assert decayed < 0.5 * plain  # each step multiplies weights by (1 - 20 * rate)
+    history = trainer.fit(train, epochs=2, learning_rate=1e-2, weight_decay=0.0, dropout=0.9)
+    assert trainer.model.train_function is step
+    assert float(trainer.dropouts[0].rate) == pytest.approx(0.9) and np.isfinite(history["loss"]).all()
+
+
+def test_variable_dropout_drops_its_rate_and_keeps_the_mean_in_training_only():
+    layer = VariableDropout(0.25, seed=1)
+    inputs = np.ones((200, 100), "float32")
+    out = np.asarray(layer(inputs, training=True))
+    assert np.mean(out == 0) == pytest.approx(0.25, abs=0.02) and out.mean() == pytest.approx(1.0, abs=0.05)
+    assert np.array_equal(np.asarray(layer(inputs, training=False)), inputs)
+    layer.rate.assign(0.0)
+    assert np.array_equal(np.asarray(layer(inputs, training=True)), inputs)
+    assert VariableDropout.from_config(layer.get_config()).initial_rate == 0.0
+    with pytest.raises(ValueError, match="rate must be in"):
+        VariableDropout(1.0)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="ema_momentum must be in"):
         Trainer(small_model, ema_momentum=1.0)
@@ -88,6 +116,8 @@ def test_bad_arguments_are_refused():
         trainer.fit(toy_data(1).repeat(), epochs=1)
     with pytest.raises(ValueError, match="epochs and patience must be >= 1"):
         trainer.fit(toy_data(1), epochs=0)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0 and dropout in"):
+        trainer.fit(toy_data(1), epochs=1, dropout=1.0)
 
 
 def test_a_trained_model_saves_and_loads_with_its_optimizer(tmp_path):
@@ -96,5 +126,6 @@ def test_a_trained_model_saves_and_loads_with_its_optimizer(tmp_path):
     trainer.model.save(tmp_path / "model.keras")
     restored = keras.models.load_model(tmp_path / "model.keras")
     assert float(restored.optimizer.learning_rate) == pytest.approx(float(trainer.optimizer.learning_rate))
+    assert float(restored.optimizer.weight_decay) == pytest.approx(1e-4)
     batch = next(iter(toy_data(2)))[0]
     assert np.allclose(restored.predict(batch, verbose=0), trainer.model.predict(batch, verbose=0), atol=1e-6)

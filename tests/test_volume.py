@@ -61,6 +61,27 @@ def test_nifti_stored_in_any_axis_order_reads_the_same(tmp_path, ct, axes, flips
     assert np.array_equal(load_mask(mask_path, ct), (ct.hu > 976).astype(np.uint8))
 
 
+@pytest.mark.parametrize("image_class, dtype, slope, inter", [
+    (nib.Nifti1Image, "<i2", 1.0, 0.0),
+    (nib.Nifti1Image, "<i2", 2.5, -1024.0),
+    (nib.Nifti1Image, ">i2", 1.0, -1024.0),
+    (nib.Nifti2Image, "<f4", 1.0, 0.0),
+    (nib.Nifti1Image, "|u1", 1.0, 0.0),
+], ids=["int16", "int16-scaled", "big-endian", "nifti2-float32", "uint8"])
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+def test_nifti_voxels_are_streamed_scaled_and_typed_like_nibabel(
+        tmp_path, monkeypatch, ct, image_class, dtype, slope, inter, name):
+    monkeypatch.setattr("vfrac.volume.READ_CHUNK_BYTES", 64)  # several reads per slice
+    stored = (np.abs(ct.hu) % 200).astype(dtype)
+    image = image_class(np.transpose(stored, (2, 1, 0)), RAS_TO_LPS @ ct.affine @ IJK_FROM_ZYX)
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, str(tmp_path / name))
+    assert np.array_equal(load_volume(tmp_path / name).hu, (stored * slope + inter).astype(np.float32))
+    mask = load_mask(tmp_path / name, ct)
+    assert np.array_equal(mask, stored * slope + inter)
+    assert mask.dtype == (np.dtype(dtype).newbyteorder("=") if (slope, inter) == (1.0, 0.0) else np.float32)
+
+
 def test_mask_on_a_cropped_grid_is_placed_by_its_offset(tmp_path, ct):
     mask = np.zeros(ct.shape, np.uint8)
     mask[1:4, 2:6, 3:9] = 7

@@ -3,8 +3,8 @@
 An entry's key hashes the CT files, the ROI file and the crop settings with a format
 version, so any change gives a new entry and nothing is served stale. Entries are
 written to a temporary file and renamed, so a crash or Ctrl-C never leaves half an
-entry. A small memo maps file sizes and times to the content key, so a run where
-nothing changed reads no CT at all.
+entry (and a later run removes the temporary file a kill leaves). A small memo maps
+file sizes and times to the content key, so a run where nothing changed reads no CT.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -28,6 +30,9 @@ from vfrac.volume import load_mask, load_volume
 
 CACHE_VERSION = 2
 HU_MIN, HU_MAX = -32768, 32767
+# _atomic_write's temporary names (mkstemp: "." + final name + "." + 8 random characters + ".tmp").
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+STALE_AFTER_S = 3600  # a temporary untouched this long belongs to a killed process
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,8 @@ def prepare_cohort(patients, settings: CropSettings, cache_dir, workers: int = 1
     `on_progress(patient_id, built)` is called as each patient finishes.
     """
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(cache_dir)
+    _remove_stale_temporaries(cache_dir)
     result = PrepareResult()
 
     def record(patient, outcome):
@@ -197,6 +203,31 @@ def prepare_cohort(patients, settings: CropSettings, cache_dir, workers: int = 1
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return result
+
+
+def _check_writable(cache_dir: Path) -> None:
+    """Create the cache and its memo folder and try a file in each, so that a read-only
+    cache stops the run once, up front, rather than in every worker."""
+    for folder in (cache_dir, cache_dir / "keys"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise InputError(f"cache folder {folder} is not writable: {error.strerror or error}") from error
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Delete what a killed `_atomic_write` left: its own temporary names only, untouched
+    for STALE_AFTER_S. A live writer's file is newer: entries are built before their file
+    is opened, and writing one takes seconds, each write refreshing its time."""
+    for folder in (cache_dir, cache_dir / "keys"):
+        for path in folder.glob(".*.tmp"):
+            try:
+                if TEMPORARY.fullmatch(path.name) and time.time() - path.stat().st_mtime > STALE_AFTER_S:
+                    path.unlink()
+            except FileNotFoundError:  # another process removed or renamed it first
+                continue
 
 
 def _attempt(patient, settings, cache_dir):
@@ -237,7 +268,7 @@ def _stat_key(patient: Patient, settings: CropSettings) -> str:
 
 
 def _atomic_write(path: Path, content) -> None:
-    """Write bytes or npz fields to a temporary file, then rename it into place."""
+    """Write bytes or npz fields to a temporary file (named as TEMPORARY), then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -18,6 +18,8 @@ REQUIRED_COLUMNS = ("patient_id", "label", "ct", "roi")
 LABELS = ("benign", "malignant")
 # Pseudonymous ids end up in file names, so they must be plain.
 PATIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# ASCII digits only: str.isdigit() accepts '²', which int() refuses; 0 would select the background.
+ROI_LABEL = re.compile(r"0*[1-9][0-9]{0,8}")
 
 
 @dataclass(frozen=True)
@@ -45,28 +47,35 @@ class Cohort:
     problems: list[str]  # rows left out with skip_bad=True, one message each
 
 
-def read_manifest(path, skip_bad: bool = False) -> Cohort:
-    """Read and validate a manifest; bad rows raise, or with `skip_bad` are listed."""
+def read_manifest(path, skip_bad: bool = False, allow_outside: bool = False) -> Cohort:
+    """Read and validate a manifest; bad rows raise, or with `skip_bad` are listed.
+
+    Paths must resolve (symlinks and '..' followed) inside the manifest's folder unless
+    `allow_outside`: a manifest from elsewhere must not make vfrac read, hash and cache
+    files from anywhere on the machine, and this is checked before any file is read.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise InputError(f"{path}: not a readable CSV file ({error})") from error
+    columns, records = _read_csv(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "
                          f"found {', '.join(columns) or 'no header'}")
-    if not rows:
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; "
+                         "keep one of each")
+    if not records:
         raise InputError(f"{path}: has a header but no patients")
-    patients, problems, seen = [], [], {}
-    for number, row in enumerate(rows, start=1):
-        errors = _row_errors(row, path.parent, seen)
+    patients, problems, seen, width = [], [], {}, len(columns)
+    for number, fields in enumerate(records, start=1):
+        row = dict(zip(columns, (fields + [""] * width)[:width], strict=True))  # short rows: empty fields
         where = f"{path}, row {number} (patient_id {row['patient_id'] or '?'})"
+        if any(fields[width:]):  # the columns are shifted: every other check would mislead
+            problems.append(f"{where}: {len(fields)} fields, the header has {width}")
+            continue
+        errors = _row_errors(row, path.parent, seen, allow_outside)
         if errors:
             problems.extend(f"{where}, column {column}: {reason}" for column, reason in errors)
             continue
@@ -79,7 +88,17 @@ def read_manifest(path, skip_bad: bool = False) -> Cohort:
     return Cohort(manifest=path, patients=patients, problems=problems)
 
 
-def _row_errors(row: dict, folder: Path, seen: dict) -> list[tuple[str, str]]:
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the non-blank rows, fields stripped; rows keep their own length."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            lines = [[value.strip() for value in line] for line in csv.reader(handle) if line]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: not a readable CSV file ({error})") from error
+    return (lines[0], lines[1:]) if lines else ([], [])
+
+
+def _row_errors(row: dict, folder: Path, seen: dict, allow_outside: bool) -> list[tuple[str, str]]:
     errors = []
     pid = row["patient_id"]
     if not PATIENT_ID.match(pid):
@@ -89,24 +108,27 @@ def _row_errors(row: dict, folder: Path, seen: dict) -> list[tuple[str, str]]:
         errors.append(("patient_id", f"{pid!r} already used in row {seen[pid]}"))
     if row["label"].lower() not in LABELS:
         errors.append(("label", f"{row['label']!r} is not one of {', '.join(LABELS)}"))
-    errors += _path_errors("ct", row["ct"], folder, ct=True)
-    errors += _path_errors("roi", row["roi"], folder)
-    if row.get("roi_label") and not row["roi_label"].isdigit():
-        errors.append(("roi_label", f"{row['roi_label']!r} is not a whole number"))
+    errors += _path_errors("ct", row["ct"], folder, allow_outside, ct=True)
+    errors += _path_errors("roi", row["roi"], folder, allow_outside)
+    if row.get("roi_label") and not ROI_LABEL.fullmatch(row["roi_label"]):
+        errors.append(("roi_label", f"{row['roi_label']!r} is not a whole number from 1 to 999999999"))
     for column, value in row.items():
         if column.startswith("feature_") and value not in ("", "0", "1"):
             errors.append((column, f"{value!r} should be 0, 1 or empty"))
         elif column.startswith("reader_") and value and value.lower() not in LABELS:
             errors.append((column, f"{value!r} should be benign, malignant or empty"))
         elif column.startswith("mask_") and value:
-            errors += _path_errors(column, value, folder)
+            errors += _path_errors(column, value, folder, allow_outside)
     return errors
 
 
-def _path_errors(column: str, value: str, folder: Path, ct: bool = False) -> list[tuple[str, str]]:
+def _path_errors(column: str, value: str, folder: Path, allow_outside: bool,
+                 ct: bool = False) -> list[tuple[str, str]]:
     if not value:
         return [(column, "is empty")]
     path = folder / value
+    if not allow_outside and (outside := _outside(value, folder)):
+        return [(column, outside)]
     if not path.exists():
         return [(column, f"{value} does not exist (relative to {folder})")]
     if ct and not (path.is_dir() or is_nifti(path) or path.suffix.lower() in ("", ".dcm")):
@@ -114,6 +136,18 @@ def _path_errors(column: str, value: str, folder: Path, ct: bool = False) -> lis
     if not ct and not str(path).lower().endswith(MASK_SUFFIXES):
         return [(column, f"{value} should be a .nii, .nii.gz or .npy mask")]
     return []
+
+
+def _outside(value: str, folder: Path) -> str:
+    """Why the manifest path `value` may not be used (it leaves `folder` once resolved), or ''."""
+    try:
+        resolved, root = (folder / value).resolve(), folder.resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop
+        return f"{value} cannot be resolved ({error})"
+    if resolved.is_relative_to(root):
+        return ""
+    return (f"{value} resolves to {resolved}, outside the cohort folder {root}; "
+            "paths must stay inside it unless --allow-outside is given")
 
 
 def _patient(row: dict, folder: Path) -> Patient:

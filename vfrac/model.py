@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import keras
+from keras import ops
 
 LAST_CONV = "conv5_block3_out"
 RANDOM_INIT_BN_MOMENTUM = 0.9
@@ -22,6 +23,8 @@ RESIDUAL_LAST_BN = re.compile(r"conv\d_block\d+_3_bn")  # the BatchNorm closing 
 def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, freeze_stages: int = 0,
                      mixed_precision: bool = False) -> keras.Model:
     """ResNet50 -> global average pooling -> dropout -> Dense(1, sigmoid) named "malignancy".
+
+    The dropout rate is a variable (`VariableDropout`); `vfrac.train.Trainer` sets it per fit.
 
     weights: None (random), "imagenet", or a path to a no-top ResNet50 weights file or
     to weights of this whole model. freeze_stages: how many of ResNet50's five stages,
@@ -47,7 +50,7 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
         backbone = keras.applications.ResNet50(include_top=False, input_tensor=inputs,
                                                weights="imagenet" if weights == "imagenet" else None)
         pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone.output)
-        dropped = keras.layers.Dropout(dropout, name="dropout")(pooled)
+        dropped = VariableDropout(dropout, name="dropout")(pooled)
         output = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignancy")(dropped)
         model = keras.Model(inputs, output, name="vfrac_resnet50")
     finally:
@@ -61,6 +64,41 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
         if layer.name.startswith(frozen) and frozen:
             layer.trainable = False
     return model
+
+
+@keras.saving.register_keras_serializable(package="vfrac")
+class VariableDropout(keras.layers.Layer):
+    """Dropout whose rate is a variable: one compiled training step serves every rate a tuner tries."""
+
+    def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"rate must be in [0, 1), received: rate={rate!r}")
+        self.initial_rate = float(rate)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        self.rate = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_rate),
+                                    trainable=False, name="rate")
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        keep = 1.0 - ops.cast(self.rate, inputs.dtype)
+        kept = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) < keep
+        return ops.where(kept, inputs / keep, ops.zeros_like(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        rate = float(ops.convert_to_numpy(self.rate)) if self.built else self.initial_rate
+        return super().get_config() | {"rate": rate}
+
+
+def load_classifier(path) -> keras.Model:
+    """A saved vfrac model, for prediction: its custom layers are registered by importing this module."""
+    return keras.models.load_model(path, compile=False)
 
 
 def _prepare_random_init(model: keras.Model) -> None:

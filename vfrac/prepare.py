@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="patients prepared in parallel (default: %(default)s)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave bad patients out (listed in the report) instead of stopping")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept manifest paths that lead outside the manifest's folder (refused by default)")
     parser.add_argument("--margin", type=float, default=defaults.margin,
                         help="ROI square grown by this fraction of its side (default: %(default)s)")
     parser.add_argument("--box-mode", choices=BOX_MODES, default=defaults.box_mode,
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     try:
         settings = CropSettings(margin=args.margin, box_mode=args.box_mode,
                                 context=args.context, cache_size=args.cache_size, min_area=args.min_area)
-        cohort = read_manifest(args.cohort, skip_bad=args.skip_bad)
+        cohort = read_manifest(args.cohort, skip_bad=args.skip_bad, allow_outside=args.allow_outside)
         print(f"{len(cohort.patients)} patient(s) in {args.cohort}; cache: {args.cache_dir}; {settings}")
         with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
             result = prepare_cohort(cohort.patients, settings, args.cache_dir, workers=args.workers,

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from vfrac.model import VariableDropout
+
 SMOOTHING = 3  # epochs in the moving average that picks the best epoch and stops early
 
 
@@ -56,25 +58,46 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                 "total_steps": int(self.total_steps.numpy())}
 
 
-class Trainer:
-    """A compiled model to fit again and again: each `fit` starts from the same initial weights."""
+@keras.saving.register_keras_serializable(package="vfrac")
+class VariableDecayAdamW(keras.optimizers.AdamW):
+    """AdamW whose decoupled weight decay is a variable, so a compiled step follows new values."""
 
-    def __init__(self, model_fn, weight_decay: float = 1e-4, ema_momentum: float = 0.98):
+    def __init__(self, weight_decay: float = 0.004, **kwargs):
+        super().__init__(weight_decay=float(weight_decay), **kwargs)
+        self.weight_decay = keras.Variable(float(weight_decay), trainable=False, dtype="float32",
+                                           name="weight_decay_rate")
+
+    def get_config(self):
+        return super().get_config() | {"weight_decay": float(ops.convert_to_numpy(self.weight_decay))}
+
+
+class Trainer:
+    """A compiled model to fit again and again: each `fit` starts from the same initial weights.
+
+    Learning rate, weight decay and dropout are variables, so every setting a tuner
+    tries runs on the one traced graph.
+    """
+
+    def __init__(self, model_fn, ema_momentum: float = 0.98):
         if not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1), received {ema_momentum}")
         self.model = model_fn()
-        # Weights, BatchNorm statistics and the dropout layers' random state: a fit gives
-        # the same result whatever the model fitted before.
+        self.dropouts = [layer for layer in self.model.layers if isinstance(layer, VariableDropout)]
+        # Weights, BatchNorm statistics and the dropout layers' rate and random state: a
+        # fit gives the same result whatever the model fitted before.
         self.initial_state = [variable.numpy() for variable in self.model.variables]
         self.schedule = WarmupCosine()
-        self.optimizer = keras.optimizers.AdamW(learning_rate=self.schedule, weight_decay=weight_decay,
-                                                use_ema=ema_momentum > 0, ema_momentum=ema_momentum)
+        self.optimizer = VariableDecayAdamW(learning_rate=self.schedule, weight_decay=0.0,
+                                            use_ema=ema_momentum > 0, ema_momentum=ema_momentum)
         self.model.compile(optimizer=self.optimizer, loss=keras.losses.BinaryCrossentropy(),
                            metrics=[keras.metrics.AUC(name="auc")])
 
-    def fit(self, train_ds, val_ds=None, epochs: int = 10, learning_rate: float = 3e-4,
-            warmup_epochs: float = 1.0, patience: int | None = None, callbacks=(), verbose: int = 0):
+    def fit(self, train_ds, val_ds=None, epochs: int = 10, learning_rate: float = 3e-4, weight_decay: float = 1e-4,
+            dropout: float | None = None, warmup_epochs: float = 1.0, patience: int | None = None, callbacks=(),
+            verbose: int = 0):
         """Train from the initial weights; returns the history dict with "best_epoch" (1-based).
+
+        `dropout` sets the rate of the model's `VariableDropout` layers (None: as built).
 
         `train_ds` must have a known length (vfrac's datasets do). With `val_ds`, each
         epoch is validated with the averaged weights; the best epoch is the peak of the
@@ -84,11 +107,16 @@ class Trainer:
         """
         if epochs < 1 or (patience is not None and patience < 1):
             raise ValueError(f"epochs and patience must be >= 1, received {epochs}, {patience}")
+        if weight_decay < 0 or (dropout is not None and not 0.0 <= dropout < 1.0):
+            raise ValueError(f"weight_decay must be >= 0 and dropout in [0, 1), received {weight_decay}, {dropout}")
         steps = int(train_ds.cardinality())
         if steps <= 0:
             raise ValueError("the training dataset must have a known, finite length (cardinality)")
         self._reset()
         self.schedule.set(learning_rate, round(warmup_epochs * steps), epochs * steps)
+        self.optimizer.weight_decay.assign(weight_decay)
+        for layer in self.dropouts if dropout is not None else ():
+            layer.rate.assign(dropout)
         watch = SmoothedStopping(patience) if val_ds is not None else None
         extra = [keras.callbacks.SwapEMAWeights()] if self.optimizer.use_ema and val_ds is not None else []
         history = self.model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose,

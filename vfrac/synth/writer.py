@@ -86,6 +86,7 @@ def _slice_header(scan, key, study, series, frame_of_reference, instance) -> Dat
     ds.SeriesInstanceUID = series
     ds.StudyID = "1"
     ds.SeriesNumber = header["SeriesNumber"]
+    ds.AcquisitionNumber = 1  # Type 2 in the CT Image module: one helical acquisition per series
     ds.InstanceNumber = instance
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.FrameOfReferenceUID = frame_of_reference
