@@ -71,9 +71,10 @@ def artifact_rows(client, run_id, path, folder):
 
 
 def wait_for_running_trial(store: Path, study_suffix: str, process, timeout=900) -> None:
-    """Block until a trial of the study whose name ends with `study_suffix` is RUNNING."""
+    """Block until a trial of the study whose name ends with `study_suffix` is RUNNING with its settings drawn."""
     deadline = time.monotonic() + timeout
     query = ("select count(*) from trials t join studies s on t.study_id = s.study_id "
+             "join trial_params p on p.trial_id = t.trial_id "
              f"where s.study_name like '%{study_suffix}' and t.state = 'RUNNING'")
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0]
@@ -339,8 +340,10 @@ def test_the_review_is_logged_with_every_image_it_shows(cohort, resumed, tmp_pat
     present = [r for r in rows if float(r["area_fraction"]) > 0 and r["energy_fraction"]]
     assert present and all(0.0 <= float(r["energy_fraction"]) <= 1.0 for r in present)
     assert "Sanity check" in (local / "explain" / "summary.md").read_text()
-    wrong = page.index("(incorrect)") if "(incorrect)" in page else len(page)
-    assert wrong <= page.index("(correct)") if "(correct)" in page else True  # errors first
+    calls = re.findall(r"\((incorrect|correct)\)", page)
+    with open(local / "predictions" / "patients.csv") as handle:
+        wrong = sum(p["prediction"] != p["label"] for p in csv.DictReader(handle))
+    assert calls == ["incorrect"] * wrong + ["correct"] * (12 - wrong)  # one per patient, errors first
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")

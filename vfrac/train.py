@@ -93,11 +93,12 @@ class Trainer:
                            metrics=[keras.metrics.AUC(name="auc")])
 
     def fit(self, train_ds, val_ds=None, epochs: int = 10, learning_rate: float = 3e-4, weight_decay: float = 1e-4,
-            dropout: float | None = None, warmup_epochs: float = 1.0, patience: int | None = None, callbacks=(),
-            verbose: int = 0):
+            dropout: float | None = None, seed: int | None = None, warmup_epochs: float = 1.0,
+            patience: int | None = None, callbacks=(), verbose: int = 0):
         """Train from the initial weights; returns the history dict with "best_epoch" (1-based).
 
-        `dropout` sets the rate of the model's `VariableDropout` layers (None: as built).
+        `dropout` sets the rate of the model's `VariableDropout` layers (None: as built),
+        `seed` their random stream (None: the stream they were built with).
 
         `train_ds` must have a known length (vfrac's datasets do). With `val_ds`, each
         epoch is validated with the averaged weights; the best epoch is the peak of the
@@ -115,8 +116,11 @@ class Trainer:
         self._reset()
         self.schedule.set(learning_rate, round(warmup_epochs * steps), epochs * steps)
         self.optimizer.weight_decay.assign(weight_decay)
-        for layer in self.dropouts if dropout is not None else ():
-            layer.rate.assign(dropout)
+        for layer in self.dropouts:
+            if dropout is not None:
+                layer.rate.assign(dropout)
+            if seed is not None:
+                layer.seed_generator.state.assign([seed, 0])
         watch = SmoothedStopping(patience) if val_ds is not None else None
         extra = [keras.callbacks.SwapEMAWeights()] if self.optimizer.use_ema and val_ds is not None else []
         history = self.model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=verbose,
