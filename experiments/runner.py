@@ -211,7 +211,7 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
         write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.min_area)
         tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
         for fold in range(config.folds):  # made here, once, so processes starting together share them
-            tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
+            tracker.schedule(tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}"))
         save_splits(folder / "splits.json", splits)
         tracker.artifacts(cv_run, folder / "splits.json")  # last: its presence says the rest is there
 

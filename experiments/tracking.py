@@ -95,6 +95,10 @@ class Tracker:
         return [r for r in self._find(f"tags.`vfrac.settings_key` = '{settings_key}' and tags.`vfrac.role` = 'cv'")
                 if r.data.tags.get("vfrac.run_key") != run_key]
 
+    def schedule(self, run_id: str) -> None:
+        """Mark a run made ahead of its work as waiting (MLflow creates every run RUNNING)."""
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.SCHEDULED))
+
     def restart(self, run_id: str) -> None:
         """Mark a resumed run as running again (MLflow has no other 'resume' for clients)."""
         if FAILURE_TAG in self.client.get_run(run_id).data.tags:  # the reason it stopped before no longer holds

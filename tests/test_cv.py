@@ -437,3 +437,22 @@ def test_a_failed_start_leaves_no_run_running_and_a_rerun_by_other_code_says_so(
     output = capsys.readouterr().out
     assert f"note: CV run {failed.info.run_id} has these settings and this cohort but ran other code" in output
     assert len(runs(tmp_path)[1]["cv"]) == 2
+
+
+def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(cohort, tmp_path, monkeypatch):
+    from experiments import runner
+
+    manifest, _ = cohort
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what SIGTERM and Ctrl-C raise
+
+    monkeypatch.setattr(runner, "tune", interrupted)
+    assert main(["--cohort", str(manifest), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 130
+    _, by_role = runs(tmp_path)
+    statuses = {r.info.run_name: (r.info.status, r.data.tags.get("vfrac.failure"))
+                for r in by_role["cv"] + by_role["fold"]}
+    assert statuses == {by_role["cv"][0].info.run_name: ("KILLED", "interrupted"),
+                        "fold 0": ("KILLED", "interrupted"), "fold 1": ("SCHEDULED", None)}
