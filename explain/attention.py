@@ -97,17 +97,18 @@ def randomized_cascade(model: keras.Model, seed: int = RANDOMIZATION_SEEDS[0]):
     The last stage, "conv1", leaves no trained weight: the fully randomised network.
     The seed differs from the training seeds (run seed + fold): with the same seed a
     briefly trained layer would be "re-initialised" to nearly its own weights.
+    Every stage yields the same model, re-initialised further in place (cloning
+    ResNet50 once per stage cost more than its maps): use it before the next stage.
     """
     keras.utils.set_random_seed(seed)
     fresh = keras.models.clone_model(model)  # new layers, new initial weights
-    trained = {layer.name: layer.get_weights() for layer in model.layers}
-    for depth in range(1, len(CASCADE) + 1):
-        randomized = keras.models.clone_model(model)
-        prefixes = CASCADE[:depth]
+    randomized = keras.models.clone_model(model)
+    randomized.set_weights(model.get_weights())
+    for stage in CASCADE:
         for layer in randomized.layers:
-            source = fresh.get_layer(layer.name) if layer.name.startswith(prefixes) else None
-            layer.set_weights(source.get_weights() if source is not None else trained[layer.name])
-        yield CASCADE[depth - 1], randomized
+            if layer.name.startswith(stage):
+                layer.set_weights(fresh.get_layer(layer.name).get_weights())
+        yield stage, randomized
 
 
 def sanity_check(trained_maps: dict, randomized_maps: dict) -> list[dict]:

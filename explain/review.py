@@ -120,7 +120,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
             explainer = Explainer(context["model"], layer)
             chosen = [_choose(cohort[pid], fold, slice_rows, context, top)
                       for pid, slice_rows in context["patients"].items()]
-            images = np.concatenate([c["images"] for c in chosen])
+            images = _network_inputs(chosen, context)
             classes = np.concatenate([c["classes"] for c in chosen])
             attribution = explainer.slice_attribution(images, classes)
             maps = {}
@@ -131,7 +131,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
                 explained[method] += len(images)
             offset = 0
             for item in chosen:
-                part = slice(offset, offset + len(item["images"]))
+                part = slice(offset, offset + len(item["crops"]))
                 offset = part.stop
                 rows += _render(item, cohort[item["review"].patient_id], {m: maps[m][part] for m in methods},
                                 attribution[part], context, out, dicom)
@@ -211,12 +211,11 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
 
 
 def _choose(patient, fold, slice_rows, context, top) -> dict:
-    """The patient's `top` most probable slices as network inputs, with what rendering needs."""
+    """The patient's `top` most probable slices (cached crops), with what rendering needs."""
     from vfrac.cache import CropSettings, prepare_patient, read_entry
     from vfrac.metrics import aggregate
-    from vfrac.pipeline import evaluation_images
 
-    pid, size, threshold = patient.patient_id, context["input_size"], context["threshold"]
+    pid, threshold = patient.patient_id, context["threshold"]
     label = "malignant" if patient.is_malignant else "benign"
     _, _, (probability,) = aggregate([pid] * len(slice_rows), [p for _, p in slice_rows],
                                      [label] * len(slice_rows), context["aggregation"])
@@ -227,12 +226,32 @@ def _choose(patient, fold, slice_rows, context, top) -> dict:
     chosen = sorted(slice_rows, key=lambda r: -r[1])[:top]
     where = {int(z): i for i, z in enumerate(prepared.slices)}
     indices = [where[z] for z, _ in chosen]
-    crops = prepared.crops[indices]
-    bone = windowed_rgb(evaluation_images(crops, prepared.context, size, BONE_WINDOW))[..., 1]
     return {"review": review, "chosen": chosen, "boxes": prepared.boxes[indices], "context": prepared.context,
-            "cache_size": prepared.crops.shape[1], "bone": bone,
-            "images": evaluation_images(crops, prepared.context, size, context["window"]),
+            "cache_size": prepared.crops.shape[1], "crops": prepared.crops[indices],
             "classes": called_classes([p for _, p in chosen], threshold)}
+
+
+def _network_inputs(chosen: list[dict], context: dict) -> np.ndarray:
+    """The fold's explained slices as network inputs; each item gets its bone-window view as "bone".
+
+    One call per crop context (the run's cache settings give one): building the
+    input pipeline per patient cost more than the maps of a fold.
+    """
+    from vfrac.pipeline import evaluation_images
+
+    size = context["input_size"]
+    offsets = np.cumsum([0] + [len(item["crops"]) for item in chosen])
+    images = np.zeros((offsets[-1], size, size, 3), np.float32)
+    bone = np.zeros((offsets[-1], size, size), np.float32)
+    for crop_context in {item["context"] for item in chosen}:
+        group = [k for k, item in enumerate(chosen) if item["context"] == crop_context]
+        rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in group])
+        crops = np.concatenate([chosen[k]["crops"] for k in group])
+        images[rows] = evaluation_images(crops, crop_context, size, context["window"])
+        bone[rows] = windowed_rgb(evaluation_images(crops, crop_context, size, BONE_WINDOW))[..., 1]
+    for k, item in enumerate(chosen):
+        item["bone"] = bone[offsets[k]:offsets[k + 1]]
+    return images
 
 
 def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]:

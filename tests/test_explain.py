@@ -58,7 +58,9 @@ def toy():
 @pytest.mark.parametrize("method", ["gradcam", "hirescam"])
 def test_maps_of_a_square_detector_land_on_the_square(toy, method):
     model, images, masks = toy
-    maps = Explainer(model, LAYER).maps(images, method, np.ones(len(images), dtype=int))
+    explainer, classes = Explainer(model, LAYER), np.ones(len(images), dtype=int)
+    maps = explainer.maps(images, method, classes)
+    assert np.allclose(explainer.maps(images, method, classes, batch_size=3), maps, atol=1e-3)  # batches of any size
     measured = [attention(cam, mask) for cam, mask in zip(maps, masks, strict=True)]
     assert np.mean([m["energy_fraction"] for m in measured]) > 0.4  # the square is a quarter of the image
     assert np.mean([m["pointing_hit"] for m in measured]) >= 0.9

@@ -84,9 +84,9 @@ class VariableDropout(keras.layers.Layer):
     def call(self, inputs, training=False):
         if not training:
             return inputs
-        keep = 1.0 - ops.cast(self.rate, inputs.dtype)
+        keep = 1.0 - ops.cast(self.rate, "float32")  # drawn and compared in float32 under any policy
         kept = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) < keep
-        return ops.where(kept, inputs / keep, ops.zeros_like(inputs))
+        return ops.where(kept, inputs / ops.cast(keep, inputs.dtype), ops.zeros_like(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape
