@@ -13,10 +13,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfrac.cache import CropSettings
+from vfrac.errors import InputError
+from vfrac.prepare import crop_settings
+
 DEMO_COHORT = Path("data/demo/manifest.csv")
 DEFAULT_STORE = Path("mlruns")
 PRESETS = {
-    # Learns on 2 CPU cores in under 10 minutes, explanation included: no tuning (an inner
+    # Learns on 2 CPU cores in about 10 minutes, explanation included: no tuning (an inner
     # validation split of a few patients ranks settings by noise), the default settings
     # trained for a fixed number of epochs with a decaying learning rate and averaged weights.
     # 10 epochs: 12 cost 20 % more time, 9 lost up to 0.07 of AUC on the seeds measured (README).
@@ -51,12 +55,17 @@ class RunConfig:
     patience: int
     batch_size: int  # for the final model; trials tune their own
     n_boot: int
-    min_area: float = 0.35  # slice rule, see vfrac.crops.lesion_slices
+    min_area: float = CropSettings.min_area  # slice rule, see vfrac.crops.lesion_slices
+    margin: float = CropSettings.margin  # the crop settings (vfrac.cache.CropSettings), as vfrac.prepare's flags
+    box_mode: str = CropSettings.box_mode
+    context: float = CropSettings.context
+    cache_size: int = CropSettings.cache_size
     ema_momentum: float = 0.98  # weight averaging of every fit
     inner_folds: int = 1  # 1: one stratified 80/20 inner validation split
     threshold: float = 0.5
     aggregation: str = "max"
     weights: str | None = None  # None, "imagenet" or a weights file
+    precision: str = "float32"  # or "bfloat16" (vfrac.model.PRECISIONS)
     pruner: str = "median"
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
@@ -68,6 +77,10 @@ class RunConfig:
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_KEY}
         text = json.dumps([fields, cohort_hash], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def crop_settings(self) -> CropSettings:
+        return CropSettings(margin=self.margin, box_mode=self.box_mode, context=self.context,
+                            cache_size=self.cache_size, min_area=self.min_area)
 
     def as_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
@@ -93,14 +106,15 @@ def resolve(args) -> RunConfig:
         store.mkdir(exist_ok=True)  # the default stores' folder
     cohort = args.cohort or (DEMO_COHORT if args.preset == "demo" else None)
     if cohort is None:
-        raise ValueError("--cohort is required with --preset paper")
+        raise InputError("--cohort is required with --preset paper")
     config = RunConfig(
         preset=args.preset, cohort=str(Path(cohort).resolve()), folds=pick("folds"), trials=pick("trials"),
         epochs=pick("epochs"), input_size=pick("input_size"), seed=args.seed, experiment=args.experiment,
         tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
-        weights=args.weights, cam_layer=preset["cam_layer"], aggregation=preset["aggregation"],
-        min_area=RunConfig.min_area if args.min_area is None else args.min_area,
+        weights=args.weights, precision=args.precision, cam_layer=preset["cam_layer"],
+        aggregation=preset["aggregation"],
+        **dataclasses.asdict(crop_settings(args)),
         allow_outside=args.allow_outside,
     )
     _check(config)
@@ -109,12 +123,10 @@ def resolve(args) -> RunConfig:
 
 def _check(config: RunConfig) -> None:
     if config.folds < 2:
-        raise ValueError(f"--folds must be >= 2, received {config.folds}")
+        raise InputError(f"--folds must be >= 2, received {config.folds}")
     if config.trials < 0 or config.epochs < 1:
-        raise ValueError(f"--trials must be >= 0 and --epochs >= 1, received {config.trials}, {config.epochs}")
-    if not 0.0 <= config.min_area <= 1.0:
-        raise ValueError(f"--min-area must be in [0, 1], received {config.min_area}")
+        raise InputError(f"--trials must be >= 0 and --epochs >= 1, received {config.trials}, {config.epochs}")
     if config.input_size < 32:
-        raise ValueError(f"--input-size must be >= 32, received {config.input_size}")
+        raise InputError(f"--input-size must be >= 32, received {config.input_size}")
     if config.fold is not None and not 0 <= config.fold < config.folds:
-        raise ValueError(f"--fold must be in 0..{config.folds - 1}, received {config.fold}")
+        raise InputError(f"--fold must be in 0..{config.folds - 1}, received {config.fold}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from experiments.config import PRESETS, resolve
 from vfrac.errors import InputError
+from vfrac.prepare import add_crop_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,9 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="most epochs per trial")
     parser.add_argument("--input-size", type=int, help="network input, pixels square")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-area", type=float,
-                        help="slice rule: keep ROI slices whose ROI area is at least this share of its largest "
-                             "(default: 0.35; 0 keeps all)")
+    add_crop_arguments(parser)  # --margin, --box-mode, --context, --cache-size, --min-area, as vfrac.prepare
     parser.add_argument("--allow-outside", action="store_true",
                         help="accept manifest paths that lead outside the manifest's folder (refused by default)")
     parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
@@ -40,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")
     parser.add_argument("--fold", type=int, help="run this outer fold only")
     parser.add_argument("--weights", help="'imagenet' (downloads) or a ResNet50 weights file; default: none")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="compute type of training and prediction; bfloat16 pays on GPUs and CPUs with AMX "
+                             "(default: %(default)s)")
     parser.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM review at the end")
     return parser.parse_args(argv)
 
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
         from experiments.runner import run
 
         return run(config)
-    except (InputError, ValueError, FileExistsError) as error:
+    except (InputError, FileExistsError) as error:  # a bug's ValueError keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -58,16 +58,17 @@ def trainer(config: RunConfig, params: dict) -> Trainer:
     """The compiled model for these settings: built and traced once, reused by every fold and trial.
 
     Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
-    the graph (input size, weights, frozen stages, weight averaging) need a new one, as
+    the graph (input size, weights, frozen stages, weight averaging, precision) need a new one, as
     learning rate, weight decay and dropout are variables. Its initial weights come from
     the run's seed.
     """
-    key = (config.input_size, config.weights, params.get("freeze_stages", 0), config.ema_momentum)
+    key = (config.input_size, config.weights, params.get("freeze_stages", 0), config.ema_momentum, config.precision)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
         _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
-                                                          freeze_stages=params.get("freeze_stages", 0)),
+                                                          freeze_stages=params.get("freeze_stages", 0),
+                                                          precision=config.precision),
                                  ema_momentum=config.ema_momentum)
     return _TRAINERS[key]
 

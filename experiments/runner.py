@@ -163,7 +163,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
     from tqdm import tqdm
 
-    from vfrac.cache import CropSettings, prepare_cohort, slice_counts
+    from vfrac.cache import prepare_cohort, slice_counts
     from vfrac.cohort import read_manifest
     from vfrac.prepare import slice_rule_summary
 
@@ -177,7 +177,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
         raise InputError(f"{manifest}: cohort manifest not found")
     cohort = read_manifest(manifest, allow_outside=config.allow_outside)
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
-        result = prepare_cohort(cohort.patients, CropSettings(min_area=config.min_area), config.cache_dir,
+        result = prepare_cohort(cohort.patients, config.crop_settings(), config.cache_dir,
                                 workers=config.workers, on_progress=lambda *_: bar.update())
     digest = hashlib.sha256(manifest.read_bytes())
     for pid in sorted(result.entries):

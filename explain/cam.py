@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vfrac.errors import InputError
+
 METHODS = ("gradcam", "gradcam++", "scorecam", "layercam", "hirescam")
 DEFAULT_LAYER = "conv5_block3_out"  # 7 x 7 at input 224
 FINE_LAYER = "conv4_block6_out"  # 14 x 14 at input 224
@@ -43,14 +45,14 @@ class Explainer:
     def __init__(self, model: keras.Model, layer: str = DEFAULT_LAYER):
         names = {layer.name for layer in model.layers}
         if layer not in names:
-            raise ValueError(f"layer {layer!r} is not in the model; try {DEFAULT_LAYER!r} or {FINE_LAYER!r}")
+            raise InputError(f"layer {layer!r} is not in the model; try {DEFAULT_LAYER!r} or {FINE_LAYER!r}")
         self.layer = layer
         self.two_logits = _two_logit_model(model)
         self.gradients = keras.Model(self.two_logits.inputs,
                                      [self.two_logits.get_layer(layer).output, self.two_logits.output])
         grid = tuple(self.gradients.outputs[0].shape[1:3])
         if max(grid) <= 1:
-            raise ValueError(f"layer {layer!r} gives {grid[0]} x {grid[1]} maps at input "
+            raise InputError(f"layer {layer!r} gives {grid[0]} x {grid[1]} maps at input "
                              f"{model.input_shape[1]}: nothing to localise; choose an earlier layer "
                              f"such as {FINE_LAYER!r} or a larger input")
 

@@ -99,7 +99,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     from mlflow import MlflowClient
 
     if top < 1:
-        raise ValueError(f"--top-slices must be >= 1, received {top}")
+        raise InputError(f"--top-slices must be >= 1, received {top}")
     started = time.perf_counter()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -207,12 +207,24 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
             "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
             "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
             "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache"),
-            "min_area": float(params.get("min_area", 0.0))}  # runs before the slice rule kept every slice
+            "crop_settings": _crop_settings(params)}
+
+
+def _crop_settings(params: dict):
+    """The run's crop settings; older runs logged only some (the defaults then; before the slice rule, none)."""
+    from vfrac.cache import CropSettings
+
+    defaults = CropSettings(min_area=0.0)
+    return CropSettings(margin=float(params.get("margin", defaults.margin)),
+                        box_mode=params.get("box_mode", defaults.box_mode),
+                        context=float(params.get("context", defaults.context)),
+                        cache_size=int(params.get("cache_size", defaults.cache_size)),
+                        min_area=float(params.get("min_area", defaults.min_area)))
 
 
 def _choose(patient, fold, slice_rows, context, top) -> dict:
     """The patient's `top` most probable slices (cached crops), with what rendering needs."""
-    from vfrac.cache import CropSettings, prepare_patient, read_entry
+    from vfrac.cache import cached_entry, read_entry
     from vfrac.metrics import aggregate
 
     pid, threshold = patient.patient_id, context["threshold"]
@@ -221,8 +233,7 @@ def _choose(patient, fold, slice_rows, context, top) -> dict:
                                      [label] * len(slice_rows), context["aggregation"])
     review = PatientReview(pid, fold, label, float(probability),
                            "malignant" if probability >= threshold else "benign", dict(patient.readers))
-    settings = CropSettings(min_area=context["min_area"])
-    prepared = read_entry(prepare_patient(patient, settings, Path(context["cache_dir"]))[0])
+    prepared = read_entry(cached_entry(patient, context["crop_settings"], Path(context["cache_dir"])))
     chosen = sorted(slice_rows, key=lambda r: -r[1])[:top]
     where = {int(z): i for i, z in enumerate(prepared.slices)}
     indices = [where[z] for z, _ in chosen]

@@ -9,7 +9,7 @@ import pytest
 
 import vfrac.cache as cache
 from tests.dicom_factory import write_series
-from vfrac.cache import CropSettings, prepare_cohort, read_entry
+from vfrac.cache import CropSettings, cached_entry, prepare_cohort, read_entry
 from vfrac.cohort import read_manifest
 from vfrac.crops import crop_stack, roi_boxes
 from vfrac.errors import InputError
@@ -79,6 +79,18 @@ def test_second_run_does_no_work(tmp_path, manifest, monkeypatch):
     monkeypatch.setattr(cache, "_content_key", fail)  # not even the CT files are read
     second = prepare_cohort(patients, CropSettings(), tmp_path / "cache")
     assert second.entries == first.entries and (second.built, second.reused) == (0, 2)
+
+
+def test_a_reader_finds_the_entry_of_its_settings_and_never_builds_one(tmp_path, manifest, monkeypatch):
+    patients = read_manifest(manifest).patients
+    built = prepare_cohort(patients, CropSettings(margin=0.2), tmp_path / "cache").entries
+    monkeypatch.setattr(cache, "build_entry", lambda *args: pytest.fail("a reader built an entry"))
+    assert cached_entry(patients[0], CropSettings(margin=0.2), tmp_path / "cache") == built["P001"]
+    with pytest.raises(InputError, match="patient P001: no cache entry .* for the run's crop settings"):
+        cached_entry(patients[0], CropSettings(margin=0.1), tmp_path / "cache")  # other settings: another key
+    built["P002"].unlink()
+    with pytest.raises(InputError, match="patient P002: no cache entry"):
+        cached_entry(patients[1], CropSettings(margin=0.2), tmp_path / "cache")
 
 
 def test_interrupted_write_leaves_no_entry(tmp_path, manifest, monkeypatch):

@@ -4,12 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from tests.test_pipeline import SIZE
+from explain.cam import DEFAULT_LAYER
 from vfrac.cache import Prepared, write_entry
 from vfrac.metrics import auc
-from vfrac.model import LAST_CONV, build_classifier, load_classifier
+from vfrac.model import build_classifier, load_classifier
 from vfrac.pipeline import make_dataset
 from vfrac.train import Trainer
+
+CACHE_SIZE = 40  # side of the cached test crops
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,7 @@ def test_output_shape_and_flat_graph_with_reachable_last_conv(model):
     probabilities = model.predict(batch, verbose=0)
     assert probabilities.shape == (2, 1) and np.all((probabilities > 0) & (probabilities < 1))
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # no nested sub-model
-    cam_model = keras.Model(model.inputs, [model.get_layer(LAST_CONV).output, model.output])
+    cam_model = keras.Model(model.inputs, [model.get_layer(DEFAULT_LAYER).output, model.output])
     features, _ = cam_model(batch)
     assert features.shape == (2, 2, 2, 2048)
     assert model.get_layer("malignancy").activation.__name__ == "sigmoid"
@@ -82,10 +84,10 @@ def square_cohort(folder, count, seed):
     entries, labels = {}, {}
     for i in range(count):
         pid, label = f"S{seed}-{i:02d}", i % 2
-        crops = rng.normal(0, 40, (4, SIZE, SIZE, 3)).astype(np.int16)
+        crops = rng.normal(0, 40, (4, CACHE_SIZE, CACHE_SIZE, 3)).astype(np.int16)
         if label:
             for crop in crops:
-                y, x = rng.integers(8, SIZE - 18, 2)
+                y, x = rng.integers(8, CACHE_SIZE - 18, 2)
                 crop[y:y + 10, x:x + 10] += 700
         entries[pid] = folder / f"{pid}.npz"
         write_entry(entries[pid], Prepared(pid, crops, np.arange(4, dtype=np.int32), np.zeros((4, 3), np.int32),
@@ -107,3 +109,24 @@ def test_short_training_learns_a_bright_square(tmp_path):
     probabilities = trainer.model.predict(val, verbose=0)[:, 0]
     assert auc([val_labels[pid] for pid, _ in index], probabilities) > 0.9  # averaged weights, recalibrated BN
     assert 1 <= history["best_epoch"] <= len(history["loss"]) == 12
+
+
+def test_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_trains():
+    import tensorflow as tf
+
+    model = build_classifier(32, dropout=0.5, precision="bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    conv = model.get_layer("conv2_block1_1_conv")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    assert model.get_layer("malignancy").compute_dtype == "float32"
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 50, (16, 32, 32, 3)).astype("float32")
+    labels = (np.arange(16) % 2).astype("float32")
+    with tf.GradientTape() as tape:  # one eager training step: dropout and BatchNorm in training mode
+        probabilities = model(images, training=True)
+        loss = keras.losses.BinaryCrossentropy()(labels[:, None], probabilities)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    assert probabilities.dtype == "float32" and np.isfinite(float(loss))
+    assert all(g.dtype == "float32" and np.all(np.isfinite(g.numpy())) for g in gradients)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_classifier(32, precision="float16")

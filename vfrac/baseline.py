@@ -79,7 +79,7 @@ def fit_baseline(features, labels, seed: int = 0) -> Pipeline:
                          f"with values {np.unique(y)[:5].tolist()}")
     smallest = int(min(np.sum(y == 0), np.sum(y == 1)))
     if smallest < 2:
-        raise ValueError(f"the inner CV needs at least 2 patients of each class, received {int(np.sum(y == 0))} "
+        raise InputError(f"the inner CV needs at least 2 patients of each class, received {int(np.sum(y == 0))} "
                          f"benign and {int(np.sum(y == 1))} malignant")
     folds = StratifiedKFold(min(5, smallest), shuffle=True, random_state=seed)
     classifier = LogisticRegressionCV(Cs=CS, l1_ratios=(0.0,), cv=folds, scoring="roc_auc", class_weight="balanced",

@@ -127,16 +127,33 @@ def roi_voxels(mask: np.ndarray, patient: Patient) -> np.ndarray:
 
 def prepare_patient(patient: Patient, settings: CropSettings, cache_dir: Path) -> tuple[Path, bool]:
     """The patient's cache file, built only if missing; returns (path, built)."""
-    cache_dir = Path(cache_dir)
-    memo = cache_dir / "keys" / f"{patient.patient_id}-{_stat_key(patient, settings)[:24]}"
-    key = memo.read_text().strip() if memo.is_file() else _content_key(patient, settings)
-    path = cache_dir / f"{patient.patient_id}-{key[:24]}.npz"
+    path, memo, key = _entry_path(patient, settings, Path(cache_dir))
     built = not path.is_file()
     if built:
         write_entry(path, build_entry(patient, settings))
     if not memo.is_file():
         _atomic_write(memo, key.encode())
     return path, built
+
+
+def cached_entry(patient: Patient, settings: CropSettings, cache_dir: Path) -> Path:
+    """The patient's existing cache file for these settings; never builds one.
+
+    For readers of a finished run (the review): an entry built now could differ from
+    the one the run trained on, so a missing entry is an error, not a rebuild.
+    """
+    path, _, _ = _entry_path(patient, settings, Path(cache_dir))
+    if not path.is_file():
+        raise InputError(f"patient {patient.patient_id}: no cache entry in {cache_dir} for the run's crop "
+                         f"settings ({path.name}); run the same experiments.cv command again to rebuild it")
+    return path
+
+
+def _entry_path(patient: Patient, settings: CropSettings, cache_dir: Path) -> tuple[Path, Path, str]:
+    """(entry path, memo path, content key); the memo spares hashing unchanged files again."""
+    memo = cache_dir / "keys" / f"{patient.patient_id}-{_stat_key(patient, settings)[:24]}"
+    key = memo.read_text().strip() if memo.is_file() else _content_key(patient, settings)
+    return cache_dir / f"{patient.patient_id}-{key[:24]}.npz", memo, key
 
 
 def write_entry(path: Path, prepared: Prepared) -> None:

@@ -14,21 +14,25 @@ from pathlib import Path
 import keras
 from keras import ops
 
-LAST_CONV = "conv5_block3_out"
 RANDOM_INIT_BN_MOMENTUM = 0.9
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 RESIDUAL_LAST_BN = re.compile(r"conv\d_block\d+_3_bn")  # the BatchNorm closing each residual branch
 
 
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # name -> Keras dtype policy
+
+
 def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, freeze_stages: int = 0,
-                     mixed_precision: bool = False) -> keras.Model:
+                     precision: str = "float32") -> keras.Model:
     """ResNet50 -> global average pooling -> dropout -> Dense(1, sigmoid) named "malignancy".
 
     The dropout rate is a variable (`VariableDropout`); `vfrac.train.Trainer` sets it per fit.
 
     weights: None (random), "imagenet", or a path to a no-top ResNet50 weights file or
     to weights of this whole model. freeze_stages: how many of ResNet50's five stages,
-    from the input, stay frozen (for pretrained weights).
+    from the input, stay frozen (for pretrained weights). precision "bfloat16" computes
+    in bfloat16 with float32 weights and a float32 output (GPUs, CPUs with AMX); no loss
+    scaling is needed, unlike float16.
     """
     if not isinstance(input_size, int) or input_size < 32:
         raise ValueError(f"input_size must be an int >= 32, received: input_size={input_size!r}")
@@ -42,9 +46,10 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
         if not weights_file.is_file():
             raise ValueError(f"weights must be None, 'imagenet' or an existing weights file, "
                              f"received: weights={weights!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, received: precision={precision!r}")
     previous_policy = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy(PRECISIONS[precision])
     try:
         inputs = keras.Input((input_size, input_size, 3), name="image")
         backbone = keras.applications.ResNet50(include_top=False, input_tensor=inputs,

@@ -26,17 +26,9 @@ REPORT_NAME = "prepare_report.csv"
 SLICE_REPORT_NAME = "slice_report.csv"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
+    """The crop settings' flags, shared by this command and experiments.cv (read back by `crop_settings`)."""
     defaults = CropSettings()
-    parser = argparse.ArgumentParser(prog="python -m vfrac.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--cohort", required=True, type=Path, help="manifest.csv of the cohort")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where entries go (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="patients prepared in parallel (default: %(default)s)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave bad patients out (listed in the report) instead of stopping")
-    parser.add_argument("--allow-outside", action="store_true",
-                        help="accept manifest paths that lead outside the manifest's folder (refused by default)")
     parser.add_argument("--margin", type=float, default=defaults.margin,
                         help="ROI square grown by this fraction of its side (default: %(default)s)")
     parser.add_argument("--box-mode", choices=BOX_MODES, default=defaults.box_mode,
@@ -49,6 +41,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="slice rule: keep ROI slices whose ROI area is at least this share of its "
                              "largest slice's, dropping slices through the spinous process or the edge "
                              "of the body; 0 keeps every ROI slice (default: %(default)s)")
+
+
+def crop_settings(args: argparse.Namespace) -> CropSettings:
+    """The flags of `add_crop_arguments` as settings; InputError names what is wrong."""
+    try:
+        return CropSettings(margin=args.margin, box_mode=args.box_mode, context=args.context,
+                            cache_size=args.cache_size, min_area=args.min_area)
+    except ValueError as error:
+        raise InputError(f"crop settings: {error}") from error
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m vfrac.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort", required=True, type=Path, help="manifest.csv of the cohort")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where entries go (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="patients prepared in parallel (default: %(default)s)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave bad patients out (listed in the report) instead of stopping")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept manifest paths that lead outside the manifest's folder (refused by default)")
+    add_crop_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log skipped files and details")
     return parser.parse_args(argv)
 
@@ -59,8 +73,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
-        settings = CropSettings(margin=args.margin, box_mode=args.box_mode,
-                                context=args.context, cache_size=args.cache_size, min_area=args.min_area)
+        settings = crop_settings(args)
         cohort = read_manifest(args.cohort, skip_bad=args.skip_bad, allow_outside=args.allow_outside)
         print(f"{len(cohort.patients)} patient(s) in {args.cohort}; cache: {args.cache_dir}; {settings}")
         with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:

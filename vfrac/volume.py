@@ -101,7 +101,7 @@ def load_volume(path, series=None) -> Volume:
         raise InputError(f"{path}: no such file or folder")
     if path.is_file() and is_nifti(path):
         if series is not None:
-            raise ValueError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
+            raise InputError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
         hu, affine = _read_nifti(path, dtype=np.float32)
         return Volume(hu=hu, affine=affine)
     from vfrac.dicom import read_dicom
@@ -313,7 +313,7 @@ def _read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
             version = npy.read_magic(handle)
             read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
             if read_header is None:
-                raise ValueError(f".npy format version {version} is not supported for masks")
+                raise InputError(f".npy format version {version} is not supported for masks")
             stored_shape, _, dtype = read_header(handle)
             data_start = handle.tell()
     except (ValueError, OSError) as error:
