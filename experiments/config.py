@@ -79,8 +79,7 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def crop_settings(self) -> CropSettings:
-        return CropSettings(margin=self.margin, box_mode=self.box_mode, context=self.context,
-                            cache_size=self.cache_size, min_area=self.min_area)
+        return CropSettings.from_values(dataclasses.asdict(self))
 
     def as_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}

@@ -192,6 +192,7 @@ def _cohort(params: dict) -> dict:
 
 def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
     """The fold's model, window, threshold and test patients' slice probabilities."""
+    from vfrac.cache import CropSettings
     from vfrac.model import load_classifier
 
     folder.mkdir(parents=True)
@@ -207,19 +208,8 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
             "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
             "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
             "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache"),
-            "crop_settings": _crop_settings(params)}
-
-
-def _crop_settings(params: dict):
-    """The run's crop settings; older runs logged only some (the defaults then; before the slice rule, none)."""
-    from vfrac.cache import CropSettings
-
-    defaults = CropSettings(min_area=0.0)
-    return CropSettings(margin=float(params.get("margin", defaults.margin)),
-                        box_mode=params.get("box_mode", defaults.box_mode),
-                        context=float(params.get("context", defaults.context)),
-                        cache_size=int(params.get("cache_size", defaults.cache_size)),
-                        min_area=float(params.get("min_area", defaults.min_area)))
+            # older runs logged only some crop settings: the defaults then, and before the slice rule, none
+            "crop_settings": CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))}
 
 
 def _choose(patient, fold, slice_rows, context, top) -> dict:
@@ -245,24 +235,18 @@ def _choose(patient, fold, slice_rows, context, top) -> dict:
 def _network_inputs(chosen: list[dict], context: dict) -> np.ndarray:
     """The fold's explained slices as network inputs; each item gets its bone-window view as "bone".
 
-    One call per crop context (the run's cache settings give one): building the
-    input pipeline per patient cost more than the maps of a fold.
+    One input pipeline for the whole fold (every entry has the run's crop settings):
+    building it per patient cost more than the maps of a fold.
     """
     from vfrac.pipeline import evaluation_images
 
-    size = context["input_size"]
+    size, crop_context = context["input_size"], context["crop_settings"].context
+    crops = np.concatenate([item["crops"] for item in chosen])
+    bone = windowed_rgb(evaluation_images(crops, crop_context, size, BONE_WINDOW))[..., 1]
     offsets = np.cumsum([0] + [len(item["crops"]) for item in chosen])
-    images = np.zeros((offsets[-1], size, size, 3), np.float32)
-    bone = np.zeros((offsets[-1], size, size), np.float32)
-    for crop_context in {item["context"] for item in chosen}:
-        group = [k for k, item in enumerate(chosen) if item["context"] == crop_context]
-        rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in group])
-        crops = np.concatenate([chosen[k]["crops"] for k in group])
-        images[rows] = evaluation_images(crops, crop_context, size, context["window"])
-        bone[rows] = windowed_rgb(evaluation_images(crops, crop_context, size, BONE_WINDOW))[..., 1]
     for k, item in enumerate(chosen):
         item["bone"] = bone[offsets[k]:offsets[k + 1]]
-    return images
+    return evaluation_images(crops, crop_context, size, context["window"])
 
 
 def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]:

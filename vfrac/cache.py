@@ -55,6 +55,13 @@ class CropSettings:
         if not 8 <= self.cache_size <= 1024:
             raise ValueError(f"cache_size must be 8..1024, received {self.cache_size}")
 
+    @classmethod
+    def from_values(cls, values, defaults: CropSettings | None = None) -> CropSettings:
+        """Settings from any mapping that holds them (flags, a run config, logged params as text);
+        fields it lacks come from `defaults`, values are cast to the defaults' types."""
+        defaults = defaults or cls()
+        return cls(**{name: type(default)(values.get(name, default)) for name, default in asdict(defaults).items()})
+
 
 @dataclass(frozen=True)
 class Prepared:

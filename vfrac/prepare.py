@@ -46,8 +46,7 @@ def add_crop_arguments(parser: argparse.ArgumentParser) -> None:
 def crop_settings(args: argparse.Namespace) -> CropSettings:
     """The flags of `add_crop_arguments` as settings; InputError names what is wrong."""
     try:
-        return CropSettings(margin=args.margin, box_mode=args.box_mode, context=args.context,
-                            cache_size=args.cache_size, min_area=args.min_area)
+        return CropSettings.from_values(vars(args))
     except ValueError as error:
         raise InputError(f"crop settings: {error}") from error
 
