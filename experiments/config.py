@@ -9,16 +9,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from explain.runs import DEFAULT_STORE, default_tracking_uri
 from vfrac.cache import CropSettings
 from vfrac.errors import InputError
 from vfrac.prepare import crop_settings
 
 DEMO_COHORT = Path("data/demo/manifest.csv")
-DEFAULT_STORE = Path("mlruns")
 PRESETS = {
     # Learns on 2 CPU cores in about 10 minutes, explanation included: no tuning (an inner
     # validation split of a few patients ranks settings by noise), the default settings
@@ -83,11 +82,6 @@ class RunConfig:
 
     def as_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the sqlite store in mlruns/."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve() / 'mlflow.db'}"
 
 
 def resolve(args) -> RunConfig:

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.config import default_tracking_uri
+from experiments.figures import calibration_figure, fold_spread, roc_figure
 from experiments.results import STUDY, p_value, patient_rows, per_fold, read_rows
+from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
-from vfrac.metrics import aggregate, binary_metrics, calibration, roc_points, wilson_interval
+from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
 from vfrac.statistics import mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
@@ -58,12 +59,7 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception as error:  # MLflow raises several types for unknown ids and stores
-        raise InputError(f"no MLflow run {run_id!r} in {tracking_uri}: {error}") from error
-    if run.data.tags.get("vfrac.role") != "cv":
-        raise InputError(f"run {run_id} is not a vfrac CV run; pass the CV run's id")
+    run = cv_run(client, run_id)
     folder = Path(out) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -219,7 +215,7 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
                 (metrics.get(f"{level}_{name}_ci_low", math.nan), metrics.get(f"{level}_{name}_ci_high", math.nan)))
             for name in ("sensitivity", "specificity", "accuracy", "auc")])
         rows.append([f"per {level}, vfrac fold mean +- SD"] + [
-            _spread([f[level][name] for f in folds.values()]) for name in ("sensitivity", "specificity", "accuracy",
+            fold_spread([f[level][name] for f in folds.values()]) for name in ("sensitivity", "specificity", "accuracy",
                                                                            "auc")])
         study = STUDY[level]
         rows.append([f"per {level}, Li et al. 2021", f"{study['sensitivity']:.2f}", f"{study['specificity']:.2f}",
@@ -240,7 +236,11 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
     cal = calibration(patient_y, patient_p)
     blocks.append(("p", f"Calibration per patient: Brier {cal['brier']:.3f}, slope {cal['slope']:.2f}, "
                         f"intercept {cal['intercept']:.2f}."))
-    _plots(folder, slices, patient_y, patient_p, reader_points, cal)
+    curves = {"model, per slice": ([r["label"] for r in slices], [r["probability"] for r in slices]),
+              "model, per patient": (patient_y, patient_p)}
+    roc_figure(folder / "roc.png", curves, "ROC with the readers",
+               {f"reader {name}": point for name, point in reader_points.items()})
+    calibration_figure(folder / "calibration.png", {"per patient": (patient_y, patient_p)})
     blocks += [("img", "roc.png", "ROC per slice and per patient, readers as points"),
                ("img", "calibration.png", "calibration per patient")]
     return blocks
@@ -308,35 +308,6 @@ def _claim(data, slices, model) -> list[tuple]:
     return [("h2", SECTIONS[6]), ("table", ["CLAIM item", "this run"], rows)]
 
 
-def _plots(folder: Path, slices, patient_y, patient_p, reader_points, cal) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 5))
-    for level, (y, p) in {"slice": ([r["label"] for r in slices], [r["probability"] for r in slices]),
-                          "patient": (patient_y, patient_p)}.items():
-        if len(set(y)) == 2:
-            points = roc_points(y, p)
-            axis.plot(points["fpr"], points["tpr"], label=f"model, per {level}")
-    for name, (x, yv) in reader_points.items():
-        axis.plot([x], [yv], marker="o", linestyle="", label=f"reader {name}")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC with the readers")
-    axis.legend(loc="lower right", fontsize=8)
-    figure.savefig(folder / "roc.png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(5, 5))
-    bins = [b for b in cal["bins"] if b["count"]]
-    axis.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], marker="o", label="per patient")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set(xlabel="predicted probability", ylabel="observed share malignant", title="Calibration")
-    axis.legend(loc="upper left")
-    figure.savefig(folder / "calibration.png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-
-
 # -- formats ------------------------------------------------------------------------------
 
 def to_markdown(blocks) -> str:
@@ -385,14 +356,6 @@ def _ci(value: float, interval) -> str:
     if value is None or math.isnan(value):
         return "n/a"
     return f"{value:.2f} ({low:.2f}-{high:.2f})"
-
-
-def _spread(values) -> str:
-    values = np.array(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if not values.size:
-        return "n/a"
-    return f"{values.mean():.2f} +- {values.std(ddof=1) if values.size > 1 else 0.0:.2f}"
 
 
 def _p(value: float) -> str:

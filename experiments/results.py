@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
-
-from vfrac.metrics import aggregate, binary_metrics, calibration, confusion, evaluate, roc_points
+from experiments.figures import calibration_figure, confusion_figure, fold_spread, roc_figure
+from vfrac.metrics import aggregate, binary_metrics, evaluate
 from vfrac.statistics import delong_test
 
 SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
@@ -99,8 +98,7 @@ def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: flo
         return f"{value:.2f} ({low:.2f}-{high:.2f})"
 
     def spread(level, name):
-        values = np.array([f[level][name] for f in folds.values()], dtype=float)
-        return f"{np.nanmean(values):.2f} +- {np.nanstd(values, ddof=1) if len(values) > 1 else 0:.2f}"
+        return fold_spread([f[level][name] for f in folds.values()])
 
     lines = [f"Per patient: {aggregation} of the slice probabilities, threshold {threshold}. "
              "95% CIs: Wilson (patient proportions), patient bootstrap (slices, AUC).", "",
@@ -126,45 +124,11 @@ def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: flo
 
 def plots(folder: Path, slice_rows: list[dict], patients: list[dict], threshold: float) -> None:
     """ROC curves, confusion matrices and a calibration plot, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    levels = {"slice": ([r["label"] for r in slice_rows], [r["probability"] for r in slice_rows]),
-              "patient": ([p["label"] for p in patients], [p["probability"] for p in patients])}
-    figure, axis = plt.subplots(figsize=(5, 5))
-    for level, (y, p) in levels.items():
-        points = roc_points(y, p)
-        axis.plot(points["fpr"], points["tpr"], label=f"per {level} (AUC {binary_metrics(y, p)['auc']:.2f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, pooled out-of-fold")
-    axis.legend(loc="lower right")
-    figure.savefig(folder / "roc.png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
-    for axis, (level, (y, p)) in zip(axes, levels.items(), strict=True):
-        cells = confusion(y, p, threshold)
-        matrix = np.array([[cells["tn"], cells["fp"]], [cells["fn"], cells["tp"]]])
-        axis.imshow(matrix, cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            axis.text(j, i, str(count), ha="center", va="center")
-        axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["benign", "malignant"],
-                 yticklabels=["benign", "malignant"], xlabel="predicted", ylabel="true", title=f"per {level}")
-    figure.savefig(folder / "confusion.png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(5, 5))
-    for level, (y, p) in levels.items():
-        result = calibration(y, p)
-        bins = [b for b in result["bins"] if b["count"]]
-        axis.plot([b["mean_predicted"] for b in bins], [b["observed"] for b in bins], marker="o",
-                  label=f"per {level} (Brier {result['brier']:.3f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    axis.set(xlabel="predicted probability", ylabel="observed share malignant", title="Calibration")
-    axis.legend(loc="upper left")
-    figure.savefig(folder / "calibration.png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    levels = {"per slice": ([r["label"] for r in slice_rows], [r["probability"] for r in slice_rows]),
+              "per patient": ([p["label"] for p in patients], [p["probability"] for p in patients])}
+    roc_figure(folder / "roc.png", levels, "ROC, pooled out-of-fold")
+    confusion_figure(folder / "confusion.png", levels, threshold)
+    calibration_figure(folder / "calibration.png", levels)
 
 
 def write_rows(path: Path, rows: list[dict], columns) -> None:

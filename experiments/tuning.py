@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from experiments.claims import GRACE_SECONDS, HEARTBEAT_SECONDS, new_trial
 from experiments.locks import database_lock
 from vfrac.errors import InputError
+from vfrac.window import BONE_WINDOW
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also its MLflow tag
@@ -22,7 +23,7 @@ POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also 
 # batches of 16 and half-strength augmentation reached patient AUC 0.86-0.90, against
 # 0.62-0.70 at 3e-4 (batches of 32) and 0.69-0.85 at 1e-3 with full augmentation.
 DEFAULTS = {"learning_rate": 2e-3, "weight_decay": 1e-4, "dropout": 0.3, "batch_size": 16,
-            "augment_strength": 0.5, "window_level": 400.0, "window_width": 1800.0}
+            "augment_strength": 0.5, "window_level": BONE_WINDOW[0], "window_width": BONE_WINDOW[1]}
 
 
 def suggest(trial: optuna.Trial, pretrained: bool) -> dict:

@@ -22,20 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.attention import (
-    COLUMNS,
-    RANDOMIZATION_SEEDS,
-    SUMMARY_COLUMNS,
-    attention,
-    mask_on_input,
-    randomized_cascade,
-    sanity_check,
-    summarize,
-)
+from explain.attention import COLUMNS, SUMMARY_COLUMNS, attention, mask_on_input, summarize
 from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, windowed_rgb
-from explain.overlay import BONE_WINDOW, crop_overlay, save_png, slice_overlay
+from explain.overlay import crop_overlay, save_png, slice_overlay
 from explain.page import write_page
+from explain.runs import cv_run, default_tracking_uri, finished_folds
+from explain.sanity import RANDOMIZATION_SEEDS, randomized_cascade, sanity_check
 from vfrac.errors import InputError
+from vfrac.window import BONE_WINDOW
 
 DEFAULT_METHODS = ("gradcam", "hirescam")
 SANITY_IMAGES = 6
@@ -78,8 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
+    tracking = args.tracking_uri or default_tracking_uri()
     try:
         with tempfile.TemporaryDirectory() as scratch:
             out = args.out or Path(scratch)
@@ -103,10 +96,12 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     started = time.perf_counter()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
-    run = _cv_run(client, run_id)
+    run = cv_run(client, run_id)
     params = run.data.params
     layer = layer or params.get("cam_layer", DEFAULT_LAYER)
-    folds = _finished_folds(client, run)
+    folds = finished_folds(client, run)
+    if not folds:
+        raise InputError(f"run {run_id} has no finished fold to explain yet")
     cohort = _cohort(params)
     out = Path(out)
     rows, sanity_rows, reviews = [], [], []
@@ -157,27 +152,6 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
           + ", ".join(f"{m} {s:.1f} slices/s" for m, s in speed.items())
           + f", {time.perf_counter() - started:.0f} s in all", flush=True)
     return page
-
-
-def _cv_run(client, run_id: str):
-    try:
-        run = client.get_run(run_id)
-    except Exception as error:  # MLflow raises several types for unknown ids and stores
-        raise InputError(f"no MLflow run {run_id!r} in {client.tracking_uri}: {error}") from error
-    if run.data.tags.get("vfrac.role") != "cv":
-        raise InputError(f"run {run_id} is not a vfrac CV run (tag vfrac.role is "
-                         f"{run.data.tags.get('vfrac.role')!r}); pass the CV run's id")
-    return run
-
-
-def _finished_folds(client, run) -> dict:
-    children = client.search_runs([run.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and tags.`vfrac.role` = 'fold'",
-                                  max_results=1000)
-    folds = {int(r.data.tags["vfrac.fold"]): r for r in children if r.data.tags.get("vfrac.done") == "1"}
-    if not folds:
-        raise InputError(f"run {run.info.run_id} has no finished fold to explain yet")
-    return folds
 
 
 def _cohort(params: dict) -> dict:
@@ -252,7 +226,7 @@ def _network_inputs(chosen: list[dict], context: dict) -> np.ndarray:
 def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]:
     """Overlays, attention rows and the page's entries for one patient's explained slices."""
     from explain import secondary_capture
-    from vfrac.pipeline import input_to_slice
+    from vfrac.crops import input_to_slice
     from vfrac.volume import load_mask, load_volume
 
     pid, review, size = patient.patient_id, item["review"], context["input_size"]

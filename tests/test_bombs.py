@@ -21,8 +21,9 @@ import pytest
 from pydicom.uid import RLELossless
 
 from tests.dicom_factory import deflate_zeros, write_claim, write_deflated_zeros, write_series
+from vfrac.budget import MAX_VOXELS, MAX_VOXELS_VARIABLE, voxel_budget
 from vfrac.errors import InputError
-from vfrac.volume import MAX_VOXELS, MAX_VOXELS_VARIABLE, load_mask, load_volume, voxel_budget
+from vfrac.volume import load_mask, load_volume
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 UID_NAME = "1.2.826.0.1.3680043.8.498.1"

@@ -7,20 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from explain.attention import (
-    CASCADE,
-    RANDOMIZATION_SEEDS,
-    attention,
-    mask_on_input,
-    randomized_cascade,
-    rank_correlation,
-    sanity_check,
-    summarize,
-)
+from explain.attention import attention, mask_on_input, summarize
 from explain.cam import CAFFE_MEAN_BGR, METHODS, Explainer
 from explain.overlay import cam_on_slice, crop_overlay, slice_overlay
+from explain.sanity import CASCADE, RANDOMIZATION_SEEDS, randomized_cascade, rank_correlation, sanity_check
+from vfrac.crops import input_to_slice
 from vfrac.model import build_classifier
-from vfrac.pipeline import input_to_slice
 from vfrac.train import Trainer
 
 SIZE, SQUARE, LAYER = 64, 32, "conv3_block4_out"  # 8 x 8 maps: the square spans 4 x 4 cells

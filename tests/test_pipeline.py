@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from vfrac.cache import Prepared, write_entry
 from vfrac.pipeline import Augmentation, make_dataset, make_transform, patient_weights
+from vfrac.window import BONE_WINDOW
 
 MEANS_BGR = np.array([103.939, 116.779, 123.68])
 SIZE = 40  # cache size of the test crops
@@ -67,11 +68,11 @@ def test_transform_gives_the_same_result_eagerly_and_inside_dataset_map():
     rng = np.random.default_rng(1)
     crop = tf.constant(rng.integers(-1000, 1500, (SIZE, SIZE, 3)), tf.int16)
     seed = tf.constant([7, 11], tf.int64)
-    transform = make_transform(24, SIZE, 0.2, (400.0, 1800.0), Augmentation())
+    transform = make_transform(24, SIZE, 0.2, BONE_WINDOW, Augmentation())
     eager = transform(crop, seed).numpy()
     mapped = next(iter(tf.data.Dataset.from_tensors((crop, seed)).map(transform))).numpy()
     assert np.allclose(eager, mapped, atol=1e-4)
-    assert not np.allclose(eager, make_transform(24, SIZE, 0.2, (400.0, 1800.0), None)(crop, None).numpy())
+    assert not np.allclose(eager, make_transform(24, SIZE, 0.2, BONE_WINDOW, None)(crop, None).numpy())
 
 
 def collect(dataset, epochs=2):
@@ -100,8 +101,8 @@ def test_evaluation_never_shuffles_or_augments(patients):
 def test_flips_are_left_right_only():
     crop = tf.constant(np.random.default_rng(2).integers(-500, 1500, (SIZE, SIZE, 3)), tf.int16)
     flip_only = Augmentation(shift=0, scale=0, rotation=0, offset=0, contrast=0, flip=True)
-    plain = make_transform(SIZE, SIZE, 0.0, (400.0, 1800.0), None)(crop, None).numpy()
-    augmented = make_transform(SIZE, SIZE, 0.0, (400.0, 1800.0), flip_only)
+    plain = make_transform(SIZE, SIZE, 0.0, BONE_WINDOW, None)(crop, None).numpy()
+    augmented = make_transform(SIZE, SIZE, 0.0, BONE_WINDOW, flip_only)
     outcomes = set()
     for s in range(12):
         image = augmented(crop, tf.constant([s, 0], tf.int64)).numpy()

@@ -31,6 +31,23 @@ class Box:
         return Box(self.z, self.y0 - extra, self.x0 - extra, self.size + 2 * extra)
 
 
+def input_to_slice(box, context: float, cache_size: int, input_size: int) -> tuple[float, float, float]:
+    """(scale, row offset, column offset): input pixel (r, c) of an evaluation image lies at
+    (offset_row + scale r, offset_col + scale c) on its full axial slice (pixel centres).
+
+    `box` is the crop's ROI square (y0, x0, size); the chain is the cache's square grown
+    by `context` and resized to `cache_size`, then `vfrac.pipeline.make_transform`'s
+    centred warp without augmentation.
+    """
+    grown = Box(0, *(int(v) for v in box)).grown(context)
+    step = cache_size / (1.0 + 2.0 * context) / input_size  # cache pixels per input pixel
+    cache_origin = (cache_size - 1) / 2.0 - step * (input_size - 1) / 2.0
+    to_slice = grown.size / cache_size  # slice pixels per cache pixel (cv2.resize, pixel centres)
+    scale = step * to_slice
+    offset = (cache_origin + 0.5) * to_slice - 0.5
+    return scale, grown.y0 + offset, grown.x0 + offset
+
+
 def lesion_slices(roi: np.ndarray, min_area: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(kept, dropped): slices of the ROI whose ROI area is at least `min_area` of its largest.
 

@@ -7,7 +7,7 @@ position along the slice normal, and checked for gaps, tilt and mixed geometry. 
 second reads the chosen series' pixel data file by file and decodes it straight
 into the HU array, so the peak memory is the volume plus one file. Deflated files
 are inflated only as far as they are read, never past what their header allows.
-Geometry rules live in `vfrac.series`.
+Series assembly and geometry rules live in `vfrac.series`.
 
 Messages name a file of a folder by its place in the folder's sorted listing
 ("file 12 of 88"), never by its name: DICOM file names are often SOP Instance
@@ -16,10 +16,8 @@ UIDs, which identify a patient.
 
 from __future__ import annotations
 
-import logging
 import struct
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +28,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
-from vfrac.volume import check_voxel_budget
-
-log = logging.getLogger(__name__)
 
 # CT image objects, read as volumes.
 CT_SOP_CLASSES = {
@@ -194,34 +190,6 @@ class Inflated:
 
     def tell(self) -> int:
         return self._position
-
-
-def read_dicom(path: Path, series=None) -> tuple[np.ndarray, np.ndarray]:
-    """HU array (z, y, x) float32 and LPS affine of a series folder or one DICOM file."""
-    from vfrac.series import choose_series, group_series, order_frames
-
-    in_folder = path.is_dir()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if in_folder else [path]
-    frames, skipped = [], Counter()
-    for number, file in enumerate(files, 1):
-        place = Place(path, number, len(files)) if in_folder else Place(path)
-        dicom, reason = read_file(file, place)
-        if reason:
-            skipped[reason] += 1
-            log.debug("%s: skipped (%s)", place, reason)
-        else:
-            frames.extend(frames_of(dicom))
-    what = "; ".join(f"{count} x {reason}" for reason, count in skipped.most_common())
-    if skipped:
-        log.info("%s: skipped %d file(s): %s", path, skipped.total(), what)
-    if not frames:
-        if path.is_file():
-            raise InputError(f"{path}: not a CT image ({what.split(' x ', 1)[1]})")
-        raise InputError(f"{path}: no CT image among {len(files)} file(s)" + (f"; skipped {what}" if what else ""))
-    frames = choose_series(group_series(frames), series, path)
-    check_voxel_budget(path, (len(frames), frames[0].rows, frames[0].columns))
-    frames, affine = order_frames(frames, path)
-    return decode_frames(frames), affine
 
 
 def read_file(path: Path, place: Place) -> tuple[DicomFile | None, str | None]:

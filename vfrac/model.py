@@ -79,7 +79,7 @@ class VariableDropout(keras.layers.Layer):
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"rate must be in [0, 1), received: rate={rate!r}")
-        self.initial_rate = float(rate)
+        self.initial_rate, self.seed = float(rate), seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
@@ -98,7 +98,7 @@ class VariableDropout(keras.layers.Layer):
 
     def get_config(self):
         rate = float(ops.convert_to_numpy(self.rate)) if self.built else self.initial_rate
-        return super().get_config() | {"rate": rate}
+        return super().get_config() | {"rate": rate, "seed": self.seed}
 
 
 def load_classifier(path) -> keras.Model:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from vfrac.cache import read_entry
-from vfrac.crops import Box
+from vfrac.window import BONE_WINDOW, window_unit
 
 AIR_HU = -1000.0
 BALANCE = ("weights", "sampling", "none")
@@ -62,7 +62,7 @@ def patient_weights(index: list[tuple[str, int]], labels: dict) -> dict[str, flo
     return {pid: w * len(index) for pid, w in share.items()}
 
 
-def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400.0, 1800.0),
+def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=BONE_WINDOW,
                  training: bool = False, seed: int = 0, batch_size: int = 32,
                  augmentation: Augmentation = Augmentation(), balance: str = "weights"):
     """(dataset of (image, label) batches, [(patient_id, slice)] in evaluation order).
@@ -116,9 +116,7 @@ def make_dataset(entries: dict, labels: dict, input_size: int = 224, window=(400
 
 def make_transform(input_size: int, cache_size: int, context: float, window, augmentation):
     """crop (C, C, 3) int16 HU, seed (2,) or None -> (S, S, 3) float32 ResNet50 input."""
-    level, width = float(window[0]), float(window[1])
-    if width <= 0:
-        raise ValueError(f"window width must be > 0, received {width}")
+    window_unit(0.0, window)  # a bad window fails here, not inside the input pipeline
     box_side = cache_size / (1.0 + 2.0 * context)  # the ROI square inside the cached crop
 
     def transform(crop, seed):
@@ -135,8 +133,7 @@ def make_transform(input_size: int, cache_size: int, context: float, window, aug
                 mirror = tf.where(draws[4] < 0.0, -1.0, 1.0)
             hu = hu * (1.0 + draws[5] * a.contrast * s) + draws[6] * a.offset * s
         hu = _resample(hu, input_size, cache_size, box_side, shift, scale, angle, mirror)
-        low = level - width / 2.0
-        image = tf.clip_by_value((hu - low) / width, 0.0, 1.0) * 255.0
+        image = window_unit(hu, window, clip=tf.clip_by_value) * 255.0
         return keras.applications.resnet50.preprocess_input(image)  # as the ImageNet weights expect
 
     return transform
@@ -149,22 +146,6 @@ def evaluation_images(crops: np.ndarray, context: float, input_size: int, window
     dataset = tf.data.Dataset.from_tensor_slices(crops).map(lambda crop: transform(crop, None)).batch(batch_size)
     images = [batch.numpy() for batch in dataset]
     return np.concatenate(images) if images else np.zeros((0, input_size, input_size, 3), np.float32)
-
-
-def input_to_slice(box, context: float, cache_size: int, input_size: int) -> tuple[float, float, float]:
-    """(scale, row offset, column offset): input pixel (r, c) of an evaluation image lies at
-    (offset_row + scale r, offset_col + scale c) on its full axial slice (pixel centres).
-
-    `box` is the crop's ROI square (y0, x0, size); the chain is the cache's square grown
-    by `context` and resized to `cache_size`, then `make_transform`'s centred warp.
-    """
-    grown = Box(0, *(int(v) for v in box)).grown(context)
-    step = cache_size / (1.0 + 2.0 * context) / input_size  # cache pixels per input pixel
-    cache_origin = (cache_size - 1) / 2.0 - step * (input_size - 1) / 2.0
-    to_slice = grown.size / cache_size  # slice pixels per cache pixel (cv2.resize, pixel centres)
-    scale = step * to_slice
-    offset = (cache_origin + 0.5) * to_slice - 0.5
-    return scale, grown.y0 + offset, grown.x0 + offset
 
 
 def _resample(hu, size, cache_size, box_side, shift, scale, angle, mirror):

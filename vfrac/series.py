@@ -8,12 +8,13 @@ file names are wrong often enough in real exports to never be trusted.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from vfrac.dicom import Frame
+from vfrac.budget import check_voxel_budget
+from vfrac.dicom import Frame, Place, decode_frames, decode_pixels, frames_of, read_file
 from vfrac.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,32 @@ SPACING_TOLERANCE = 0.05  # a step may differ from the median step by this fract
 GAP_FACTOR = 1.5  # a step this many times the median is a missing slice
 TILT_DEGREES = 0.5  # slice stack vs. normal; beyond this the volume is sheared
 ORIENTATION_TOLERANCE = 1e-3
+
+
+def read_dicom(path: Path, series=None) -> tuple[np.ndarray, np.ndarray]:
+    """HU array (z, y, x) float32 and LPS affine of a series folder or one DICOM file."""
+    in_folder = path.is_dir()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if in_folder else [path]
+    frames, skipped = [], Counter()
+    for number, file in enumerate(files, 1):
+        place = Place(path, number, len(files)) if in_folder else Place(path)
+        dicom, reason = read_file(file, place)
+        if reason:
+            skipped[reason] += 1
+            log.debug("%s: skipped (%s)", place, reason)
+        else:
+            frames.extend(frames_of(dicom))
+    what = "; ".join(f"{count} x {reason}" for reason, count in skipped.most_common())
+    if skipped:
+        log.info("%s: skipped %d file(s): %s", path, skipped.total(), what)
+    if not frames:
+        if path.is_file():
+            raise InputError(f"{path}: not a CT image ({what.split(' x ', 1)[1]})")
+        raise InputError(f"{path}: no CT image among {len(files)} file(s)" + (f"; skipped {what}" if what else ""))
+    frames = choose_series(group_series(frames), series, path)
+    check_voxel_budget(path, (len(frames), frames[0].rows, frames[0].columns))
+    frames, affine = order_frames(frames, path)
+    return decode_frames(frames), affine
 
 
 def group_series(frames: list[Frame]) -> list[list[Frame]]:
@@ -122,8 +149,6 @@ def _drop_exact_duplicates(frames, heights, folder):
 
 
 def _same_image(a: Frame, b: Frame) -> bool:
-    from vfrac.dicom import decode_pixels
-
     return (a.slope, a.intercept) == (b.slope, b.intercept) and np.array_equal(
         decode_pixels(a), decode_pixels(b))
 

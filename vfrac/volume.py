@@ -11,21 +11,17 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# Most voxels one volume may claim: 4x a 512 x 512 x 1000 CT. Checked from headers,
-# before anything is inflated or allocated, so a small file cannot ask for gigabytes.
-MAX_VOXELS = 2**30
-MAX_VOXELS_VARIABLE = "VFRAC_MAX_VOXELS"  # overrides MAX_VOXELS, read at each check
 # Voxel data is streamed in pieces of about this size, so reading needs little beyond the volume.
 READ_CHUNK_BYTES = 16 * 2**20
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -60,36 +56,6 @@ def is_nifti(path: Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def voxel_budget() -> int:
-    """The most voxels one volume may hold: `VFRAC_MAX_VOXELS` when set, else MAX_VOXELS."""
-    text = os.environ.get(MAX_VOXELS_VARIABLE, "").strip()
-    if not text:
-        return MAX_VOXELS
-    try:
-        budget = float(text)
-    except ValueError:
-        budget = math.nan
-    if not math.isfinite(budget) or budget < 1:
-        raise InputError(f"{MAX_VOXELS_VARIABLE}={text!r}: expected a positive number of voxels, e.g. 2e9")
-    return int(budget)
-
-
-def check_voxel_budget(source, shape) -> None:
-    """Refuse a header's claimed shape over the voxel budget, before anything is read."""
-    voxels, budget = math.prod(int(n) for n in shape), voxel_budget()
-    if voxels > budget:
-        raise InputError(
-            f"{source}: claims {' x '.join(str(int(n)) for n in shape)} voxels ({_scientific(voxels)}), "
-            f"over the budget of {_scientific(budget)} ({MAX_VOXELS_VARIABLE}; raise it if the volume is real)"
-        )
-
-
-def _scientific(number: int) -> str:
-    """8000000000 as 8.0e9."""
-    mantissa, exponent = f"{number:.1e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
 def load_volume(path, series=None) -> Volume:
     """Load a CT from a DICOM series folder, a DICOM file or a NIfTI file.
 
@@ -104,7 +70,7 @@ def load_volume(path, series=None) -> Volume:
             raise InputError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
         hu, affine = _read_nifti(path, dtype=np.float32)
         return Volume(hu=hu, affine=affine)
-    from vfrac.dicom import read_dicom
+    from vfrac.series import read_dicom
 
     hu, affine = read_dicom(path, series=series)
     return Volume(hu=hu, affine=affine)

@@ -17,6 +17,7 @@ import numpy as np
 
 from vfrac.cohort import read_manifest
 from vfrac.volume import load_mask, load_volume
+from vfrac.window import grey
 
 PANEL = 256
 COLOURS = {  # BGR
@@ -27,11 +28,6 @@ COLOURS = {  # BGR
     "posterior_wall_retropulsion": (255, 255, 0),
     "intravertebral_vacuum": (255, 0, 0),
 }
-
-
-def bone_window(hu: np.ndarray, level: float = 400.0, width: float = 1800.0) -> np.ndarray:
-    low = level - width / 2
-    return np.clip((hu - low) / width * 255.0, 0, 255).astype(np.uint8)
 
 
 def patient_row(patient) -> np.ndarray:
@@ -64,7 +60,7 @@ def patient_row(patient) -> np.ndarray:
 
 
 def _outlined(hu: np.ndarray, roi: np.ndarray, masks: dict) -> np.ndarray:
-    image = cv2.cvtColor(bone_window(hu), cv2.COLOR_GRAY2BGR)
+    image = cv2.cvtColor(grey(hu), cv2.COLOR_GRAY2BGR)
     for mask, colour in [(roi, (255, 255, 255))] + [(m, COLOURS.get(n, (0, 255, 255))) for n, m in masks.items()]:
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(image, contours, -1, colour, 1)

@@ -17,6 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from vfrac.synth.anatomy import Rendered
 from vfrac.synth.params import Scan
 from vfrac.volume import IJK_FROM_ZYX, RAS_TO_LPS
+from vfrac.window import BONE_WINDOW
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -97,7 +98,7 @@ def _slice_header(scan, key, study, series, frame_of_reference, instance) -> Dat
     ds.PixelSpacing = [round(scan.pixel_spacing, 6)] * 2
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     ds.PixelRepresentation = int(scan.signed_storage)
-    ds.WindowCenter, ds.WindowWidth = 400, 1800
+    ds.WindowCenter, ds.WindowWidth = (int(v) for v in BONE_WINDOW)
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
     return ds
 
