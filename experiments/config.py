@@ -106,7 +106,8 @@ def resolve(args) -> RunConfig:
         tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
         weights=args.weights, precision=args.precision, cam_layer=preset["cam_layer"],
-        aggregation=preset["aggregation"],
+        aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
+        inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),
         allow_outside=args.allow_outside,
     )
@@ -119,6 +120,10 @@ def _check(config: RunConfig) -> None:
         raise InputError(f"--folds must be >= 2, received {config.folds}")
     if config.trials < 0 or config.epochs < 1:
         raise InputError(f"--trials must be >= 0 and --epochs >= 1, received {config.trials}, {config.epochs}")
+    if config.inner_folds < 1:
+        raise InputError(f"--inner-folds must be >= 1, received {config.inner_folds}")
+    if not 0.0 < config.threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1, received {config.threshold}")
     if config.input_size < 32:
         raise InputError(f"--input-size must be >= 32, received {config.input_size}")
     if config.fold is not None and not 0 <= config.fold < config.folds:

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 from experiments.config import PRESETS, resolve
+from experiments.tuning import PRUNERS
 from vfrac.errors import InputError
+from vfrac.metrics import AGGREGATIONS
 from vfrac.prepare import add_crop_arguments
 
 
@@ -31,6 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="most epochs per trial")
     parser.add_argument("--input-size", type=int, help="network input, pixels square")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inner-folds", type=int, default=1,
+                        help="inner validation of each trial: 1 = one stratified 80/20 split, k >= 2 = k-fold "
+                             "(scores averaged; k times the training) (default: %(default)s)")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median",
+                        help="Optuna pruner that stops weak trials early (default: %(default)s)")
+    parser.add_argument("--aggregation", choices=AGGREGATIONS,
+                        help="slices -> patient: max (the study), mean, or topk (mean of the 3 highest) "
+                             "(default: the preset's)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="patient (and slice) probability at or above which the call is malignant "
+                             "(default: %(default)s)")
     add_crop_arguments(parser)  # --margin, --box-mode, --context, --cache-size, --min-area, as vfrac.prepare
     parser.add_argument("--allow-outside", action="store_true",
                         help="accept manifest paths that lead outside the manifest's folder (refused by default)")

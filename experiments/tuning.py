@@ -17,6 +17,7 @@ from vfrac.errors import InputError
 from vfrac.window import BONE_WINDOW
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+PRUNERS = ("median", "hyperband")  # --pruner: stop a trial below the median so far, or successive halving
 POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also its MLflow tag
 # The first trial of every fold, and the demo's only settings. Measured (before zero-gamma) on one fold of a
 # synthetic cohort (60 training patients, 12 epochs, 64 px): a peak rate of 2e-3 with
@@ -53,12 +54,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 def fold_study(storage, name: str, pruner: str) -> optuna.Study:
     """The fold's study, created once and shared by every process that works on the fold."""
-    pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
-               "hyperband": optuna.pruners.HyperbandPruner(min_resource=1)}
-    if pruner not in pruners:
-        raise ValueError(f"pruner must be one of {sorted(pruners)}, received {pruner!r}")
+    if pruner not in PRUNERS:
+        raise ValueError(f"pruner must be one of {PRUNERS}, received {pruner!r}")
+    chosen = (optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1) if pruner == "median"
+              else optuna.pruners.HyperbandPruner(min_resource=1))
     return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                               pruner=pruners[pruner])
+                               pruner=chosen)
 
 
 def claim_trial(study: optuna.Study, budget: int, seed: int) -> tuple[optuna.Trial, int] | None:

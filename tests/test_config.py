@@ -19,6 +19,52 @@ def test_crop_flags_reach_the_run_config_and_its_key(tmp_path):
     assert default.key("cohort") != custom.key("cohort")
 
 
+def test_tuning_and_call_flags_reach_the_run_config_and_its_key(tmp_path):
+    stores = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    default = resolve(parse_args(["--cohort", "manifest.csv", *stores]))
+    assert (default.inner_folds, default.pruner, default.threshold, default.aggregation) == (1, "median", 0.5, "mean")
+    paper = resolve(parse_args(["--cohort", "manifest.csv", "--preset", "paper", *stores]))
+    assert paper.aggregation == "max"  # the study's rule
+    custom = resolve(parse_args(["--cohort", "manifest.csv", "--inner-folds", "3", "--pruner", "hyperband",
+                                 "--threshold", "0.4", "--aggregation", "topk", *stores]))
+    assert (custom.inner_folds, custom.pruner, custom.threshold, custom.aggregation) == (3, "hyperband", 0.4, "topk")
+    keys = {resolve(parse_args(["--cohort", "manifest.csv", *flags, *stores])).key("cohort")
+            for flags in ([], ["--inner-folds", "3"], ["--pruner", "hyperband"], ["--threshold", "0.4"],
+                          ["--aggregation", "max"])}
+    assert len(keys) == 5  # each changes the results, so each makes another run
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--fold", "5"], "--fold must be in 0..1"),
+    (["--min-area", "1.5"], "crop settings: min_area must be in [0, 1]"),
+    (["--margin", "-0.1"], "crop settings: margin and context must be >= 0"),
+    (["--trials", "-1"], "--trials must be >= 0"),
+    (["--epochs", "0"], "--epochs >= 1"),
+    (["--input-size", "16"], "--input-size must be >= 32"),
+    (["--inner-folds", "0"], "--inner-folds must be >= 1"),
+    (["--threshold", "1.5"], "--threshold must be between 0 and 1"),
+    (["--threshold", "0"], "--threshold must be between 0 and 1"),
+    (["--precision", "float32"], None),
+])
+def test_bad_flags_give_a_clear_error_and_exit_code_before_any_work(tmp_path, capsys, monkeypatch, extra, message):
+    import experiments.runner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiments.runner, "run", lambda config: 0)  # a good config goes no further here
+    argv = ["--cohort", str(tmp_path / "manifest.csv"), "--folds", "2", "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
+    assert main(argv) == (0 if message is None else 2)
+    error = capsys.readouterr().err
+    assert (message in error and error.startswith("error: ")) if message else error == ""
+
+
+@pytest.mark.parametrize("flag, value", [("--pruner", "none"), ("--aggregation", "median"), ("--preset", "x")])
+def test_a_value_outside_a_flags_choices_is_refused_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args([flag, value])
+    assert stop.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_a_bug_keeps_its_traceback_and_an_input_error_does_not(tmp_path, capsys, monkeypatch):
     import experiments.runner
 

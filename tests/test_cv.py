@@ -311,10 +311,6 @@ def test_bad_manifest_rows_stop_the_run(cohort, tmp_path, capsys, monkeypatch):
     (["--folds", "9"], "fewer than the 9 folds"),
     (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking store"),
     (["--storage", "sqlite:////nonexistent-folder/optuna.db"], "cannot open the Optuna storage"),
-    (["--fold", "5"], "--fold must be in 0..1"),
-    (["--min-area", "1.5"], "crop settings: min_area must be in [0, 1]"),
-    (["--margin", "-0.1"], "crop settings: margin and context must be >= 0"),
-    (["--trials", "-1"], "--trials must be >= 0"),
 ])
 def test_bad_input_gives_a_clear_error_and_exit_code(cohort, tmp_path, capsys, monkeypatch, extra, message):
     manifest, _ = cohort
@@ -464,3 +460,21 @@ def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(co
                 for r in by_role["cv"] + by_role["fold"]}
     assert statuses == {by_role["cv"][0].info.run_name: ("KILLED", "interrupted"),
                         "fold 0": ("KILLED", "interrupted"), "fold 1": ("SCHEDULED", None)}
+
+
+def test_inner_k_fold_and_hyperband_tune_a_fold(cohort, tmp_path, monkeypatch):
+    """--inner-folds 2 trains each trial twice (one validation curve per inner fold); --pruner hyperband runs."""
+    manifest, _ = cohort
+    monkeypatch.chdir(tmp_path)
+    assert main(["--cohort", str(manifest), *TINY, "--fold", "0", "--inner-folds", "2", "--pruner", "hyperband",
+                 "--no-explain", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                 "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 0
+    client, by_role = runs(tmp_path)
+    (cv_run,) = by_role["cv"]
+    assert (cv_run.data.params["inner_folds"], cv_run.data.params["pruner"]) == ("2", "hyperband")
+    trials = [t for t in by_role["trial"] if t.info.status == "FINISHED"]
+    assert trials and len(by_role["trial"]) == 2
+    for trial in trials:  # TINY trains 1 epoch: one value per inner fold
+        assert len(client.get_metric_history(trial.info.run_id, "inner_val_slice_auc")) == 2
+    done = {r.data.tags["vfrac.fold"]: r.data.tags.get("vfrac.done") for r in by_role["fold"]}
+    assert done == {"0": "1", "1": None}  # --fold 0: the other fold waits
