@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -28,6 +28,7 @@ from experiments.tracking import Tracker
 from experiments.tuning import (
     DEFAULTS,
     POSITION_ATTR,
+    TrialParams,
     claim_trial,
     fold_study,
     others_running,
@@ -54,7 +55,7 @@ class FoldData:
     slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
 
 
-def trainer(config: RunConfig, params: dict) -> Trainer:
+def trainer(config: RunConfig, params: TrialParams) -> Trainer:
     """The compiled model for these settings: built and traced once, reused by every fold and trial.
 
     Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
@@ -62,35 +63,35 @@ def trainer(config: RunConfig, params: dict) -> Trainer:
     learning rate, weight decay and dropout are variables. Its initial weights come from
     the run's seed.
     """
-    key = (config.input_size, config.weights, params.get("freeze_stages", 0), config.ema_momentum, config.precision)
+    key = (config.input_size, config.weights, params.freeze_stages, config.ema_momentum, config.precision)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
         _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
-                                                          freeze_stages=params.get("freeze_stages", 0),
+                                                          freeze_stages=params.freeze_stages,
                                                           precision=config.precision),
                                  ema_momentum=config.ema_momentum)
     return _TRAINERS[key]
 
 
-def train_and_predict(config: RunConfig, params: dict, data: FoldData, train_ids, test_ids, epochs: int,
+def train_and_predict(config: RunConfig, params: TrialParams, data: FoldData, train_ids, test_ids, epochs: int,
                       seed: int, val_ids=None, callbacks=()):
     """Fit on train_ids (validating on val_ids when given) and predict test_ids, slice by slice.
 
     `seed` fixes the batches and the dropout masks. Not through `keras.utils.set_random_seed`:
     a new global seed makes TensorFlow trace the training step again (about 12 s at 32 px).
     """
-    window = (params["window_level"], params["window_width"])
+    window = params.window
     train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, window,
-                            training=True, seed=seed, batch_size=params["batch_size"],
-                            augmentation=Augmentation(strength=params["augment_strength"]))
+                            training=True, seed=seed, batch_size=params.batch_size,
+                            augmentation=Augmentation(strength=params.augment_strength))
     val = None
     if val_ids is not None:
         val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size, window,
                               batch_size=64)
     fitter = trainer(config, params)
-    history = fitter.fit(train, val, epochs=epochs, learning_rate=params["learning_rate"],
-                         weight_decay=params["weight_decay"], dropout=params["dropout"], seed=seed,
+    history = fitter.fit(train, val, epochs=epochs, learning_rate=params.learning_rate,
+                         weight_decay=params.weight_decay, dropout=params.dropout, seed=seed,
                          patience=config.patience, callbacks=callbacks)
     model = fitter.model
     test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size, window,
@@ -117,7 +118,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         run = tracker.child_run(fold_run, "trial", {"vfrac.fold": fold, POSITION_ATTR: position},
                                 name=f"fold {fold} trial {position}")
         tracker.restart(run)
-        tracker.params(run, params)
+        tracker.params(run, params.as_dict())
         scores, epochs_seen = [], []
         counter = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epochs_seen.append(epoch))
         try:
@@ -182,13 +183,12 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
                 tracker: Tracker, fold_run: str, timings: dict) -> list[dict]:
     """Train the fold's final model with the best trial's settings (or the defaults), predict its
     test patients, fit the baseline beside it; log all to the fold run and mark it done."""
-    params, epochs, best_value = DEFAULTS | {"batch_size": config.batch_size}, config.epochs, None
+    params, epochs, best_value = replace(DEFAULTS, batch_size=config.batch_size), config.epochs, None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
     if complete:  # else no tuning, or every trial was pruned or failed: the defaults
         best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
-        params, best_value = dict(best.params), best.value
+        params, best_value = TrialParams.from_values(best.params), best.value
         epochs = int(best.user_attrs.get("best_epoch", config.epochs))
-    params.setdefault("freeze_stages", 0)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
           + ("" if config.trials else " with the default settings (no tuning)"), flush=True)
@@ -212,7 +212,7 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     baseline_auc = auc([r["label"] for r in baseline_rows], [r["probability"] for r in baseline_rows])
     print(f"fold {fold}: per-patient AUC {result['patient']['auc']:.3f} ({config.aggregation}), "
           f"baseline {baseline_auc:.3f}", flush=True)
-    tracker.params(fold_run, {f"best_{k}": v for k, v in params.items()} | {"final_epochs": epochs})
+    tracker.params(fold_run, {f"best_{k}": v for k, v in params.as_dict().items()} | {"final_epochs": epochs})
     tracker.metrics(fold_run, fold_metrics(result) | {"best_inner_val_patient_auc": best_value,
                                                       "baseline_patient_auc": baseline_auc}
                     | (pruning_summary(study, config.epochs) if study else {}))

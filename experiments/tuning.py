@@ -1,12 +1,14 @@
 """The Optuna side of a fold: search space, storage, study, pruner, and how many trials remain.
 
-The search space lives here, at the edge (`suggest(trial) -> dict`); the model and the
+The search space lives here, at the edge (`suggest(trial) -> TrialParams`); the model and the
 pipeline only ever see plain arguments. Trials are claimed through `claim_trial`, so
 the budget holds across processes, and a trial whose process died is failed
 (experiments.claims) and re-run with its own settings and seed.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
 
 import optuna
 from optuna.trial import TrialState
@@ -19,27 +21,58 @@ from vfrac.window import BONE_WINDOW
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNERS = ("median", "hyperband")  # --pruner: stop a trial below the median so far, or successive halving
 POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also its MLflow tag
-# The first trial of every fold, and the demo's only settings. Measured (before zero-gamma) on one fold of a
-# synthetic cohort (60 training patients, 12 epochs, 64 px): a peak rate of 2e-3 with
-# batches of 16 and half-strength augmentation reached patient AUC 0.86-0.90, against
-# 0.62-0.70 at 3e-4 (batches of 32) and 0.69-0.85 at 1e-3 with full augmentation.
-DEFAULTS = {"learning_rate": 2e-3, "weight_decay": 1e-4, "dropout": 0.3, "batch_size": 16,
-            "augment_strength": 0.5, "window_level": BONE_WINDOW[0], "window_width": BONE_WINDOW[1]}
 
 
-def suggest(trial: optuna.Trial, pretrained: bool) -> dict:
+@dataclass(frozen=True)
+class TrialParams:
+    """The settings one model trains with: a point of the search space.
+
+    The defaults are every fold's first trial and the demo's only settings. Measured
+    (before zero-gamma) on one fold of a synthetic cohort (60 training patients, 12
+    epochs, 64 px): a peak rate of 2e-3 with batches of 16 and half-strength augmentation
+    reached patient AUC 0.86-0.90, against 0.62-0.70 at 3e-4 (batches of 32) and
+    0.69-0.85 at 1e-3 with full augmentation.
+    """
+
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.3
+    batch_size: int = 16
+    augment_strength: float = 0.5
+    window_level: float = BONE_WINDOW[0]
+    window_width: float = BONE_WINDOW[1]
+    freeze_stages: int = 0  # searched only with pretrained weights
+
+    @classmethod
+    def from_values(cls, values: dict) -> TrialParams:
+        """From Optuna's params of a trial (freeze_stages is absent without pretrained weights)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    @property
+    def window(self) -> tuple[float, float]:
+        return self.window_level, self.window_width
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULTS = TrialParams()
+# What a trial draws without pretrained weights (freeze_stages is then fixed at 0).
+SEARCHED = tuple(f.name for f in fields(TrialParams) if f.name != "freeze_stages")
+
+
+def suggest(trial: optuna.Trial, pretrained: bool) -> TrialParams:
     """One point of the search space."""
-    params = {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
-        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-        "batch_size": trial.suggest_categorical("batch_size", [16, 32]),
-        "augment_strength": trial.suggest_float("augment_strength", 0.0, 1.5),
-        "window_level": trial.suggest_float("window_level", 100.0, 700.0),
-        "window_width": trial.suggest_float("window_width", 600.0, 2500.0),
-    }
-    params["freeze_stages"] = trial.suggest_int("freeze_stages", 0, 3) if pretrained else 0
-    return params
+    return TrialParams(
+        learning_rate=trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        dropout=trial.suggest_float("dropout", 0.0, 0.5),
+        batch_size=trial.suggest_categorical("batch_size", [16, 32]),
+        augment_strength=trial.suggest_float("augment_strength", 0.0, 1.5),
+        window_level=trial.suggest_float("window_level", 100.0, 700.0),
+        window_width=trial.suggest_float("window_width", 600.0, 2500.0),
+        freeze_stages=trial.suggest_int("freeze_stages", 0, 3) if pretrained else 0,
+    )
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -80,7 +113,7 @@ def claim_trial(study: optuna.Study, budget: int, seed: int) -> tuple[optuna.Tri
         return None
     storage.set_trial_user_attr(frozen._trial_id, POSITION_ATTR, position)
     if position == 0:
-        storage.set_trial_system_attr(frozen._trial_id, "fixed_params", DEFAULTS)
+        storage.set_trial_system_attr(frozen._trial_id, "fixed_params", DEFAULTS.as_dict())
     study.sampler = optuna.samplers.TPESampler(seed=seed + position)
     return optuna.trial.Trial(study, frozen._trial_id), position
 

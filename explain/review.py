@@ -54,6 +54,34 @@ class PatientReview:
         return self.call == self.label
 
 
+@dataclass(frozen=True)
+class FoldModel:
+    """A finished fold as the review needs it: its model, settings and test patients' slice probabilities."""
+
+    model: object  # keras.Model
+    patients: dict  # patient_id -> [(slice, probability)]
+    window: tuple[float, float]
+    threshold: float
+    aggregation: str
+    input_size: int
+    cache_dir: Path
+    crop_settings: object  # vfrac.cache.CropSettings
+
+
+@dataclass
+class ExplainedSlices:
+    """One patient's explained slices: the cached crops and where they lie, and the call each map explains."""
+
+    review: PatientReview
+    chosen: list  # [(slice, probability)], most probable first
+    boxes: np.ndarray  # the crops' ROI squares (y0, x0, size) on their slices
+    context: float  # the cache's context around each square
+    cache_size: int
+    crops: np.ndarray  # (n, C, C, 3) int16 HU
+    classes: np.ndarray  # the class each slice's map explains: the model's call
+    bone: np.ndarray | None = None  # (n, S, S) bone-window view of the network input, for the overlays
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m explain.review", description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", required=True, help="the CV run (tag vfrac.role = cv)")
@@ -109,14 +137,14 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     seconds = {m: 0.0 for m in methods}
     with tempfile.TemporaryDirectory() as scratch:
         for fold, fold_run in sorted(folds.items()):
-            context = _fold_context(client, fold_run, Path(scratch) / f"fold{fold}", params)
-            print(f"explain fold {fold}: {len(context['patients'])} test patients, methods {', '.join(methods)}",
+            fold_model = _fold_model(client, fold_run, Path(scratch) / f"fold{fold}", params)
+            print(f"explain fold {fold}: {len(fold_model.patients)} test patients, methods {', '.join(methods)}",
                   flush=True)
-            explainer = Explainer(context["model"], layer)
-            chosen = [_choose(cohort[pid], fold, slice_rows, context, top)
-                      for pid, slice_rows in context["patients"].items()]
-            images = _network_inputs(chosen, context)
-            classes = np.concatenate([c["classes"] for c in chosen])
+            explainer = Explainer(fold_model.model, layer)
+            chosen = [_choose(cohort[pid], fold, slice_rows, fold_model, top)
+                      for pid, slice_rows in fold_model.patients.items()]
+            images = _network_inputs(chosen, fold_model)
+            classes = np.concatenate([c.classes for c in chosen])
             attribution = explainer.slice_attribution(images, classes)
             maps = {}
             for method in methods:
@@ -126,15 +154,15 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
                 explained[method] += len(images)
             offset = 0
             for item in chosen:
-                part = slice(offset, offset + len(item["crops"]))
+                part = slice(offset, offset + len(item.crops))
                 offset = part.stop
-                rows += _render(item, cohort[item["review"].patient_id], {m: maps[m][part] for m in methods},
-                                attribution[part], context, out, dicom)
-                reviews.append(item["review"])
+                rows += _render(item, cohort[item.review.patient_id], {m: maps[m][part] for m in methods},
+                                attribution[part], fold_model.input_size, out, dicom)
+                reviews.append(item.review)
             if not sanity_rows:
                 print(f"explain fold {fold}: randomisation sanity check", flush=True)
                 sample = slice(0, SANITY_IMAGES)
-                sanity_rows = _sanity(context["model"], layer, {m: maps[m][sample] for m in methods},
+                sanity_rows = _sanity(fold_model.model, layer, {m: maps[m][sample] for m in methods},
                                       images[sample], classes[sample])
     outcomes = {r.patient_id: (r.label, "correct" if r.correct else "incorrect") for r in reviews}
     summary = summarize(rows, outcomes)
@@ -164,7 +192,7 @@ def _cohort(params: dict) -> dict:
     return {p.patient_id: p for p in cohort.patients}
 
 
-def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
+def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
     """The fold's model, window, threshold and test patients' slice probabilities."""
     from vfrac.cache import CropSettings
     from vfrac.model import load_classifier
@@ -178,63 +206,64 @@ def _fold_context(client, fold_run, folder: Path, params: dict) -> dict:
         for row in csv.DictReader(handle):
             patients.setdefault(row["patient_id"], []).append((int(row["slice"]), float(row["probability"])))
     fold_params = fold_run.data.params
-    return {"model": load_classifier(model_path), "patients": patients,
-            "window": (float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
-            "threshold": float(params.get("threshold", 0.5)), "aggregation": params.get("aggregation", "max"),
-            "input_size": int(params["input_size"]), "cache_dir": params.get("cache_dir", "data/cache"),
-            # older runs logged only some crop settings: the defaults then, and before the slice rule, none
-            "crop_settings": CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))}
+    return FoldModel(
+        model=load_classifier(model_path), patients=patients,
+        window=(float(fold_params["best_window_level"]), float(fold_params["best_window_width"])),
+        threshold=float(params.get("threshold", 0.5)), aggregation=params.get("aggregation", "max"),
+        input_size=int(params["input_size"]), cache_dir=Path(params.get("cache_dir", "data/cache")),
+        # older runs logged only some crop settings: the defaults then, and before the slice rule, none
+        crop_settings=CropSettings.from_values(params, defaults=CropSettings(min_area=0.0)))
 
 
-def _choose(patient, fold, slice_rows, context, top) -> dict:
+def _choose(patient, fold, slice_rows, fold_model: FoldModel, top) -> ExplainedSlices:
     """The patient's `top` most probable slices (cached crops), with what rendering needs."""
     from vfrac.cache import cached_entry, read_entry
     from vfrac.metrics import aggregate
 
-    pid, threshold = patient.patient_id, context["threshold"]
+    pid, threshold = patient.patient_id, fold_model.threshold
     label = "malignant" if patient.is_malignant else "benign"
     _, _, (probability,) = aggregate([pid] * len(slice_rows), [p for _, p in slice_rows],
-                                     [label] * len(slice_rows), context["aggregation"])
+                                     [label] * len(slice_rows), fold_model.aggregation)
     review = PatientReview(pid, fold, label, float(probability),
                            "malignant" if probability >= threshold else "benign", dict(patient.readers))
-    prepared = read_entry(cached_entry(patient, context["crop_settings"], Path(context["cache_dir"])))
+    prepared = read_entry(cached_entry(patient, fold_model.crop_settings, fold_model.cache_dir))
     chosen = sorted(slice_rows, key=lambda r: -r[1])[:top]
     where = {int(z): i for i, z in enumerate(prepared.slices)}
     indices = [where[z] for z, _ in chosen]
-    return {"review": review, "chosen": chosen, "boxes": prepared.boxes[indices], "context": prepared.context,
-            "cache_size": prepared.crops.shape[1], "crops": prepared.crops[indices],
-            "classes": called_classes([p for _, p in chosen], threshold)}
+    return ExplainedSlices(review=review, chosen=chosen, boxes=prepared.boxes[indices], context=prepared.context,
+                           cache_size=prepared.crops.shape[1], crops=prepared.crops[indices],
+                           classes=called_classes([p for _, p in chosen], threshold))
 
 
-def _network_inputs(chosen: list[dict], context: dict) -> np.ndarray:
-    """The fold's explained slices as network inputs; each item gets its bone-window view as "bone".
+def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.ndarray:
+    """The fold's explained slices as network inputs; each item gets its bone-window view as `bone`.
 
     One input pipeline for the whole fold (every entry has the run's crop settings):
     building it per patient cost more than the maps of a fold.
     """
     from vfrac.pipeline import evaluation_images
 
-    size, crop_context = context["input_size"], context["crop_settings"].context
-    crops = np.concatenate([item["crops"] for item in chosen])
+    size, crop_context = fold_model.input_size, fold_model.crop_settings.context
+    crops = np.concatenate([item.crops for item in chosen])
     bone = windowed_rgb(evaluation_images(crops, crop_context, size, BONE_WINDOW))[..., 1]
-    offsets = np.cumsum([0] + [len(item["crops"]) for item in chosen])
+    offsets = np.cumsum([0] + [len(item.crops) for item in chosen])
     for k, item in enumerate(chosen):
-        item["bone"] = bone[offsets[k]:offsets[k + 1]]
-    return evaluation_images(crops, crop_context, size, context["window"])
+        item.bone = bone[offsets[k]:offsets[k + 1]]
+    return evaluation_images(crops, crop_context, size, fold_model.window)
 
 
-def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]:
+def _render(item: ExplainedSlices, patient, maps, attribution, size: int, out, dicom) -> list[dict]:
     """Overlays, attention rows and the page's entries for one patient's explained slices."""
     from explain import secondary_capture
     from vfrac.crops import input_to_slice
     from vfrac.volume import load_mask, load_volume
 
-    pid, review, size = patient.patient_id, item["review"], context["input_size"]
+    pid, review = patient.patient_id, item.review
     volume = load_volume(patient.ct)
     masks = {name: load_mask(path, volume) != 0 for name, path in patient.masks.items()}
     rows, captures = [], []
-    for k, (z, p) in enumerate(item["chosen"]):
-        transform = input_to_slice(item["boxes"][k], item["context"], item["cache_size"], size)
+    for k, (z, p) in enumerate(item.chosen):
+        transform = input_to_slice(item.boxes[k], item.context, item.cache_size, size)
         shown = {"slice": z, "probability": p, "images": {}, "attention": {}, "attribution": _shares(attribution[k])}
         for method, method_maps in maps.items():
             cam = method_maps[k]
@@ -242,7 +271,7 @@ def _render(item, patient, maps, attribution, context, out, dicom) -> list[dict]
             whole = slice_overlay(volume.hu[z], cam, transform, caption)
             base = out / "explain" / "overlays" / pid
             shown["images"][method] = (save_png(base / f"{method}_z{z}_crop.png",
-                                                crop_overlay(item["bone"][k], cam, caption)),
+                                                crop_overlay(item.bone[k], cam, caption)),
                                        save_png(base / f"{method}_z{z}_slice.png", whole))
             captures.append((f"{method} slice {z}", whole))
             for feature, mask in masks.items():

@@ -83,7 +83,7 @@ def test_trials_take_positions_within_the_budget_and_the_first_is_the_defaults(s
     study = fold_study(storage, "fold", pruner="median")
     trial, position = claim_trial(study, budget=2, seed=7)
     params = suggest(trial, pretrained=False)
-    assert position == 0 and {name: params[name] for name in DEFAULTS} == DEFAULTS
+    assert position == 0 and params == DEFAULTS
     study.tell(trial, 0.7)
     second, position = claim_trial(study, budget=2, seed=7)
     assert position == 1

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from experiments.cv import main
-from experiments.tuning import DEFAULTS
+from experiments.tuning import SEARCHED
 from vfrac.metrics import evaluate
 from vfrac.statistics import delong_test
 from vfrac.synth import generate_cohort
@@ -75,14 +75,14 @@ def wait_for_running_trial(store: Path, study_suffix: str, process, timeout=900)
     """Block until a trial of the study whose name ends with `study_suffix` is RUNNING with all its settings drawn.
 
     Settings are written one by one; a kill between two of them would leave the killed
-    trial with only some, so wait for every one of DEFAULTS (the search space without
+    trial with only some, so wait for every one of SEARCHED (the search space without
     pretrained weights).
     """
     deadline = time.monotonic() + timeout
     query = ("select count(*) from (select t.trial_id from trials t join studies s on t.study_id = s.study_id "
              "join trial_params p on p.trial_id = t.trial_id "
              f"where s.study_name like '%{study_suffix}' and t.state = 'RUNNING' "
-             f"group by t.trial_id having count(*) >= {len(DEFAULTS)})")
+             f"group by t.trial_id having count(*) >= {len(SEARCHED)})")
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[0]
         if (store / "optuna.db").is_file():

@@ -128,7 +128,14 @@ def test_overlays_are_images_with_bar_and_caption():
     whole = slice_overlay(np.zeros((256, 256), np.float32), cam, input_to_slice((50, 60, 40), 0.2, 192, 64),
                           "VF0001 p 0.91")
     assert crop.ndim == 3 and crop.shape[0] > 384 and whole.shape[0] > 256
-    assert crop[:384, :384].std() > 0 and (whole[:256, :256] != whole[0, 0]).any()
+    # 64 -> 384 px: the hot square is rows and columns 60-120; outside it the grey shows untouched,
+    # inside it 45 % grey + 55 % of jet's top colour (BGR 0, 0, 128)
+    hot = np.round(0.45 * 128 + 0.55 * np.array([0, 0, 128])).astype(np.uint8)
+    np.testing.assert_array_equal(crop[300, 300], [128, 128, 128])
+    np.testing.assert_array_equal(crop[90, 90], hot)
+    # the whole slice: 0 HU is grey 71 (500 / 1800 of 255) away from the crop; the crop's square outlined white
+    np.testing.assert_array_equal(whole[5, 5], [71, 71, 71])
+    assert (whole[:256, :256] == 255).all(axis=-1).any()
 
 
 def test_attention_numbers_by_hand():
