@@ -47,7 +47,7 @@ def main(argv=None) -> int:
             page = write_report(args.run_id, args.tracking_uri or default_tracking_uri(), args.out or Path(scratch),
                                 log=not args.no_log)
             print(f"report: {page if args.out else 'report/report.md and report/report.html in the CV run'}")
-    except (InputError, ValueError) as error:
+    except InputError as error:  # a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

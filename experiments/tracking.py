@@ -20,6 +20,8 @@ from vfrac.errors import InputError
 
 PARENT = "mlflow.parentRunId"
 FAILURE_TAG = "vfrac.failure"  # why a run ended FAILED or KILLED
+# MLflow 3 opens an experiment without this tag on its GenAI overview; ours train models.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class Tracker:
@@ -33,13 +35,17 @@ class Tracker:
             raise InputError(f"cannot reach the MLflow tracking store {tracking_uri!r}: {error}") from error
 
     def _experiment(self, name: str) -> str:
+        """The experiment's id, created if needed, tagged so MLflow 3's UI opens it on the runs table."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         artifacts = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database
             artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=artifacts)
+        return self.client.create_experiment(name, artifact_location=artifacts,
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     # -- the tree -------------------------------------------------------------------
     def cv_run(self, key: str, tags: dict, name: str) -> tuple[str, bool]:

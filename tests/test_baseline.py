@@ -11,6 +11,7 @@ from vfrac.baseline import (
     FEATURE_NAMES,
     baseline_fold,
     crop_features,
+    entry_features,
     fit_baseline,
     patient_features,
     predict_baseline,
@@ -138,3 +139,12 @@ def test_fit_uses_only_the_rows_it_is_given_and_survives_constant_features():
 def test_bad_training_input_is_refused(x, y, error, message):
     with pytest.raises(error, match=message):
         fit_baseline(x, y)
+
+
+def test_an_entrys_features_are_computed_once_and_read_only(tmp_path):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "p01.npz"
+    write_entry(path, prepared("p01", texture_crops(rng, 1)))
+    first = entry_features(str(path))
+    np.testing.assert_array_equal(first, patient_features(prepared("p01", texture_crops(np.random.default_rng(5), 1))))
+    assert entry_features(str(path)) is first and not first.flags.writeable

@@ -44,6 +44,11 @@ def test_batchnorm_statistics_are_recomputed_from_the_data():
     assert np.asarray(bn.moving_mean) == pytest.approx(data.mean(axis=0), abs=1e-4)  # equal batches: exact mean
     assert np.asarray(bn.moving_variance) == pytest.approx(data.var(axis=0), rel=0.05)
     assert bn.momentum == 0.99  # restored
+    # again on other data (the traced pass is reused): the statistics follow the new data
+    shifted = dataset.map(lambda x, y: (x * 2.0 + 1.0, y))
+    recalibrate_batchnorm(model, shifted)
+    assert np.asarray(bn.moving_mean) == pytest.approx(data.mean(axis=0) * 2.0 + 1.0, abs=1e-3)
+    assert np.asarray(bn.moving_variance) == pytest.approx(data.var(axis=0) * 4.0, rel=0.05)
 
 
 def toy_data(seed, count=64):

@@ -12,6 +12,7 @@ regression whose C is chosen by an inner stratified CV on the patients it is giv
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -100,10 +101,20 @@ def baseline_fold(train_entries: dict, train_labels: dict, test_entries: dict, s
     if unlabelled := sorted(set(train_entries) - set(train_labels)):
         raise ValueError(f"training patients without a label: {unlabelled[:5]}")
     train_ids, test_ids = sorted(train_entries), sorted(test_entries)
-    train = np.stack([patient_features(read_entry(train_entries[pid])) for pid in train_ids])
+    train = np.stack([entry_features(str(train_entries[pid])) for pid in train_ids])
     model = fit_baseline(train, [train_labels[pid] for pid in train_ids], seed)
-    test = np.stack([patient_features(read_entry(test_entries[pid])) for pid in test_ids])
+    test = np.stack([entry_features(str(test_entries[pid])) for pid in test_ids])
     return {pid: float(p) for pid, p in zip(test_ids, predict_baseline(model, test), strict=True)}
+
+
+@functools.lru_cache(maxsize=4096)
+def entry_features(path: str) -> np.ndarray:
+    """`patient_features` of a cache entry, computed once per process: every patient is in
+    one fold's test set and in the other folds' training sets. Entry names carry their
+    content's keys, so a path always means the same crops."""
+    features = patient_features(read_entry(path))
+    features.setflags(write=False)
+    return features
 
 
 def _first_order(values: np.ndarray, levels: np.ndarray) -> np.ndarray:

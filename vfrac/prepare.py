@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
             result = prepare_cohort(cohort.patients, settings, args.cache_dir, workers=args.workers,
                                     skip_bad=args.skip_bad, on_progress=lambda *_: bar.update())
-    except (InputError, ValueError) as error:
+    except InputError as error:  # a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ callers get the history and may pass callbacks (a pruning callback, a logger).
 from __future__ import annotations
 
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -25,6 +26,7 @@ from keras import ops
 from vfrac.model import VariableDropout
 
 SMOOTHING = 3  # epochs in the moving average that picks the best epoch and stops early
+_RECALIBRATION_FORWARD = weakref.WeakKeyDictionary()  # model -> its traced training-mode forward pass
 
 
 @keras.saving.register_keras_serializable(package="vfrac")
@@ -169,8 +171,9 @@ def recalibrate_batchnorm(model: keras.Model, dataset, max_images: int = 2048) -
     The running statistics were gathered while the raw weights moved; the averaged
     weights need their own (as stochastic weight averaging recomputes them). Batches
     run in training mode with momentum 0 so each gives its own statistics; their mean
-    is kept. The forward pass is traced (a few seconds) for this call only, as the
-    layers' momentum is read when tracing; eager it would cost four times as much.
+    is kept. The forward pass is traced once per model (a few seconds; eager it would
+    cost four times as much) with the momentum at 0, which tracing reads: the traced
+    function serves only this, and a `Trainer` refitting its model reuses it.
     """
     layers = [layer for layer in model.layers
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
@@ -182,7 +185,10 @@ def recalibrate_batchnorm(model: keras.Model, dataset, max_images: int = 2048) -
     try:
         for layer in layers:
             layer.momentum = 0.0
-        forward = tf.function(lambda images: model(images, training=True), reduce_retracing=True)
+        if model not in _RECALIBRATION_FORWARD:
+            _RECALIBRATION_FORWARD[model] = tf.function(lambda images: model(images, training=True),
+                                                        reduce_retracing=True)
+        forward = _RECALIBRATION_FORWARD[model]
         for batch in dataset:
             images = batch[0]
             forward(images)

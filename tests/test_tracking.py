@@ -1,0 +1,58 @@
+"""The MLflow run tree on a temporary sqlite store, in process, and reading it back (explain.runs)."""
+
+import pytest
+from mlflow import MlflowClient
+
+from experiments.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, FAILURE_TAG, Tracker
+from explain.runs import cv_run, finished_folds
+from vfrac.errors import InputError
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "vfrac")
+
+
+def test_the_experiment_opens_on_the_runs_table_even_when_it_existed_untagged(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("older")
+    for name in ("vfrac", "older"):
+        experiment = client.get_experiment(Tracker(uri, name).experiment_id)
+        assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def test_a_cv_run_is_found_again_by_its_key_and_its_children_by_role_and_tags(tracker):
+    first, resumed = tracker.cv_run("key1", {"vfrac.cohort_hash": "abc"}, name="cv demo")
+    assert not resumed and tracker.cv_run("key1", {}, name="cv demo") == (first, True)
+    assert tracker.cv_run("key2", {}, name="cv other")[0] != first
+    fold0 = tracker.child_run(first, "fold", {"vfrac.fold": 0}, name="fold 0")
+    assert tracker.child_run(first, "fold", {"vfrac.fold": 0}, name="fold 0") == fold0
+    fold1 = tracker.child_run(first, "fold", {"vfrac.fold": 1}, name="fold 1")
+    assert {r.info.run_id for r in tracker.children(first, "fold")} == {fold0, fold1}
+    tracker.finish(fold0)
+    tracker.schedule(fold1)
+    client = tracker.client
+    assert sorted(finished_folds(client, cv_run(client, first))) == [0]
+    assert tracker.is_done(fold0) and not tracker.is_done(fold1)
+    with pytest.raises(InputError, match="is not a vfrac CV run"):
+        cv_run(client, fold0)
+    with pytest.raises(InputError, match="no MLflow run 'nope'"):
+        cv_run(client, "nope")
+
+
+def test_params_are_write_once_nan_metrics_are_skipped_and_failures_say_why(tracker):
+    run, _ = tracker.cv_run("key", {}, name="cv")
+    tracker.params(run, {"epochs": 10})
+    tracker.params(run, {"epochs": 12, "folds": 2})  # a resumed run keeps what it logged
+    tracker.metrics(run, {"auc": 0.9, "nan": float("nan"), "none": None})
+    data = tracker.client.get_run(run).data
+    assert data.params == {"epochs": "10", "folds": "2"} and data.metrics == {"auc": 0.9}
+    tracker.fail(run, ValueError("the ROI is empty"))
+    failed = tracker.client.get_run(run)
+    assert failed.info.status == "FAILED" and failed.data.tags[FAILURE_TAG] == "the ROI is empty"
+    tracker.restart(run)  # the reason it stopped no longer holds
+    restarted = tracker.client.get_run(run)
+    assert restarted.info.status == "RUNNING" and FAILURE_TAG not in restarted.data.tags
+    tracker.fail(run, KeyboardInterrupt())
+    assert tracker.client.get_run(run).info.status == "KILLED" and tracker.tag(run, FAILURE_TAG) == "interrupted"
