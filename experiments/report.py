@@ -24,7 +24,7 @@ from experiments.results import STUDY, p_value, patient_rows, per_fold, read_row
 from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
-from vfrac.statistics import mcnemar, sign_table, youden_threshold
+from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
             "5. Aggregation and threshold", "6. Where the model looked", "7. CLAIM checklist")
@@ -177,9 +177,10 @@ def _readers(cohort, model) -> dict:
     points = {}
     if not names:
         return {"blocks": blocks + [("p", "The manifest has no reader_* columns.")], "points": points}
-    rows = []
+    rows, p_values, unread = [], [], {}
     for name in names:
         read = [pid for pid in model if name in cohort[pid].readers]
+        unread[name] = len(model) - len(read)
         truth = np.array([model[pid]["label"] for pid in read], dtype=bool)
         calls = np.array([cohort[pid].readers[name] == "malignant" for pid in read])
         ours = np.array([model[pid]["prediction"] for pid in read], dtype=bool)
@@ -193,11 +194,17 @@ def _readers(cohort, model) -> dict:
                      _ci(_share(tp + tn, len(read)), wilson_interval(tp + tn, len(read))),
                      f"{_share(int(np.sum(ours == truth)), len(read)):.2f}",
                      f"{test['b']} / {test['c']}", f"{_p(test['p'])} ({test['method']})"])
+        p_values.append(test["p"])
+    for row, adjusted in zip(rows, holm(p_values), strict=True):
+        row.append(_p(adjusted))
+    missing = ", ".join(f"{name} {count}" for name, count in unread.items() if count)
     blocks.append(("p", "Per patient, on the same analysed patients as the model; Wilson 95% CIs. McNemar's "
                         "paired test of each reader against the model's calls: b = reader right and model "
-                        "wrong, c = the reverse; exact below 25 discordant pairs."))
+                        "wrong, c = the reverse; exact below 25 discordant pairs. Holm's adjustment over the "
+                        f"{len(rows)} readers' tests. Analysed patients without a reading, left out of that "
+                        f"reader's row: {missing or 'none'}."))
     blocks.append(("table", ["reader", "patients", "sensitivity", "specificity", "accuracy", "model accuracy",
-                             "b / c", "McNemar p"], rows))
+                             "b / c", "McNemar p", "Holm p"], rows))
     return {"blocks": blocks, "points": points}
 
 
@@ -235,7 +242,8 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
     patient_p = [m["probability"] for m in model.values()]
     cal = calibration(patient_y, patient_p)
     blocks.append(("p", f"Calibration per patient: Brier {cal['brier']:.3f}, slope {cal['slope']:.2f}, "
-                        f"intercept {cal['intercept']:.2f}."))
+                        f"calibration-in-the-large {cal['in_the_large']:+.2f} (intercept with the slope fixed at 1; "
+                        "ideal: slope 1, in-the-large 0)."))
     curves = {"model, per slice": ([r["label"] for r in slices], [r["probability"] for r in slices]),
               "model, per patient": (patient_y, patient_p)}
     roc_figure(folder / "roc.png", curves, "ROC with the readers",

@@ -46,6 +46,9 @@ def test_wilson_interval_known_values():
     assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     low, high = wilson_interval(0, 20)
     assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.1611, abs=1e-4)
+    for total in range(1, 200):  # at 0 and n successes the bounds are 0 and 1, never -0.00 or 1.0000001
+        assert wilson_interval(0, total)[0] == 0.0 and f"{wilson_interval(0, total)[0]:.2f}" == "0.00"
+        assert wilson_interval(total, total)[1] == 1.0
 
 
 def test_patient_bootstrap_contains_the_estimate_and_narrows_with_more_patients():
@@ -90,5 +93,17 @@ def test_roc_and_calibration():
     p = rng.uniform(0.05, 0.95, 4000)
     y = rng.random(4000) < p  # calibrated by construction
     result = calibration(y, p)
-    assert result["slope"] == pytest.approx(1.0, abs=0.15) and result["intercept"] == pytest.approx(0.0, abs=0.15)
+    assert result["slope"] == pytest.approx(1.0, abs=0.15) and result["in_the_large"] == pytest.approx(0.0, abs=0.1)
+    assert "intercept" not in result  # the joint fit's intercept is not calibration-in-the-large
     assert sum(b["count"] for b in result["bins"]) == 4000
+
+
+def test_calibration_in_the_large_by_hand():
+    # every prediction 0.2 (logit -ln 4), half the patients malignant: the offset model's intercept
+    # must lift logit 0.2 to logit 0.5 = 0, so a = ln 4 = 1.386
+    y, p = [0, 1] * 20, [0.2] * 40
+    assert calibration(y, p)["in_the_large"] == pytest.approx(np.log(4.0), abs=1e-9)
+    # predictions 0.5, three in four malignant: a = logit 0.75 = ln 3
+    assert calibration([1, 1, 1, 0] * 10, [0.5] * 40)["in_the_large"] == pytest.approx(np.log(3.0), abs=1e-9)
+    # predicting too high gives a negative value
+    assert calibration([0, 0, 0, 1] * 10, [0.5] * 40)["in_the_large"] == pytest.approx(-np.log(3.0), abs=1e-9)

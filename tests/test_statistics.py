@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vfrac.metrics import wilson_interval
-from vfrac.statistics import delong_test, fisher_p, mcnemar, odds_ratio, sign_table, youden_threshold
+from vfrac.statistics import delong_test, fisher_p, holm, mcnemar, odds_ratio, sign_table, youden_threshold
 
 
 def test_odds_ratio_and_woolf_interval():
@@ -113,3 +113,10 @@ def test_delong_agrees_with_sklearn_and_identical_scores_differ_by_nothing():
 def test_delong_refuses_bad_input(labels, a, b, message):
     with pytest.raises(ValueError, match=message):
         delong_test(labels, a, b)
+
+
+def test_holm_adjustment_worked_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> kept monotone: 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02]) and holm([]) == []

@@ -74,7 +74,10 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     p = successes / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return float(centre - half), float(centre + half)
+    # at 0 or n successes one bound is exactly 0 or 1; rounding error would print -0.00
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def patient_bootstrap(patient_ids, labels, probabilities, statistic, n_boot: int = 1000,
@@ -127,7 +130,13 @@ def roc_points(labels, probabilities) -> dict[str, list[float]]:
 
 
 def calibration(labels, probabilities, bins: int = 10) -> dict:
-    """Brier score, reliability bins, and the calibration slope and intercept (logistic on logit p)."""
+    """Brier score, reliability bins, the calibration slope and calibration-in-the-large.
+
+    Slope: of the logistic regression of the outcome on logit p (1 is ideal).
+    Calibration-in-the-large: the intercept with the slope fixed at 1 (logit p as an
+    offset; 0 is ideal, above 0 the model predicts too low on average). The intercept
+    of the joint fit is neither, so it is not reported.
+    """
     y, p = np.asarray(labels).astype(float), np.clip(np.asarray(probabilities, dtype=float), 1e-6, 1 - 1e-6)
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
@@ -135,12 +144,25 @@ def calibration(labels, probabilities, bins: int = 10) -> dict:
                     "mean_predicted": float(p[which == b].mean()) if np.any(which == b) else float("nan"),
                     "observed": float(y[which == b].mean()) if np.any(which == b) else float("nan")}
                    for b in range(bins)]
-    slope = intercept = float("nan")
+    slope = in_the_large = float("nan")
     if len(np.unique(y)) == 2:
-        logit = np.log(p / (1 - p)).reshape(-1, 1)
-        model = LogisticRegression(C=1e6).fit(logit, y)
-        slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
-    return {"brier": float(np.mean((p - y) ** 2)), "bins": reliability, "slope": slope, "intercept": intercept}
+        logit = np.log(p / (1 - p))
+        slope = float(LogisticRegression(C=1e6).fit(logit.reshape(-1, 1), y).coef_[0, 0])
+        in_the_large = _offset_intercept(y, logit)
+    return {"brier": float(np.mean((p - y) ** 2)), "bins": reliability, "slope": slope,
+            "in_the_large": in_the_large}
+
+
+def _offset_intercept(y: np.ndarray, offset: np.ndarray) -> float:
+    """Maximum-likelihood a of P(y = 1) = sigmoid(a + offset), by Newton's method (one concave unknown)."""
+    a = 0.0
+    for _ in range(100):
+        q = 1.0 / (1.0 + np.exp(-(a + offset)))
+        step = np.sum(y - q) / max(np.sum(q * (1.0 - q)), 1e-12)
+        a += step
+        if abs(step) < 1e-12:
+            break
+    return float(a)
 
 
 def _ratio(cells, top, bottom) -> float:

@@ -51,6 +51,21 @@ def mcnemar(first_correct, second_correct) -> dict:
     return {"b": b, "c": c, "p": float(chi2.sf(statistic, 1)), "method": "chi-square, continuity-corrected"}
 
 
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given.
+
+    The i-th smallest of m is multiplied by m - i + 1, capped at 1, and kept at least
+    as large as the one before it.
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted, running = np.empty_like(p), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[index]))
+        adjusted[index] = running
+    return [float(v) for v in adjusted]
+
+
 def sign_table(present, malignant) -> dict:
     """A feature read as a sign of malignancy: counts, sensitivity and specificity with
     Wilson CIs, odds ratio with CI, Fisher p."""

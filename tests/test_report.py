@@ -1,0 +1,49 @@
+"""The study report built in process from hand-made predictions, with values worked out by hand."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from experiments.report import build, to_html, to_markdown
+
+# (patient, label, probability of its one slice, reader a's call or None, reader b's call)
+PATIENTS = [("P1", 1, 0.9, "malignant", "malignant"), ("P2", 1, 0.8, "benign", "malignant"),
+            ("P3", 1, 0.3, "malignant", "malignant"), ("P4", 1, 0.7, "malignant", "malignant"),
+            ("P5", 0, 0.2, "benign", "benign"), ("P6", 0, 0.6, "benign", "benign"),
+            ("P7", 0, 0.1, "malignant", "benign"), ("P8", 0, 0.4, None, "benign")]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    slices = [{"patient_id": pid, "fold": i % 2, "slice": 10, "label": label, "probability": p}
+              for i, (pid, label, p, _, _) in enumerate(PATIENTS)]
+    patients = [SimpleNamespace(patient_id=pid, label="malignant" if label else "benign", features={},
+                                readers={name: call for name, call in (("a", a), ("b", b)) if call})
+                for pid, label, _, a, b in PATIENTS]
+    run = SimpleNamespace(info=SimpleNamespace(run_name="cv demo", run_id="r1"),
+                          data=SimpleNamespace(tags={"vfrac.cohort_hash": "abc", "vfrac.git_commit": "0123"}))
+    data = {"run": run, "params": {"preset": "demo", "folds": "2"}, "metrics": {}, "slices": slices,
+            "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean"}
+    folder = tmp_path_factory.mktemp("report")
+    blocks = build(data, folder)
+    return to_markdown(blocks), to_html(blocks), folder
+
+
+def test_readers_against_the_model_with_mcnemar_and_holm(report):
+    text, _, _ = report
+    # model calls (threshold 0.5): P3 and P6 wrong, the rest right.
+    # reader a (7 patients, P8 unread): right on P1 P3 P4 P5 P6, wrong on P2 P7; sensitivity 3/4, specificity 2/3;
+    # b = a right, model wrong = P3, P6; c = the reverse = P2, P7: exact p = 1.
+    assert "| a | 7 | 0.75 (0.30-0.95) | 0.67 (0.21-0.94) | 0.71 (0.36-0.92) | 0.71 | 2 / 2 | 1.000 (exact) | 1.000 |" \
+        in text
+    # reader b (8): always right; b = 2, c = 0: exact p = 0.5; Holm over the two tests: 2 x 0.5 = 1
+    assert "| b | 8 | 1.00 (0.51-1.00) | 1.00 (0.51-1.00) | 1.00 (0.68-1.00) | 0.75 | 2 / 0 | 0.500 (exact) | 1.000 |" \
+        in text
+    assert "Analysed patients without a reading, left out of that reader's row: a 1." in text
+    assert "-0.00" not in text
+
+
+def test_calibration_is_reported_as_slope_and_in_the_large(report):
+    text, html, folder = report
+    assert "calibration-in-the-large" in text and "intercept with the slope fixed at 1" in text
+    assert "<table>" in html and (folder / "roc.png").is_file() and (folder / "calibration.png").is_file()
