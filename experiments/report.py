@@ -86,9 +86,24 @@ def _run_data(client, run, scratch: Path) -> dict:
     manifest = Path(params["cohort"])
     outside = params.get("allow_outside") == "True"
     patients = read_manifest(manifest, allow_outside=outside).patients if manifest.is_file() else None
+    if patients is not None:
+        _check_same_cohort(run, manifest, patients)
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max")}
+
+
+def _check_same_cohort(run, manifest: Path, patients) -> None:
+    """Refuse a cohort whose manifest, CTs or ROIs changed since the run: its tables would mix two cohorts."""
+    from vfrac.cache import CropSettings, current_cohort_hash
+
+    params, logged = run.data.params, run.data.tags.get("vfrac.cohort_hash")
+    settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
+    now = current_cohort_hash(manifest, patients, settings, Path(params.get("cache_dir", "data/cache")))
+    if logged and now != logged:
+        raise InputError(f"the cohort changed since run {run.info.run_id}: {manifest} and the files it lists "
+                         f"now hash to {now}, the run used {logged}; restore the run's cohort or run "
+                         "experiments.cv again on this one")
 
 
 def _rows(path) -> list[dict]:

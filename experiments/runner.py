@@ -163,7 +163,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
     from tqdm import tqdm
 
-    from vfrac.cache import prepare_cohort, slice_counts
+    from vfrac.cache import cohort_hash, prepare_cohort, slice_counts
     from vfrac.cohort import read_manifest
     from vfrac.prepare import slice_rule_summary
 
@@ -179,13 +179,10 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
         result = prepare_cohort(cohort.patients, config.crop_settings(), config.cache_dir,
                                 workers=config.workers, on_progress=lambda *_: bar.update())
-    digest = hashlib.sha256(manifest.read_bytes())
-    for pid in sorted(result.entries):
-        digest.update(result.entries[pid].name.encode())  # entry names carry the CT and ROI content keys
     labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients}
     counts = slice_counts(result.entries)
     print(slice_rule_summary(counts, config.min_area))
-    return FoldData(entries=result.entries, labels=labels, slice_counts=counts), digest.hexdigest()[:16]
+    return FoldData(entries=result.entries, labels=labels, slice_counts=counts), cohort_hash(manifest, result.entries)
 
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):

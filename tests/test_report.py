@@ -47,3 +47,32 @@ def test_calibration_is_reported_as_slope_and_in_the_large(report):
     text, html, folder = report
     assert "calibration-in-the-large" in text and "intercept with the slope fixed at 1" in text
     assert "<table>" in html and (folder / "roc.png").is_file() and (folder / "calibration.png").is_file()
+
+
+def test_a_cohort_changed_since_the_run_is_refused(tmp_path):
+    from experiments.report import _check_same_cohort
+    from vfrac.cache import CropSettings, current_cohort_hash
+    from vfrac.cohort import read_manifest
+    from vfrac.errors import InputError
+    from vfrac.synth import generate_cohort
+
+    manifest = generate_cohort(tmp_path / "cohort", 4, seed=1, matrix=64)
+    patients = read_manifest(manifest).patients
+    params = {"cache_dir": str(tmp_path / "cache")} | {k: str(v) for k, v in vars(CropSettings()).items()}
+    logged = current_cohort_hash(manifest, patients, CropSettings(), tmp_path / "cache")
+
+    def run():
+        return SimpleNamespace(info=SimpleNamespace(run_id="r1"),
+                               data=SimpleNamespace(params=params, tags={"vfrac.cohort_hash": logged}))
+
+    _check_same_cohort(run(), manifest, patients)  # unchanged: accepted
+    original = manifest.read_bytes()
+    manifest.write_bytes(original[:original.rstrip().rfind(b"\n") + 1])  # the last patient dropped
+    with pytest.raises(InputError, match="the cohort changed since run r1"):
+        _check_same_cohort(run(), manifest, read_manifest(manifest).patients)
+    manifest.write_bytes(original)
+    _check_same_cohort(run(), manifest, patients)
+    roi = patients[0].roi
+    roi.write_bytes(roi.read_bytes()[:-1] + b"\x01")  # one ROI file changed
+    with pytest.raises(InputError, match="the cohort changed"):
+        _check_same_cohort(run(), manifest, read_manifest(manifest).patients)

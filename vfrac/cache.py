@@ -156,6 +156,20 @@ def cached_entry(patient: Patient, settings: CropSettings, cache_dir: Path) -> P
     return path
 
 
+def cohort_hash(manifest: Path, entries: dict) -> str:
+    """What identifies a cohort's data: the manifest's bytes and every patient's entry name,
+    which carries the content key of its CT, ROI and settings (16 hex digits)."""
+    digest = hashlib.sha256(Path(manifest).read_bytes())
+    for pid in sorted(entries):
+        digest.update(Path(entries[pid]).name.encode())
+    return digest.hexdigest()[:16]
+
+
+def current_cohort_hash(manifest: Path, patients, settings: CropSettings, cache_dir: Path) -> str:
+    """`cohort_hash` of the cohort as its files are now, built or not: for checking a finished run."""
+    return cohort_hash(manifest, {p.patient_id: _entry_path(p, settings, Path(cache_dir))[0] for p in patients})
+
+
 def _entry_path(patient: Patient, settings: CropSettings, cache_dir: Path) -> tuple[Path, Path, str]:
     """(entry path, memo path, content key); the memo spares hashing unchanged files again."""
     memo = cache_dir / "keys" / f"{patient.patient_id}-{_stat_key(patient, settings)[:24]}"
