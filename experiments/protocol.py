@@ -195,7 +195,8 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     losses = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _epoch_line(fold, epoch, epochs, logs))
     model, history, index, probabilities = train_and_predict(config, params, data, split.train, split.test,
                                                              epochs, seed=config.seed + fold, callbacks=[losses])
-    timings["final_training"] = timings.get("final_training", 0.0) + time.perf_counter() - started
+    training_seconds = time.perf_counter() - started
+    timings["final_training"] = timings.get("final_training", 0.0) + training_seconds
     for epoch, loss in enumerate(history["loss"]):
         tracker.metrics(fold_run, {"train_loss": loss, "train_slice_auc": history["auc"][epoch]}, step=epoch)
     started = time.perf_counter()
@@ -214,7 +215,8 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
           f"baseline {baseline_auc:.3f}", flush=True)
     tracker.params(fold_run, {f"best_{k}": v for k, v in params.as_dict().items()} | {"final_epochs": epochs})
     tracker.metrics(fold_run, fold_metrics(result) | {"best_inner_val_patient_auc": best_value,
-                                                      "baseline_patient_auc": baseline_auc}
+                                                      "baseline_patient_auc": baseline_auc,
+                                                      "final_training_seconds": training_seconds}
                     | (pruning_summary(study, config.epochs) if study else {}))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -20,14 +20,23 @@ from pathlib import Path
 import numpy as np
 
 from experiments.figures import calibration_figure, fold_spread, roc_figure
+from experiments.model_card import model_card
 from experiments.results import STUDY, p_value, patient_rows, per_fold, read_rows
-from explain.runs import cv_run, default_tracking_uri
+from experiments.study_tables import (
+    accuracy_tables,
+    fold_results,
+    fold_settings,
+    limitations,
+    reader_agreement,
+    sanity_sentence,
+)
+from explain.runs import cv_run, default_tracking_uri, finished_folds
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
 from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
-            "5. Aggregation and threshold", "6. Where the model looked", "7. CLAIM checklist")
+            "5. Aggregation and threshold", "6. Where the model looked", "7. Limitations", "8. CLAIM checklist")
 CLASSES = ("benign", "malignant")
 
 
@@ -65,6 +74,8 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
     with tempfile.TemporaryDirectory() as scratch:
         data = _run_data(client, run, Path(scratch))
     blocks = build(data, folder)
+    (folder / "model_card.md").write_text(model_card(data, patient_table(data), _limitations(data)),
+                                          encoding="utf-8")
     (folder / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
     (folder / "report.html").write_text(to_html(blocks), encoding="utf-8")
     if log:
@@ -88,9 +99,15 @@ def _run_data(client, run, scratch: Path) -> dict:
     patients = read_manifest(manifest, allow_outside=outside).patients if manifest.is_file() else None
     if patients is not None:
         _check_same_cohort(run, manifest, patients)
+    sanity = None
+    if any(a.path == "explain/sanity.csv" for a in client.list_artifacts(run_id, "explain")):
+        sanity = _rows(client.download_artifacts(run_id, "explain/sanity.csv", str(scratch)))
+    folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
+             for fold, r in finished_folds(client, run).items()}
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
-            "aggregation": params.get("aggregation", "max")}
+            "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
+            "synthetic": (manifest.parent / "synth.json").is_file()}
 
 
 def _check_same_cohort(run, manifest: Path, patients) -> None:
@@ -113,9 +130,20 @@ def _rows(path) -> list[dict]:
 
 # -- the report's content ---------------------------------------------------------------
 
+def patient_table(data: dict) -> dict:
+    """patient_id -> the pooled per-patient row (label, probability, prediction, fold)."""
+    rows = patient_rows(data["slices"], data["threshold"], data["aggregation"])
+    return {row["patient_id"]: row for row in rows}
+
+
+def _limitations(data: dict) -> str:
+    cohort = {p.patient_id: p for p in data["patients"]} if data["patients"] is not None else None
+    return limitations(data["params"], patient_table(data), cohort, data.get("synthetic", False))
+
+
 def build(data: dict, folder: Path) -> list[tuple]:
     threshold, aggregation, slices = data["threshold"], data["aggregation"], data["slices"]
-    model = {row["patient_id"]: row for row in patient_rows(slices, threshold, aggregation)}
+    model = patient_table(data)
     run = data["run"]
     blocks = [("h1", f"vfrac study report: {run.info.run_name}"),
               ("p", f"CV run {run.info.run_id}, preset {data['params'].get('preset')}, "
@@ -127,9 +155,12 @@ def build(data: dict, folder: Path) -> list[tuple]:
     blocks += _visual(cohort, model)
     readers = _readers(cohort, model)
     blocks += readers["blocks"]
+    blocks += reader_agreement(cohort, model)
     blocks += _model(data, slices, model, readers["points"], folder)
     blocks += _aggregation(slices, threshold, aggregation)
     blocks += _attention(data["attention"])
+    blocks.append(("p", sanity_sentence(data.get("sanity"))))
+    blocks += [("h2", SECTIONS[6]), ("p", _limitations(data))]
     blocks += _claim(data, slices, model)
     return blocks
 
@@ -248,6 +279,9 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
                                                       metrics.get(f"baseline_patient_{name}_ci_high", math.nan)))
             for name in ("sensitivity", "specificity", "accuracy", "auc")])
     blocks.append(("table", ["", "sensitivity", "specificity", "accuracy", "AUC"], rows))
+    blocks += accuracy_tables(slices, model, data["threshold"])
+    blocks += fold_results(slices, data["threshold"], data["aggregation"])
+    blocks += fold_settings(data.get("folds") or {}, data["params"])
     if "baseline_delong_p" in metrics:
         blocks.append(("p", "Radiomics baseline (IBSI first-order HU and GLCM texture in the ROI square, L2 logistic "
                             "regression fitted in each fold on its training patients): network minus baseline "
@@ -328,7 +362,7 @@ def _claim(data, slices, model) -> list[tuple]:
         ["External validation", todo],
         ["Failure analysis, clinical use", todo],
     ]
-    return [("h2", SECTIONS[6]), ("table", ["CLAIM item", "this run"], rows)]
+    return [("h2", SECTIONS[7]), ("table", ["CLAIM item", "this run"], rows)]
 
 
 # -- formats ------------------------------------------------------------------------------

@@ -61,6 +61,12 @@ DEFAULTS = TrialParams()
 SEARCHED = tuple(f.name for f in fields(TrialParams) if f.name != "freeze_stages")
 
 
+# The search space as the report states it (suggest() draws from exactly these).
+SEARCH_SPACE = {"learning_rate": "1e-5 to 3e-3, log", "weight_decay": "1e-6 to 1e-2, log", "dropout": "0 to 0.5",
+                "batch_size": "16 or 32", "augment_strength": "0 to 1.5", "window_level": "100 to 700 HU",
+                "window_width": "600 to 2500 HU", "freeze_stages": "0 to 3 (pretrained weights only)"}
+
+
 def suggest(trial: optuna.Trial, pretrained: bool) -> TrialParams:
     """One point of the search space."""
     return TrialParams(

@@ -22,15 +22,15 @@ def report(tmp_path_factory):
                 for pid, label, _, a, b in PATIENTS]
     run = SimpleNamespace(info=SimpleNamespace(run_name="cv demo", run_id="r1"),
                           data=SimpleNamespace(tags={"vfrac.cohort_hash": "abc", "vfrac.git_commit": "0123"}))
-    data = {"run": run, "params": {"preset": "demo", "folds": "2"}, "metrics": {}, "slices": slices,
+    data = {"run": run, "params": {"preset": "demo", "folds": "2", "trials": "0", "epochs": "10"}, "metrics": {}, "slices": slices,
             "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean"}
     folder = tmp_path_factory.mktemp("report")
     blocks = build(data, folder)
-    return to_markdown(blocks), to_html(blocks), folder
+    return to_markdown(blocks), to_html(blocks), folder, data
 
 
 def test_readers_against_the_model_with_mcnemar_and_holm(report):
-    text, _, _ = report
+    text, _, _, _ = report
     # model calls (threshold 0.5): P3 and P6 wrong, the rest right.
     # reader a (7 patients, P8 unread): right on P1 P3 P4 P5 P6, wrong on P2 P7; sensitivity 3/4, specificity 2/3;
     # b = a right, model wrong = P3, P6; c = the reverse = P2, P7: exact p = 1.
@@ -44,7 +44,7 @@ def test_readers_against_the_model_with_mcnemar_and_holm(report):
 
 
 def test_calibration_is_reported_as_slope_and_in_the_large(report):
-    text, html, folder = report
+    text, html, folder, _ = report
     assert "calibration-in-the-large" in text and "intercept with the slope fixed at 1" in text
     assert "<table>" in html and (folder / "roc.png").is_file() and (folder / "calibration.png").is_file()
 
@@ -76,3 +76,46 @@ def test_a_cohort_changed_since_the_run_is_refused(tmp_path):
     roi.write_bytes(roi.read_bytes()[:-1] + b"\x01")  # one ROI file changed
     with pytest.raises(InputError, match="the cohort changed"):
         _check_same_cohort(run(), manifest, read_manifest(manifest).patients)
+
+
+def test_two_by_two_tables_folds_and_agreement_by_hand(report):
+    text, _, _, _ = report
+    # per patient: TP P1 P2 P4, FN P3, FP P6, TN P5 P7 P8; 3/4 everywhere: Wilson (0.30-0.95)
+    cell = "0.75 (0.30-0.95)"
+    assert f"| per patient | 3 | 1 | 1 | 3 | {cell} | {cell} | {cell} | {cell} |" in text
+    assert f"| per slice | 3 | 1 | 1 | 3 | {cell} | {cell} | {cell} | {cell} |" in text  # one slice each
+    # fold 0 = P1 P3 P5 P7: calls 1 0 0 0 on labels 1 1 0 0; both positives above both negatives: AUC 1
+    assert "| 0 | 4 | 4 | 0.50 | 1.00 | 0.75 | 1.00 | 1.00 |" in text
+    # readers a and b on P1-P7: agree on 5 of 7, each calls malignant 4 of 7: chance 25/49;
+    # Cohen (35 - 25) / 24 = 0.42; Fleiss with equal margins gives the same
+    assert "on the 7 analysed patients every reader read (1 others left out)" in text
+    assert "| a - b | Cohen | 0.42 (" in text and "| a, b | Fleiss | 0.42 (" in text
+    assert "No tuning (--trials 0): every fold trained with the default settings for the preset's 10 epochs." in text
+    assert "| fold | learning rate | weight decay |" in text
+
+
+def test_limitations_and_model_card_come_from_the_runs_facts(report):
+    from experiments.model_card import model_card
+    from experiments.report import _limitations, patient_table
+
+    text, _, _, data = report
+    assert "## 7. Limitations" in text and "8 patients (4 malignant, 4 benign)" in text
+    assert "single centre" in text and "random initial weights" in text
+    card = model_card(data, patient_table(data), _limitations(data))
+    assert "Not a medical device and not for diagnosis" in card
+    assert "2 of 8 patients called wrongly" in card
+    assert card.index("- P3: malignant, called benign at p = 0.30") < card.index("- P6: benign, called malignant")
+    assert "to be completed by the author" in card
+
+
+def test_the_sanity_sentence_says_what_a_flag_means():
+    from experiments.study_tables import sanity_sentence
+
+    rows = [{"method": "gradcam", "randomized_to": "conv1", "spearman_mean": "0.12", "flagged": "0"},
+            {"method": "hirescam", "randomized_to": "conv1", "spearman_mean": "0.71", "flagged": "1"},
+            {"method": "gradcam", "randomized_to": "conv5", "spearman_mean": "0.90", "flagged": "0"}]
+    sentence = sanity_sentence(rows)
+    assert "gradcam rho 0.12; hirescam rho 0.71" in sentence
+    assert "hirescam still agree with the fully randomised network's maps" in sentence
+    assert "change when the learnt weights are destroyed" in sanity_sentence(rows[:1])
+    assert sanity_sentence(None).startswith("No randomisation sanity check")

@@ -66,6 +66,22 @@ def holm(p_values) -> list[float]:
     return [float(v) for v in adjusted]
 
 
+def diagnostic_table(labels, calls) -> dict:
+    """The 2 x 2 table of calls against the truth (1 = malignant), with sensitivity, specificity,
+    PPV, NPV and accuracy, each with its Wilson 95% CI (NaN where its denominator is 0)."""
+    truth, called = np.asarray(labels, dtype=bool), np.asarray(calls, dtype=bool)
+    if truth.shape != called.shape:
+        raise ValueError(f"{truth.size} labels but {called.size} calls")
+    tp, fp = int(np.sum(called & truth)), int(np.sum(called & ~truth))
+    fn, tn = int(np.sum(~called & truth)), int(np.sum(~called & ~truth))
+    table = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    for name, top, bottom in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("ppv", tp, tp + fp),
+                              ("npv", tn, tn + fn), ("accuracy", tp + tn, tp + fp + fn + tn)):
+        table[name] = top / bottom if bottom else math.nan
+        table[f"{name}_ci"] = wilson_interval(top, bottom)
+    return table
+
+
 def sign_table(present, malignant) -> dict:
     """A feature read as a sign of malignancy: counts, sensitivity and specificity with
     Wilson CIs, odds ratio with CI, Fisher p."""
