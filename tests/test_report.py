@@ -22,8 +22,8 @@ def report(tmp_path_factory):
                 for pid, label, _, a, b in PATIENTS]
     run = SimpleNamespace(info=SimpleNamespace(run_name="cv demo", run_id="r1"),
                           data=SimpleNamespace(tags={"vfrac.cohort_hash": "abc", "vfrac.git_commit": "0123"}))
-    data = {"run": run, "params": {"preset": "demo", "folds": "2", "trials": "0", "epochs": "10"}, "metrics": {}, "slices": slices,
-            "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean"}
+    data = {"run": run, "params": {"preset": "demo", "folds": "2", "trials": "0", "epochs": "10"}, "metrics": {},
+            "slices": slices, "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean"}
     folder = tmp_path_factory.mktemp("report")
     blocks = build(data, folder)
     return to_markdown(blocks), to_html(blocks), folder, data
