@@ -24,6 +24,7 @@ from experiments.model_card import model_card
 from experiments.results import STUDY, p_value, patient_rows, per_fold, read_rows
 from experiments.study_tables import (
     accuracy_tables,
+    baseline_characteristics,
     fold_results,
     fold_settings,
     limitations,
@@ -104,10 +105,30 @@ def _run_data(client, run, scratch: Path) -> dict:
         sanity = _rows(client.download_artifacts(run_id, "explain/sanity.csv", str(scratch)))
     folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
              for fold, r in finished_folds(client, run).items()}
+    spacing, scans = _acquisitions(params, patients, {r["patient_id"] for r in slices})
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
-            "synthetic": (manifest.parent / "synth.json").is_file()}
+            "synthetic": (manifest.parent / "synth.json").is_file(), "spacing": spacing, "scans": scans}
+
+
+def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
+    """patient_id -> voxel spacing (from the run's cache entries) and -> DICOM acquisition fields."""
+    from vfrac.cache import CropSettings, cached_entry, entry_spacing
+    from vfrac.series import acquisition
+
+    spacing, scans = {}, {}
+    settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
+    for patient in patients or []:
+        if patient.patient_id not in analysed:
+            continue
+        try:
+            path = cached_entry(patient, settings, Path(params.get("cache_dir", "data/cache")))
+            spacing[patient.patient_id] = entry_spacing(path)
+        except InputError:  # the cache is not on this machine: spacing left out
+            pass
+        scans[patient.patient_id] = acquisition(patient.ct)
+    return spacing, scans
 
 
 def _check_same_cohort(run, manifest: Path, patients) -> None:
@@ -152,6 +173,7 @@ def build(data: dict, folder: Path) -> list[tuple]:
                     f"{aggregation} of the slice probabilities, threshold {threshold} (pre-specified).")]
     cohort = {p.patient_id: p for p in data["patients"]} if data["patients"] is not None else None
     blocks += _flow(cohort, slices, model)
+    blocks += baseline_characteristics(cohort, model, slices, data.get("spacing", {}), data.get("scans", {}))
     blocks += _visual(cohort, model)
     readers = _readers(cohort, model)
     blocks += readers["blocks"]

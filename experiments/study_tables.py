@@ -142,3 +142,54 @@ def ci_text(value: float, interval) -> str:
     if value is None or math.isnan(value):
         return "n/a"
     return f"{value:.2f} ({low:.2f}-{high:.2f})"
+
+
+def baseline_characteristics(cohort: dict | None, model: dict, slices, spacing: dict, scans: dict) -> list[tuple]:
+    """Analysed patients by class: level, slices, voxel spacing, scanner and kVp, visual features.
+
+    `spacing`: patient_id -> (dz, dy, dx) mm of the prepared CT; `scans`: patient_id -> the
+    DICOM acquisition fields (vfrac.series.acquisition; empty for NIfTI). Never identifiers.
+    """
+    groups = {name: [pid for pid, m in model.items() if m["label"] == label] for label, name in
+              ((0, "benign"), (1, "malignant"))}
+    groups["all"] = list(model)
+    counts = {}
+    for r in slices:
+        counts[r["patient_id"]] = counts.get(r["patient_id"], 0) + 1
+
+    def summary(values):
+        values = [float(v) for v in values if v not in ("", None)]
+        if not values:
+            return "n/a"
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        return f"{median:.3g} ({q1:.3g}-{q3:.3g}), n = {len(values)}"
+
+    def tally(values):
+        found = {}
+        for value in values:
+            if value:
+                found[value] = found.get(value, 0) + 1
+        return ", ".join(f"{k} {v}" for k, v in sorted(found.items(), key=lambda kv: -kv[1])[:4]) or "n/a"
+
+    rows = [["patients", *[len(ids) for ids in groups.values()]],
+            ["vertebral level", *[tally(cohort[p].vertebra for p in ids) if cohort else "n/a"
+                                  for ids in groups.values()]],
+            ["slices analysed per patient, median (IQR)", *[summary(counts.get(p) for p in ids)
+                                                            for ids in groups.values()]],
+            ["slice spacing, mm", *[summary(spacing[p][0] for p in ids if p in spacing) for ids in groups.values()]],
+            ["pixel spacing, mm", *[summary(spacing[p][2] for p in ids if p in spacing) for ids in groups.values()]],
+            ["slice thickness, mm", *[summary(scans.get(p, {}).get("slice_thickness") for p in ids)
+                                      for ids in groups.values()]],
+            ["manufacturer", *[tally(scans.get(p, {}).get("manufacturer") for p in ids) for ids in groups.values()]],
+            ["scanner model", *[tally(scans.get(p, {}).get("model") for p in ids) for ids in groups.values()]],
+            ["kVp", *[summary(scans.get(p, {}).get("kvp") for p in ids) for ids in groups.values()]]]
+    features = sorted({f for p in (cohort or {}).values() for f in p.features}) if cohort else []
+    for feature in features:
+        cells = []
+        for ids in groups.values():
+            read = [p for p in ids if feature in cohort[p].features]
+            cells.append(f"{sum(cohort[p].features[feature] for p in read)}/{len(read)}")
+        rows.append([f"{feature} present", *cells])
+    return [("p", "Analysed patients by class (median (IQR) and counts; scanner fields from the first CT file's "
+                  "header of DICOM series, none for NIfTI)."),
+            ("table", ["", *groups], rows)]

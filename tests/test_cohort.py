@@ -144,3 +144,11 @@ def test_the_cv_command_takes_allow_outside_and_keeps_its_run_key(tmp_path):
     refused = resolve(parse_args(["--cohort", "manifest.csv", *stores]))
     assert allowed.allow_outside and not refused.allow_outside
     assert allowed.key("cohort") == refused.key("cohort")  # where files may lie changes no result
+
+
+def test_the_optional_level_and_centre_columns_are_read(cohort_dir):
+    header = HEADER + ",vertebra,centre"
+    cohort = read_manifest(write(cohort_dir, GOOD[0] + ",L1 , site A", GOOD[1] + ",,", header=header))
+    first, second = cohort.patients
+    assert (first.vertebra, first.centre) == ("L1", "site A") and (second.vertebra, second.centre) == ("", "")
+    assert read_manifest(write(cohort_dir, *GOOD)).patients[0].vertebra == ""  # columns absent

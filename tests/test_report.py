@@ -17,13 +17,17 @@ PATIENTS = [("P1", 1, 0.9, "malignant", "malignant"), ("P2", 1, 0.8, "benign", "
 def report(tmp_path_factory):
     slices = [{"patient_id": pid, "fold": i % 2, "slice": 10, "label": label, "probability": p}
               for i, (pid, label, p, _, _) in enumerate(PATIENTS)]
-    patients = [SimpleNamespace(patient_id=pid, label="malignant" if label else "benign", features={},
-                                readers={name: call for name, call in (("a", a), ("b", b)) if call})
+    patients = [SimpleNamespace(patient_id=pid, label="malignant" if label else "benign",
+                                features={"soft_tissue_mass": label} if pid != "P8" else {},
+                                readers={name: call for name, call in (("a", a), ("b", b)) if call},
+                                vertebra="L1" if pid in ("P1", "P2", "P5") else "T12", centre="")
                 for pid, label, _, a, b in PATIENTS]
     run = SimpleNamespace(info=SimpleNamespace(run_name="cv demo", run_id="r1"),
                           data=SimpleNamespace(tags={"vfrac.cohort_hash": "abc", "vfrac.git_commit": "0123"}))
     data = {"run": run, "params": {"preset": "demo", "folds": "2", "trials": "0", "epochs": "10"}, "metrics": {},
-            "slices": slices, "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean"}
+            "slices": slices, "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean",
+            "spacing": {pid: (2.0 if label else 1.0, 0.7, 0.7) for pid, label, *_ in PATIENTS},
+            "scans": {pid: {"manufacturer": "SIEMENS", "kvp": "120"} for pid, *_ in PATIENTS[:6]}}
     folder = tmp_path_factory.mktemp("report")
     blocks = build(data, folder)
     return to_markdown(blocks), to_html(blocks), folder, data
@@ -119,3 +123,14 @@ def test_the_sanity_sentence_says_what_a_flag_means():
     assert "hirescam still agree with the fully randomised network's maps" in sentence
     assert "change when the learnt weights are destroyed" in sanity_sentence(rows[:1])
     assert sanity_sentence(None).startswith("No randomisation sanity check")
+
+
+def test_baseline_characteristics_by_class(report):
+    text, _, _, _ = report
+    assert "|  | benign | malignant | all |" in text
+    assert "| patients | 4 | 4 | 8 |" in text
+    # L1: P1 P2 (malignant), P5 (benign); the rest T12
+    assert "| vertebral level | T12 3, L1 1 | L1 2, T12 2 | T12 5, L1 3 |" in text
+    assert "| slice spacing, mm | 1 (1-1), n = 4 | 2 (2-2), n = 4 | 1.5 (1-2), n = 8 |" in text
+    assert "| manufacturer | SIEMENS 2 | SIEMENS 4 | SIEMENS 6 |" in text  # P7, P8 without a DICOM header
+    assert "| soft_tissue_mass present | 0/3 | 4/4 | 4/7 |" in text  # P8 unread

@@ -166,3 +166,13 @@ def test_real_nifti_ct_places_lumbar_vertebrae_on_bone():
     body_row = np.nonzero(l3 & bodies)[1].mean()
     vertebra_row = np.nonzero(l3)[1].mean()
     assert body_row < vertebra_row - 3
+
+
+@needs_real_ct
+def test_acquisition_fields_of_a_real_series_and_none_for_nifti():
+    from vfrac.series import ACQUISITION, acquisition
+
+    fields = acquisition(REAL_CT / "abdomen-t11-t12-dicom")
+    assert fields == {"manufacturer": "SIEMENS", "model": "Biograph40_mCT 4R", "kvp": "120", "slice_thickness": "3"}
+    assert set(fields) == set(ACQUISITION)  # nothing else (no identifier) is read out
+    assert acquisition(REAL_CT / "abdomen-pelvis-ct.nii.gz") == {}

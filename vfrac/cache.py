@@ -194,6 +194,12 @@ def read_entry(path) -> Prepared:
     return Prepared(**fields)
 
 
+def entry_spacing(path) -> tuple[float, float, float]:
+    """The (dz, dy, dx) mm of the CT an entry was cut from, without loading its crops."""
+    with np.load(path, allow_pickle=False) as data:
+        return tuple(float(v) for v in data["spacing"])
+
+
 def slice_counts(entries: dict) -> dict[str, tuple[int, int]]:
     """patient_id -> (crops kept, ROI slices dropped by the slice rule), without loading crops."""
     counts = {}

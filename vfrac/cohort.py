@@ -34,6 +34,8 @@ class Patient:
     features: dict[str, int] = field(default_factory=dict)  # feature_<name> -> 0/1
     masks: dict[str, Path] = field(default_factory=dict)  # mask_<name> -> path
     readers: dict[str, str] = field(default_factory=dict)  # reader_<name> -> label
+    vertebra: str = ""  # optional column: the fractured level, e.g. L1
+    centre: str = ""  # optional column: where the patient was scanned
 
     @property
     def is_malignant(self) -> bool:
@@ -163,4 +165,5 @@ def _patient(row: dict, folder: Path) -> Patient:
         features={k: int(v) for k, v in named("feature_").items()},
         masks={k: folder / v for k, v in named("mask_").items()},
         readers={k: v.lower() for k, v in named("reader_").items()},
+        vertebra=(row.get("vertebra") or "").strip(), centre=(row.get("centre") or "").strip(),
     )

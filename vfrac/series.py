@@ -52,6 +52,23 @@ def read_dicom(path: Path, series=None) -> tuple[np.ndarray, np.ndarray]:
     return decode_frames(frames), affine
 
 
+ACQUISITION = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName", "kvp": "KVP",
+               "slice_thickness": "SliceThickness"}  # acquisition facts a methods table reports; none identifies
+
+
+def acquisition(path: Path) -> dict:
+    """The ACQUISITION fields of a DICOM series (its first CT file's header); {} for NIfTI or no CT file."""
+    path = Path(path)
+    if not path.is_dir() and not path.suffix.lower() == ".dcm":
+        return {}
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for number, file in enumerate(files, 1):
+        dicom, reason = read_file(file, Place(path, number, len(files)))
+        if not reason:
+            return {name: str(dicom.header.get(keyword, "")).strip() for name, keyword in ACQUISITION.items()}
+    return {}
+
+
 def group_series(frames: list[Frame]) -> list[list[Frame]]:
     """Group by SeriesInstanceUID, or by geometry where the UID is empty."""
     groups = defaultdict(list)
