@@ -34,7 +34,7 @@ PRESETS = {
 }
 # Fields that say where or how a run executes, not what it computes: not in the run key.
 NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir",
-              "allow_outside")
+              "allow_outside", "skip_bad")  # skip_bad: the patients it leaves out change the cohort hash
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class RunConfig:
     cache_dir: str = "data/cache"
     workers: int = 2
     allow_outside: bool = False  # manifest paths may lead outside its folder (vfrac.cohort.read_manifest)
+    skip_bad: bool = False  # leave out bad rows and patients (listed in the run's excluded.csv) instead of stopping
 
     def key(self, cohort_hash: str) -> str:
         """What identifies this run's results: the settings that change them, and the cohort."""
@@ -109,7 +110,7 @@ def resolve(args) -> RunConfig:
         aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
         inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),
-        allow_outside=args.allow_outside,
+        allow_outside=args.allow_outside, skip_bad=args.skip_bad,
     )
     _check(config)
     return config

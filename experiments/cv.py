@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_crop_arguments(parser)  # --margin, --box-mode, --context, --cache-size, --min-area, as vfrac.prepare
     parser.add_argument("--allow-outside", action="store_true",
                         help="accept manifest paths that lead outside the manifest's folder (refused by default)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out bad manifest rows and patients whose files cannot be prepared (listed on "
+                             "the console, in the run's excluded.csv and the report's participant flow) instead of "
+                             "stopping at the first")
     parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")

@@ -82,3 +82,25 @@ def _save(plt, figure, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(figure)
+
+
+def flow_figure(path: Path, enrolled: str, excluded: str, analysed: str, folds: list[str]) -> None:
+    """A STARD-style participant flow: enrolled -> (excluded, to the side) -> analysed -> each fold's test set."""
+    plt = _pyplot()
+    width = max(9.0, 2.2 * len(folds))
+    figure, axis = plt.subplots(figsize=(width, 6.5))
+    axis.set(xlim=(0, width), ylim=(0, 6.5))
+    axis.axis("off")
+    box = dict(boxstyle="round,pad=0.5", facecolor="#f4f6fb", edgecolor="#445")
+    centre, side = width * 0.3, width * 0.3 + 1.6
+    axis.text(centre, 5.8, enrolled, ha="center", va="center", fontsize=10, bbox=box)
+    axis.text(side, 4.3, excluded, ha="left", va="center", fontsize=9, bbox=box | {"facecolor": "#fbf1f0"})
+    axis.text(centre, 2.9, analysed, ha="center", va="center", fontsize=10, bbox=box)
+    arrow = dict(arrowstyle="->", color="#445")
+    axis.annotate("", xy=(centre, 3.4), xytext=(centre, 5.3), arrowprops=arrow)
+    axis.annotate("", xy=(side - 0.15, 4.3), xytext=(centre, 4.3), arrowprops=arrow)
+    for k, text in enumerate(folds):
+        x = (k + 0.5) * width / len(folds)
+        axis.text(x, 0.7, text, ha="center", va="center", fontsize=9, bbox=box)
+        axis.annotate("", xy=(x, 1.2), xytext=(centre, 2.4), arrowprops=arrow)
+    _save(plt, figure, path)

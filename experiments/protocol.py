@@ -53,6 +53,7 @@ class FoldData:
     entries: dict  # patient_id -> cache file
     labels: dict  # patient_id -> 0/1
     slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
+    excluded: list = field(default_factory=list)  # {patient_id, label, reason} left out by --skip-bad
 
 
 def trainer(config: RunConfig, params: TrialParams) -> Trainer:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.figures import calibration_figure, fold_spread, roc_figure
+from experiments.figures import calibration_figure, flow_figure, fold_spread, roc_figure
 from experiments.model_card import model_card
-from experiments.results import STUDY, p_value, patient_rows, per_fold, read_rows
+from experiments.results import EXCLUDED_NAME, STUDY, p_value, patient_rows, per_fold, read_rows
 from experiments.study_tables import (
     accuracy_tables,
     baseline_characteristics,
@@ -34,6 +34,7 @@ from experiments.study_tables import (
 from explain.runs import cv_run, default_tracking_uri, finished_folds
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
+from vfrac.prepare import SLICE_REPORT_NAME
 from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
@@ -97,19 +98,28 @@ def _run_data(client, run, scratch: Path) -> dict:
         attention = _rows(client.download_artifacts(run_id, "explain/attention_summary.csv", str(scratch)))
     manifest = Path(params["cohort"])
     outside = params.get("allow_outside") == "True"
-    patients = read_manifest(manifest, allow_outside=outside).patients if manifest.is_file() else None
-    if patients is not None:
-        _check_same_cohort(run, manifest, patients)
+    skip_bad = params.get("skip_bad") == "True"
+    patients = read_manifest(manifest, allow_outside=outside, skip_bad=skip_bad).patients if manifest.is_file() \
+        else None
+    analysed = {r["patient_id"] for r in slices}
+    if patients is not None:  # the run's hash covers the patients it prepared: the analysed ones
+        _check_same_cohort(run, manifest, [p for p in patients if p.patient_id in analysed])
     sanity = None
     if any(a.path == "explain/sanity.csv" for a in client.list_artifacts(run_id, "explain")):
         sanity = _rows(client.download_artifacts(run_id, "explain/sanity.csv", str(scratch)))
     folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
              for fold, r in finished_folds(client, run).items()}
-    spacing, scans = _acquisitions(params, patients, {r["patient_id"] for r in slices})
+    spacing, scans = _acquisitions(params, patients, analysed)
+    excluded = slice_report = None
+    for name in (EXCLUDED_NAME, SLICE_REPORT_NAME):
+        if any(a.path == name for a in client.list_artifacts(run_id)):
+            rows = _rows(client.download_artifacts(run_id, name, str(scratch)))
+            excluded, slice_report = (rows, slice_report) if name == EXCLUDED_NAME else (excluded, rows)
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
-            "synthetic": (manifest.parent / "synth.json").is_file(), "spacing": spacing, "scans": scans}
+            "synthetic": (manifest.parent / "synth.json").is_file(), "spacing": spacing, "scans": scans,
+            "excluded": excluded, "slice_report": slice_report}
 
 
 def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
@@ -173,6 +183,7 @@ def build(data: dict, folder: Path) -> list[tuple]:
                     f"{aggregation} of the slice probabilities, threshold {threshold} (pre-specified).")]
     cohort = {p.patient_id: p for p in data["patients"]} if data["patients"] is not None else None
     blocks += _flow(cohort, slices, model)
+    blocks += _flow_figure(data, cohort, model, folder)
     blocks += baseline_characteristics(cohort, model, slices, data.get("spacing", {}), data.get("scans", {}))
     blocks += _visual(cohort, model)
     readers = _readers(cohort, model)
@@ -215,6 +226,40 @@ def _flow(cohort, slices, model) -> list[tuple]:
     blocks.append(("p", f"Slices per analysed patient: median {median:.0f} (IQR {q1:.0f}-{q3:.0f}), "
                         f"range {counts.min()}-{counts.max()}; {len(slices)} slices in all."))
     return blocks
+
+
+def _flow_figure(data: dict, cohort, model, folder: Path) -> list[tuple]:
+    """report/flow.png: manifest -> excluded (with reasons) -> analysed -> each fold's test patients."""
+    def split(ids_labels):
+        labels = list(ids_labels)
+        return f"{labels.count('benign')} benign, {labels.count('malignant')} malignant"
+
+    excluded = data.get("excluded") or []
+    bad_rows = [r for r in excluded if not r["patient_id"]]
+    left_out = [r for r in excluded if r["patient_id"]]
+    if cohort is not None:
+        everyone = split(p.label for p in cohort.values())
+        enrolled = f"Manifest: {len(cohort) + len(bad_rows)} rows\n{len(cohort)} patients ({everyone})"
+    else:
+        enrolled = f"Manifest: not on this machine\n{len(model) + len(left_out)} patients prepared or excluded"
+    reasons = {}
+    for row in left_out:
+        reasons[row["reason"][:60]] = reasons.get(row["reason"][:60], 0) + 1
+    lines = [f"Excluded: {len(left_out)} patient(s) ({split(r['label'] for r in left_out)})"]
+    lines += [f"  {count} x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:4]]
+    lines += [f"and {len(bad_rows)} bad manifest row(s)"] if bad_rows else []
+    dropped = None
+    if data.get("slice_report"):
+        dropped = sum(int(r["dropped"]) for r in data["slice_report"])
+    names = {0: "benign", 1: "malignant"}
+    analysed = (f"Analysed: {len(model)} patients ({split(names[m['label']] for m in model.values())})\n"
+                f"{len(data['slices'])} slices"
+                + (f"; {dropped} more ROI slices left out by the slice rule" if dropped is not None else ""))
+    folds = [f"fold {fold} test\n{split(names[m['label']] for m in model.values() if m['fold'] == fold)}"
+             .replace(" benign, ", " b / ").replace(" malignant", " m")
+             for fold in sorted({m["fold"] for m in model.values()})]
+    flow_figure(folder / "flow.png", enrolled, "\n".join(lines), analysed, folds)
+    return [("img", "flow.png", "participant flow (STARD): manifest, exclusions with reasons, analysed, folds")]
 
 
 def _visual(cohort, model) -> list[tuple]:

@@ -17,6 +17,8 @@ from experiments.config import DEMO_COHORT, RunConfig
 from experiments.protocol import FoldData, final_model, tune
 from experiments.results import (
     BASELINE_COLUMNS,
+    EXCLUDED_COLUMNS,
+    EXCLUDED_NAME,
     PATIENT_COLUMNS,
     SLICE_COLUMNS,
     baseline_comparison,
@@ -175,14 +177,25 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
             generate_cohort(manifest.parent, seed=0, workers=config.workers, on_progress=bar.update, **DEMO)
     if not manifest.is_file():
         raise InputError(f"{manifest}: cohort manifest not found")
-    cohort = read_manifest(manifest, allow_outside=config.allow_outside)
+    cohort = read_manifest(manifest, allow_outside=config.allow_outside, skip_bad=config.skip_bad)
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
-        result = prepare_cohort(cohort.patients, config.crop_settings(), config.cache_dir,
-                                workers=config.workers, on_progress=lambda *_: bar.update())
-    labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients}
+        result = prepare_cohort(cohort.patients, config.crop_settings(), config.cache_dir, workers=config.workers,
+                                skip_bad=config.skip_bad, on_progress=lambda *_: bar.update())
+    label_of = {p.patient_id: p.label for p in cohort.patients}
+    excluded = ([{"patient_id": "", "label": "", "reason": problem} for problem in cohort.problems]
+                + [{"patient_id": pid, "label": label_of[pid], "reason": reason}
+                   for pid, reason in sorted(result.failures.items())])
+    if excluded:
+        print(f"--skip-bad: left out {len(excluded)} patient(s) or manifest row(s):")
+        for row in excluded:
+            print(f"  {row['patient_id'] or '(row)'}: {row['reason']}")
+    labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients if p.patient_id in result.entries}
+    if len(labels) < 2:
+        raise InputError(f"{manifest}: {len(labels)} patient(s) left to analyse")
     counts = slice_counts(result.entries)
     print(slice_rule_summary(counts, config.min_area))
-    return FoldData(entries=result.entries, labels=labels, slice_counts=counts), cohort_hash(manifest, result.entries)
+    data = FoldData(entries=result.entries, labels=labels, slice_counts=counts, excluded=excluded)
+    return data, cohort_hash(manifest, result.entries)
 
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):
@@ -207,6 +220,8 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
         tracker.artifacts(cv_run, folder / "config.json")
         write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.min_area)
         tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
+        write_rows(folder / EXCLUDED_NAME, data.excluded, EXCLUDED_COLUMNS)  # header only when none
+        tracker.artifacts(cv_run, folder / EXCLUDED_NAME)
         for fold in range(config.folds):  # made here, once, so processes starting together share them
             tracker.schedule(tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}"))
         save_splits(folder / "splits.json", splits)

@@ -188,7 +188,8 @@ def _cohort(params: dict) -> dict:
     manifest = Path(params["cohort"])
     if not manifest.is_file():
         raise InputError(f"{manifest}: the run's cohort manifest is not here; explanation needs the cohort")
-    cohort = read_manifest(manifest, allow_outside=params.get("allow_outside") == "True")
+    cohort = read_manifest(manifest, allow_outside=params.get("allow_outside") == "True",
+                           skip_bad=params.get("skip_bad") == "True")
     return {p.patient_id: p for p in cohort.patients}
 
 

@@ -27,7 +27,10 @@ def report(tmp_path_factory):
     data = {"run": run, "params": {"preset": "demo", "folds": "2", "trials": "0", "epochs": "10"}, "metrics": {},
             "slices": slices, "attention": None, "patients": patients, "threshold": 0.5, "aggregation": "mean",
             "spacing": {pid: (2.0 if label else 1.0, 0.7, 0.7) for pid, label, *_ in PATIENTS},
-            "scans": {pid: {"manufacturer": "SIEMENS", "kvp": "120"} for pid, *_ in PATIENTS[:6]}}
+            "scans": {pid: {"manufacturer": "SIEMENS", "kvp": "120"} for pid, *_ in PATIENTS[:6]},
+            "excluded": [{"patient_id": "P9", "label": "malignant", "reason": "P9/ct: no CT image among 3 file(s)"},
+                         {"patient_id": "", "label": "", "reason": "manifest row 10: 3 fields, the header has 4"}],
+            "slice_report": [{"patient_id": pid, "kept": "1", "dropped": "2"} for pid, *_ in PATIENTS]}
     folder = tmp_path_factory.mktemp("report")
     blocks = build(data, folder)
     return to_markdown(blocks), to_html(blocks), folder, data
@@ -134,3 +137,12 @@ def test_baseline_characteristics_by_class(report):
     assert "| slice spacing, mm | 1 (1-1), n = 4 | 2 (2-2), n = 4 | 1.5 (1-2), n = 8 |" in text
     assert "| manufacturer | SIEMENS 2 | SIEMENS 4 | SIEMENS 6 |" in text  # P7, P8 without a DICOM header
     assert "| soft_tissue_mass present | 0/3 | 4/4 | 4/7 |" in text  # P8 unread
+
+
+def test_the_participant_flow_is_drawn_from_the_runs_numbers(report):
+    import cv2
+
+    text, _, folder, _ = report
+    assert "![participant flow (STARD)" in text and "(flow.png)" in text
+    image = cv2.imread(str(folder / "flow.png"))
+    assert image is not None and image.shape[1] >= 600 and (image < 128).any()  # drawn, not blank
