@@ -457,7 +457,7 @@ def to_html(blocks) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfrac report</title><style>"
              "body{font-family:sans-serif;max-width:1100px;margin:1.5em;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;"
-             "padding:2px 6px}img{max-width:480px}</style></head><body>"]
+             "padding:2px 6px}img{max-width:100%;height:auto;display:block;margin:.5em 0}</style></head><body>"]
     for block in blocks:
         kind = block[0]
         if kind in ("h1", "h2", "p"):

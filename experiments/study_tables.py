@@ -68,6 +68,8 @@ def fold_settings(folds: dict, params: dict) -> list[tuple]:
     else:
         how = ("No tuning (--trials 0): every fold trained with the default settings for the preset's "
                f"{params.get('epochs')} epochs.")
+    if not rows:
+        return [("p", how + " The fold runs' settings were not found in the store.")]
     return [("p", how),
             ("table", ["fold", "learning rate", "weight decay", "dropout", "batch", "augmentation",
                        "window (level / width)", "epochs", "trials", "best inner AUC", "training s"], rows)]
@@ -141,7 +143,8 @@ def ci_text(value: float, interval) -> str:
     low, high = interval
     if value is None or math.isnan(value):
         return "n/a"
-    return f"{value:.2f} ({low:.2f}-{high:.2f})"
+    separator = " to " if low < 0 else "-"  # -0.34-1.00 would read as a range from minus
+    return f"{value:.2f} ({low:.2f}{separator}{high:.2f})"
 
 
 def baseline_characteristics(cohort: dict | None, model: dict, slices, spacing: dict, scans: dict) -> list[tuple]:

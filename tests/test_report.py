@@ -1,5 +1,7 @@
 """The study report built in process from hand-made predictions, with values worked out by hand."""
 
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -96,9 +98,9 @@ def test_two_by_two_tables_folds_and_agreement_by_hand(report):
     # readers a and b on P1-P7: agree on 5 of 7, each calls malignant 4 of 7: chance 25/49;
     # Cohen (35 - 25) / 24 = 0.42; Fleiss with equal margins gives the same
     assert "on the 7 analysed patients every reader read (1 others left out)" in text
-    assert "| a - b | Cohen | 0.42 (" in text and "| a, b | Fleiss | 0.42 (" in text
+    assert "| a - b | Cohen | 0.42 (-0.34 to 1.00) |" in text and "| a, b | Fleiss | 0.42 (" in text
     assert "No tuning (--trials 0): every fold trained with the default settings for the preset's 10 epochs." in text
-    assert "| fold | learning rate | weight decay |" in text
+    assert "The fold runs' settings were not found in the store." in text  # the hand-made run has no fold runs
 
 
 def test_limitations_and_model_card_come_from_the_runs_facts(report):
@@ -146,3 +148,35 @@ def test_the_participant_flow_is_drawn_from_the_runs_numbers(report):
     assert "![participant flow (STARD)" in text and "(flow.png)" in text
     image = cv2.imread(str(folder / "flow.png"))
     assert image is not None and image.shape[1] >= 600 and (image < 128).any()  # drawn, not blank
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_the_report_page_renders_with_its_figures_at_a_normal_window_width(report, tmp_path):
+    import cv2
+
+    _, html, folder, _ = report
+    (folder / "report.html").write_text(html)
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,5000",
+                    f"--screenshot={shot}", (folder / "report.html").as_uri()], check=True, capture_output=True,
+                   timeout=120)
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (5000, 1280)
+    # the figures are shown (their blue-grey boxes and curves), not broken-image icons
+    figure_pixels = (image[..., 0].astype(int) - image[..., 2] > 40).sum()
+    assert figure_pixels > 2000
+
+
+def test_each_folds_settings_come_from_its_run():
+    from experiments.study_tables import fold_settings
+
+    params = {"best_learning_rate": "0.002", "best_weight_decay": "0.0001", "best_dropout": "0.3",
+              "best_batch_size": "16", "best_augment_strength": "0.5", "best_window_level": "400.0",
+              "best_window_width": "1800.0", "final_epochs": "10"}
+    folds = {0: {"params": params, "metrics": {"final_training_seconds": 241.4}},
+             1: {"params": params | {"final_epochs": "7"}, "metrics": {"trials_pruned": 2.0,
+                                                                        "best_inner_val_patient_auc": 0.91}}}
+    text = to_markdown(fold_settings(folds, {"trials": "5", "inner_folds": "1", "pruner": "median"}))
+    assert "| 0 | 0.002 | 0.0001 | 0.3 | 16 | 0.5 | 400.0 / 1800.0 | 10 | 5 (0 pruned) |  | 241 |" in text
+    assert "| 1 | 0.002 | 0.0001 | 0.3 | 16 | 0.5 | 400.0 / 1800.0 | 7 | 5 (2 pruned) | 0.91 | not logged |" in text
+    assert "Optuna TPE, 5 trials per fold" in text and "learning_rate 1e-5 to 3e-3, log" in text
