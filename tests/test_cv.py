@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from experiments.cv import main
 from experiments.tuning import SEARCHED
+from tests.mlflow_store import artifact_rows, runs
 from vfrac.metrics import evaluate
 from vfrac.statistics import delong_test
 from vfrac.synth import generate_cohort
@@ -55,20 +56,6 @@ def cv(manifest, store: Path, *extra, wait=True):
     process = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     return process.communicate(timeout=900)[0] if wait else process
-
-
-def runs(store: Path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
-    experiment = client.get_experiment_by_name("vfrac")
-    everything = client.search_runs([experiment.experiment_id], max_results=1000)
-    by_role = {role: [r for r in everything if r.data.tags.get("vfrac.role") == role]
-               for role in ("cv", "fold", "trial")}
-    return client, by_role
-
-
-def artifact_rows(client, run_id, path, folder):
-    with open(client.download_artifacts(run_id, path, str(folder))) as handle:
-        return list(csv.DictReader(handle))
 
 
 def wait_for_running_trial(store: Path, study_suffix: str, process, timeout=900) -> None:
@@ -461,48 +448,3 @@ def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(co
     assert statuses == {by_role["cv"][0].info.run_name: ("KILLED", "interrupted"),
                         "fold 0": ("KILLED", "interrupted"), "fold 1": ("SCHEDULED", None)}
 
-
-def test_inner_k_fold_and_hyperband_tune_a_fold(cohort, tmp_path, monkeypatch):
-    """--inner-folds 2 trains each trial twice (one validation curve per inner fold); --pruner hyperband runs."""
-    manifest, _ = cohort
-    monkeypatch.chdir(tmp_path)
-    assert main(["--cohort", str(manifest), *TINY, "--fold", "0", "--inner-folds", "2", "--pruner", "hyperband",
-                 "--no-explain", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                 "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 0
-    client, by_role = runs(tmp_path)
-    (cv_run,) = by_role["cv"]
-    assert (cv_run.data.params["inner_folds"], cv_run.data.params["pruner"]) == ("2", "hyperband")
-    trials = [t for t in by_role["trial"] if t.info.status == "FINISHED"]
-    assert trials and len(by_role["trial"]) == 2
-    for trial in trials:  # TINY trains 1 epoch: one value per inner fold
-        assert len(client.get_metric_history(trial.info.run_id, "inner_val_slice_auc")) == 2
-    done = {r.data.tags["vfrac.fold"]: r.data.tags.get("vfrac.done") for r in by_role["fold"]}
-    assert done == {"0": "1", "1": None}  # --fold 0: the other fold waits
-
-
-def test_skip_bad_leaves_out_bad_rows_and_patients_and_says_which(cohort, tmp_path, capsys, monkeypatch):
-    manifest, _ = cohort
-    (manifest.parent / "empty").mkdir(exist_ok=True)
-    lines = manifest.read_text().splitlines()
-    broken = lines[1].split(",")
-    broken[2] = "empty"  # VF0001's CT: a folder without any file
-    bad = manifest.with_name("skip.csv")
-    bad.write_text("\n".join([lines[0], ",".join(broken), *lines[2:], "VF0099,benign"]) + "\n")
-    monkeypatch.chdir(tmp_path)
-    argv = ["--cohort", str(bad), *TINY, "--trials", "0", "--fold", "0", "--no-explain",
-            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
-    assert main(argv) == 2  # without --skip-bad the first bad row stops the run
-    capsys.readouterr()
-    assert main([*argv, "--skip-bad"]) == 0
-    output = capsys.readouterr().out
-    assert "--skip-bad: left out 3 patient(s) or manifest row(s):" in output  # VF0099's row: ct and roi empty
-    assert "VF0001: " in output and "no CT image" in output
-    client, by_role = runs(tmp_path)
-    (cv_run,) = [r for r in by_role["cv"] if r.info.status != "FAILED"]
-    excluded = artifact_rows(client, cv_run.info.run_id, "excluded.csv", tmp_path / "a")
-    assert [r["patient_id"] for r in excluded] == ["", "", "VF0001"] and excluded[2]["label"] == broken[1]
-    assert "row 13 (patient_id VF0099), column ct: is empty" in excluded[0]["reason"]
-    assert "no CT image among 0 file(s)" in excluded[2]["reason"]
-    splits = json.loads(Path(client.download_artifacts(cv_run.info.run_id, "splits.json", str(tmp_path / "b")))
-                        .read_text())
-    assert "VF0001" not in json.dumps(splits) and "VF0002" in json.dumps(splits)
