@@ -291,8 +291,11 @@ def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
     methods = list(trained)
     randomized = {}
     for seed in RANDOMIZATION_SEEDS[:SANITY_DRAWS]:
+        explainer = None
         for stage, random_model in randomized_cascade(model, seed):
-            explainer = Explainer(random_model, layer)
+            # Built once per draw, at the first stage (the head): an Explainer copies the head's weights
+            # when built, and later stages re-initialise the shared layers below it in place.
+            explainer = explainer or Explainer(random_model, layer)
             for method in methods:
                 randomized.setdefault((method, stage), []).append(explainer.maps(images, method, classes))
     return sanity_check(trained, randomized)

@@ -388,9 +388,13 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
     text = (local / "report" / "report.md").read_text()
     html = (local / "report" / "report.html").read_text()
     for section in ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
-                    "5. Aggregation and threshold", "6. Where the model looked", "7. CLAIM checklist"):
+                    "5. Aggregation and threshold", "6. Where the model looked", "7. Limitations",
+                    "8. CLAIM checklist"):
         assert f"## {section}" in text and f"<h2>{section}</h2>" in html
-    assert (local / "report" / "roc.png").is_file() and (local / "report" / "calibration.png").is_file()
+    for figure in ("roc.png", "calibration.png", "flow.png"):
+        assert (local / "report" / figure).is_file() and f"({figure})" in text
+    card = (local / "report" / "model_card.md").read_text()
+    assert "Not a medical device and not for diagnosis" in card and run.data.tags["vfrac.cohort_hash"] in card
     metrics = run.data.metrics
     for level in ("slice", "patient"):
         cells = [f"{metrics[f'{level}_{n}']:.2f} ({metrics[f'{level}_{n}_ci_low']:.2f}-"
@@ -406,7 +410,15 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
     for reader in ("senior", "mid", "junior"):
         assert f"| {reader} | {len(patients)} |" in text
     assert "| bone_destruction |" in text and "| gradcam | " in text
-    assert all(identity not in text and identity not in html for identity in identities)
+    # 2 x 2 per patient from the predictions; the folds' own settings; agreement; the sanity sentence
+    cells = {(p["label"], p["prediction"]) for p in patients}
+    tp = sum(p["label"] == p["prediction"] == "1" for p in patients)
+    fp = sum(p["label"] == "0" and p["prediction"] == "1" for p in patients)
+    assert cells and f"| per patient | {tp} | {fp} | {malignant - tp} | {len(patients) - malignant - fp} |" in text
+    assert "| fold | learning rate |" in text and "| senior - mid | Cohen |" in text
+    assert "Randomisation sanity check (Adebayo et al." in text
+    assert "the readers' calls came with a synthetic cohort" in text  # the cohort has vfrac.synth's synth.json
+    assert all(identity not in text and identity not in html and identity not in card for identity in identities)
 
 
 def test_a_failed_start_leaves_no_run_running_and_a_rerun_by_other_code_says_so(cohort, tmp_path, capsys,

@@ -46,3 +46,17 @@ def test_the_same_seed_gives_the_same_network_and_global_generators_are_untouche
     other = _weights(list(randomized_cascade(model, seed=4))[-1][1], "conv")
     assert random.random() == expected_python and np.random.random() == expected_numpy
     assert _same(first, again) and not _same(first, other)
+
+
+@pytest.mark.slow
+def test_one_explainer_per_draw_gives_each_stages_own_maps(model):
+    """The review builds its Explainer at the head's stage and reuses it down the cascade."""
+    from explain.cam import Explainer
+
+    images = np.random.default_rng(0).normal(0, 50, (2, 32, 32, 3)).astype("float32")
+    reused = None
+    for _, randomized in randomized_cascade(model, seed=5):
+        reused = reused or Explainer(randomized, "conv2_block3_out")
+        fresh = Explainer(randomized, "conv2_block3_out")
+        np.testing.assert_allclose(reused.maps(images, "hirescam", [1, 1]), fresh.maps(images, "hirescam", [1, 1]),
+                                   atol=1e-5)
