@@ -110,11 +110,9 @@ def _run_data(client, run, scratch: Path) -> dict:
     folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
              for fold, r in finished_folds(client, run).items()}
     spacing, scans = _acquisitions(params, patients, analysed)
-    excluded = slice_report = None
-    for name in (EXCLUDED_NAME, SLICE_REPORT_NAME):
-        if any(a.path == name for a in client.list_artifacts(run_id)):
-            rows = _rows(client.download_artifacts(run_id, name, str(scratch)))
-            excluded, slice_report = (rows, slice_report) if name == EXCLUDED_NAME else (excluded, rows)
+    listed = {a.path for a in client.list_artifacts(run_id)}
+    excluded, slice_report = (_rows(client.download_artifacts(run_id, name, str(scratch))) if name in listed
+                              else None for name in (EXCLUDED_NAME, SLICE_REPORT_NAME))
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
