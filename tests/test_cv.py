@@ -415,7 +415,7 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
     tp = sum(p["label"] == p["prediction"] == "1" for p in patients)
     fp = sum(p["label"] == "0" and p["prediction"] == "1" for p in patients)
     assert cells and f"| per patient | {tp} | {fp} | {malignant - tp} | {len(patients) - malignant - fp} |" in text
-    assert "| fold | learning rate |" in text and "| senior - mid | Cohen |" in text
+    assert "| fold | learning rate |" in text and "| mid - senior | Cohen |" in text
     assert "Randomisation sanity check (Adebayo et al." in text
     assert "the readers' calls came with a synthetic cohort" in text  # the cohort has vfrac.synth's synth.json
     assert all(identity not in text and identity not in html and identity not in card for identity in identities)
