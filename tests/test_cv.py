@@ -22,7 +22,6 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from experiments.cv import main
 from experiments.tuning import SEARCHED
 from tests.mlflow_store import artifact_rows, runs
 from vfrac.metrics import evaluate
@@ -280,34 +279,6 @@ def test_mlflow_server_serves_the_run_tree(resumed):
         server.wait(timeout=30)
 
 
-def test_bad_manifest_rows_stop_the_run(cohort, tmp_path, capsys, monkeypatch):
-    manifest, _ = cohort
-    bad = manifest.with_name("bad.csv")
-    lines = manifest.read_text().splitlines()
-    bad.write_text("\n".join([lines[0], lines[1].replace(",benign,", ",fracture,").replace(",malignant,", ",fracture,"),
-                              *lines[2:]]) + "\n")
-    monkeypatch.chdir(tmp_path)
-    assert main(["--cohort", str(bad), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                 "--storage", f"sqlite:///{tmp_path}/o.db"]) == 2
-    assert "row 1 (patient_id VF0001), column label: 'fracture' is not one of benign, malignant" in \
-        capsys.readouterr().err
-
-
-@pytest.mark.parametrize("extra, message", [
-    (["--cohort", "/nonexistent/manifest.csv"], "manifest not found"),
-    (["--folds", "9"], "fewer than the 9 folds"),
-    (["--tracking-uri", "http://127.0.0.1:9"], "cannot reach the MLflow tracking store"),
-    (["--storage", "sqlite:////nonexistent-folder/optuna.db"], "cannot open the Optuna storage"),
-])
-def test_bad_input_gives_a_clear_error_and_exit_code(cohort, tmp_path, capsys, monkeypatch, extra, message):
-    manifest, _ = cohort
-    monkeypatch.chdir(tmp_path)
-    argv = ["--cohort", str(manifest), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
-
-
 def cv_run_id(store: Path) -> str:
     (run,) = runs(store)[1]["cv"]
     return run.info.run_id
@@ -419,44 +390,3 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed
     assert "Randomisation sanity check (Adebayo et al." in text
     assert "the readers' calls came with a synthetic cohort" in text  # the cohort has vfrac.synth's synth.json
     assert all(identity not in text and identity not in html and identity not in card for identity in identities)
-
-
-def test_a_failed_start_leaves_no_run_running_and_a_rerun_by_other_code_says_so(cohort, tmp_path, capsys,
-                                                                              monkeypatch):
-    from experiments import runner
-
-    manifest, _ = cohort
-    monkeypatch.chdir(tmp_path)
-    argv = ["--cohort", str(manifest), *TINY, "--folds", "9", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage", f"sqlite:///{tmp_path}/optuna.db"]
-    assert main(argv) == 2
-    client, by_role = runs(tmp_path)
-    (failed,) = by_role["cv"]
-    assert failed.info.status == "FAILED" and "fewer than the 9 folds" in failed.data.tags["vfrac.failure"]
-    assert failed.data.tags["vfrac.code_version"].startswith("0.1.0")
-    capsys.readouterr()
-    monkeypatch.setattr(runner, "code_version", lambda: "0.1.0+gother")
-    assert main(argv) == 2
-    output = capsys.readouterr().out
-    assert f"note: CV run {failed.info.run_id} has these settings and this cohort but ran other code" in output
-    assert len(runs(tmp_path)[1]["cv"]) == 2
-
-
-def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(cohort, tmp_path, monkeypatch):
-    from experiments import runner
-
-    manifest, _ = cohort
-    monkeypatch.chdir(tmp_path)
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt  # what SIGTERM and Ctrl-C raise
-
-    monkeypatch.setattr(runner, "tune", interrupted)
-    assert main(["--cohort", str(manifest), *TINY, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                 "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 130
-    _, by_role = runs(tmp_path)
-    statuses = {r.info.run_name: (r.info.status, r.data.tags.get("vfrac.failure"))
-                for r in by_role["cv"] + by_role["fold"]}
-    assert statuses == {by_role["cv"][0].info.run_name: ("KILLED", "interrupted"),
-                        "fold 0": ("KILLED", "interrupted"), "fold 1": ("SCHEDULED", None)}
-
