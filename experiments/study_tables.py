@@ -128,7 +128,7 @@ def limitations(params: dict, model: dict, cohort: dict | None, synthetic_reader
              "scanned like these",
              f"{params.get('folds')}-fold cross-validation reuses the same patients for tuning and testing "
              "only within nested splits; the pre-specified rule and threshold were not tuned on test patients"]
-    centres = {getattr(p, "centre", None) for p in (cohort or {}).values()} - {None}
+    centres = {p.centre for p in (cohort or {}).values()} - {""}  # the optional manifest column
     facts.append(f"{len(centres)} centres in the manifest" if len(centres) > 1 else
                  "single centre (the manifest names no other)")
     if synthetic_readers:

@@ -180,3 +180,13 @@ def test_each_folds_settings_come_from_its_run():
     assert "| 0 | 0.002 | 0.0001 | 0.3 | 16 | 0.5 | 400.0 / 1800.0 | 10 | 5 (0 pruned) |  | 241 |" in text
     assert "| 1 | 0.002 | 0.0001 | 0.3 | 16 | 0.5 | 400.0 / 1800.0 | 7 | 5 (2 pruned) | 0.91 | not logged |" in text
     assert "Optuna TPE, 5 trials per fold" in text and "learning_rate 1e-5 to 3e-3, log" in text
+
+
+def test_centres_are_counted_from_the_manifest_column():
+    from experiments.study_tables import limitations
+
+    model = {"P1": {"label": 1}, "P2": {"label": 0}, "P3": {"label": 0}}
+    cohort = {pid: SimpleNamespace(centre=centre) for pid, centre in (("P1", "A"), ("P2", ""), ("P3", "B"))}
+    assert "2 centres in the manifest" in limitations({"folds": "2"}, model, cohort, False)
+    one = {pid: SimpleNamespace(centre="") for pid in model}
+    assert "single centre" in limitations({"folds": "2"}, model, one, False)
