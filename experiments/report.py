@@ -9,7 +9,6 @@ visual features and the readers; writes report/report.md and report/report.html
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -21,20 +20,21 @@ import numpy as np
 
 from experiments.figures import calibration_figure, flow_figure, fold_spread, roc_figure
 from experiments.model_card import model_card
-from experiments.results import EXCLUDED_NAME, STUDY, p_value, patient_rows, per_fold, read_rows
+from experiments.results import STUDY, p_value, patient_rows, per_fold
+from experiments.run_data import read_run
 from experiments.study_tables import (
     accuracy_tables,
     baseline_characteristics,
+    ci_text,
     fold_results,
     fold_settings,
     limitations,
     reader_agreement,
     sanity_sentence,
 )
-from explain.runs import cv_run, default_tracking_uri, finished_folds
+from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
-from vfrac.prepare import SLICE_REPORT_NAME
 from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
@@ -74,7 +74,7 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
     folder = Path(out) / "report"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        data = _run_data(client, run, Path(scratch))
+        data = read_run(client, run, Path(scratch))
     blocks = build(data, folder)
     (folder / "model_card.md").write_text(model_card(data, patient_table(data), _limitations(data)),
                                           encoding="utf-8")
@@ -83,78 +83,6 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
     if log:
         client.log_artifacts(run_id, str(folder), "report")
     return folder / "report.md"
-
-
-def _run_data(client, run, scratch: Path) -> dict:
-    from vfrac.cohort import read_manifest
-
-    run_id, params = run.info.run_id, run.data.params
-    names = {a.path for a in client.list_artifacts(run_id, "predictions")}
-    if "predictions/slices.csv" not in names:
-        raise InputError(f"run {run_id} has no pooled predictions yet: finish every fold first")
-    slices = read_rows(Path(client.download_artifacts(run_id, "predictions/slices.csv", str(scratch))))
-    attention = None
-    if any(a.path == "explain/attention_summary.csv" for a in client.list_artifacts(run_id, "explain")):
-        attention = _rows(client.download_artifacts(run_id, "explain/attention_summary.csv", str(scratch)))
-    manifest = Path(params["cohort"])
-    outside = params.get("allow_outside") == "True"
-    skip_bad = params.get("skip_bad") == "True"
-    patients = read_manifest(manifest, allow_outside=outside, skip_bad=skip_bad).patients if manifest.is_file() \
-        else None
-    analysed = {r["patient_id"] for r in slices}
-    if patients is not None:  # the run's hash covers the patients it prepared: the analysed ones
-        _check_same_cohort(run, manifest, [p for p in patients if p.patient_id in analysed])
-    sanity = None
-    if any(a.path == "explain/sanity.csv" for a in client.list_artifacts(run_id, "explain")):
-        sanity = _rows(client.download_artifacts(run_id, "explain/sanity.csv", str(scratch)))
-    folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
-             for fold, r in finished_folds(client, run).items()}
-    spacing, scans = _acquisitions(params, patients, analysed)
-    listed = {a.path for a in client.list_artifacts(run_id)}
-    excluded, slice_report = (_rows(client.download_artifacts(run_id, name, str(scratch))) if name in listed
-                              else None for name in (EXCLUDED_NAME, SLICE_REPORT_NAME))
-    return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
-            "patients": patients, "threshold": float(params.get("threshold", 0.5)),
-            "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
-            "synthetic": (manifest.parent / "synth.json").is_file(), "spacing": spacing, "scans": scans,
-            "excluded": excluded, "slice_report": slice_report}
-
-
-def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
-    """patient_id -> voxel spacing (from the run's cache entries) and -> DICOM acquisition fields."""
-    from vfrac.cache import CropSettings, cached_entry, entry_spacing
-    from vfrac.series import acquisition
-
-    spacing, scans = {}, {}
-    settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
-    for patient in patients or []:
-        if patient.patient_id not in analysed:
-            continue
-        try:
-            path = cached_entry(patient, settings, Path(params.get("cache_dir", "data/cache")))
-            spacing[patient.patient_id] = entry_spacing(path)
-        except InputError:  # the cache is not on this machine: spacing left out
-            pass
-        scans[patient.patient_id] = acquisition(patient.ct)
-    return spacing, scans
-
-
-def _check_same_cohort(run, manifest: Path, patients) -> None:
-    """Refuse a cohort whose manifest, CTs or ROIs changed since the run: its tables would mix two cohorts."""
-    from vfrac.cache import CropSettings, current_cohort_hash
-
-    params, logged = run.data.params, run.data.tags.get("vfrac.cohort_hash")
-    settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
-    now = current_cohort_hash(manifest, patients, settings, Path(params.get("cache_dir", "data/cache")))
-    if logged and now != logged:
-        raise InputError(f"the cohort changed since run {run.info.run_id}: {manifest} and the files it lists "
-                         f"now hash to {now}, the run used {logged}; restore the run's cohort or run "
-                         "experiments.cv again on this one")
-
-
-def _rows(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # -- the report's content ---------------------------------------------------------------
@@ -271,9 +199,9 @@ def _visual(cohort, model) -> list[tuple]:
         stats = sign_table([cohort[pid].features[name] for pid in read], [model[pid]["label"] for pid in read])
         rows.append([name, f"{stats['malignant_with']}/{stats['malignant']}",
                      f"{stats['benign_with']}/{stats['benign']}",
-                     _ci(stats["sensitivity"], stats["sensitivity_ci"]),
-                     _ci(stats["specificity"], stats["specificity_ci"]),
-                     _ci(stats["odds_ratio"], stats["odds_ratio_ci"]), _p(stats["fisher_p"])])
+                     ci_text(stats["sensitivity"], stats["sensitivity_ci"]),
+                     ci_text(stats["specificity"], stats["specificity_ci"]),
+                     ci_text(stats["odds_ratio"], stats["odds_ratio_ci"]), _p(stats["fisher_p"])])
     blocks.append(("p", "Each feature read as a sign of malignancy, on the analysed patients with a reading. "
                         "Odds ratio with Woolf's 95% CI (0.5 added to every cell when one is empty); "
                         "two-sided Fisher's exact test."))
@@ -300,9 +228,9 @@ def _readers(cohort, model) -> dict:
         test = mcnemar(calls == truth, ours == truth)
         sensitivity, specificity = _share(tp, positives), _share(tn, negatives)
         points[name] = (1 - specificity, sensitivity)
-        rows.append([name, len(read), _ci(sensitivity, wilson_interval(tp, positives)),
-                     _ci(specificity, wilson_interval(tn, negatives)),
-                     _ci(_share(tp + tn, len(read)), wilson_interval(tp + tn, len(read))),
+        rows.append([name, len(read), ci_text(sensitivity, wilson_interval(tp, positives)),
+                     ci_text(specificity, wilson_interval(tn, negatives)),
+                     ci_text(_share(tp + tn, len(read)), wilson_interval(tp + tn, len(read))),
                      f"{_share(int(np.sum(ours == truth)), len(read)):.2f}",
                      f"{test['b']} / {test['c']}", f"{_p(test['p'])} ({test['method']})"])
         p_values.append(test["p"])
@@ -329,7 +257,7 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
     rows = []
     for level in ("slice", "patient"):
         rows.append([f"per {level}, vfrac pooled"] + [
-            _ci(metrics.get(f"{level}_{name}", math.nan),
+            ci_text(metrics.get(f"{level}_{name}", math.nan),
                 (metrics.get(f"{level}_{name}_ci_low", math.nan), metrics.get(f"{level}_{name}_ci_high", math.nan)))
             for name in ("sensitivity", "specificity", "accuracy", "auc")])
         rows.append([f"per {level}, vfrac fold mean +- SD"] + [
@@ -340,7 +268,7 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
                      f"{study['accuracy']:.2f}", "not reported"])
     if "baseline_patient_auc" in metrics:
         rows.append(["per patient, radiomics baseline pooled"] + [
-            _ci(metrics[f"baseline_patient_{name}"], (metrics.get(f"baseline_patient_{name}_ci_low", math.nan),
+            ci_text(metrics[f"baseline_patient_{name}"], (metrics.get(f"baseline_patient_{name}_ci_low", math.nan),
                                                       metrics.get(f"baseline_patient_{name}_ci_high", math.nan)))
             for name in ("sensitivity", "specificity", "accuracy", "auc")])
     blocks.append(("table", ["", "sensitivity", "specificity", "accuracy", "AUC"], rows))
@@ -377,9 +305,9 @@ def _aggregation(slices, threshold, chosen: str) -> list[tuple]:
         _, y, p = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
                             [r["label"] for r in slices], method)
         m = binary_metrics(y, p, threshold)
-        rows.append([label, _ci(m["sensitivity"], wilson_interval(m["tp"], m["tp"] + m["fn"])),
-                     _ci(m["specificity"], wilson_interval(m["tn"], m["tn"] + m["fp"])),
-                     _ci(m["accuracy"], wilson_interval(m["tp"] + m["tn"], len(y))), f"{m['auc']:.2f}"])
+        rows.append([label, ci_text(m["sensitivity"], wilson_interval(m["tp"], m["tp"] + m["fn"])),
+                     ci_text(m["specificity"], wilson_interval(m["tn"], m["tn"] + m["fp"])),
+                     ci_text(m["accuracy"], wilson_interval(m["tp"] + m["tn"], len(y))), f"{m['auc']:.2f}"])
     blocks.append(("table", ["per-patient aggregation", "sensitivity", "specificity", "accuracy", "AUC"], rows))
     _, y, p = aggregate([r["patient_id"] for r in slices], [r["probability"] for r in slices],
                         [r["label"] for r in slices], chosen)
@@ -471,13 +399,6 @@ def to_html(blocks) -> str:
 
 def _share(top: int, bottom: int) -> float:
     return top / bottom if bottom else math.nan
-
-
-def _ci(value: float, interval) -> str:
-    low, high = interval
-    if value is None or math.isnan(value):
-        return "n/a"
-    return f"{value:.2f} ({low:.2f}-{high:.2f})"
 
 
 def _p(value: float) -> str:

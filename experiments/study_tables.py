@@ -90,18 +90,12 @@ def reader_agreement(cohort: dict | None, model: dict, n_boot: int = 2000) -> li
         interval = bootstrap_interval(lambda c, i=i, j=j: cohen_kappa(c[:, i], c[:, j]), calls, n_boot)
         rows.append([f"{names[i]} - {names[j]}", "Cohen", ci_text(value, interval)])
     overall = fleiss_kappa(category_counts(calls))
-    interval = bootstrap_interval(lambda c: fleiss_kappa(category_counts_of(c, calls)), calls, n_boot)
+    interval = bootstrap_interval(lambda c: fleiss_kappa(category_counts(c, np.unique(calls))), calls, n_boot)
     rows.append([", ".join(names), "Fleiss", ci_text(overall, interval)])
     return [("p", f"Agreement between the readers beyond chance, on the {len(shared)} analysed patients every "
                   f"reader read ({len(model) - len(shared)} others left out); 95% CIs from {n_boot} bootstrap "
                   "resamples of those patients."),
             ("table", ["readers", "kappa", "value (95% CI)"], rows)]
-
-
-def category_counts_of(sample, calls) -> np.ndarray:
-    """Counts over the categories of all `calls`, so a resample missing a category keeps its column."""
-    categories = np.unique(calls)
-    return np.stack([(sample == c).sum(axis=1) for c in categories], axis=1)
 
 
 def sanity_sentence(rows: list[dict] | None) -> str:

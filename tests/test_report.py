@@ -59,7 +59,7 @@ def test_calibration_is_reported_as_slope_and_in_the_large(report):
 
 
 def test_a_cohort_changed_since_the_run_is_refused(tmp_path):
-    from experiments.report import _check_same_cohort
+    from experiments.run_data import check_same_cohort
     from vfrac.cache import CropSettings, current_cohort_hash
     from vfrac.cohort import read_manifest
     from vfrac.errors import InputError
@@ -74,17 +74,17 @@ def test_a_cohort_changed_since_the_run_is_refused(tmp_path):
         return SimpleNamespace(info=SimpleNamespace(run_id="r1"),
                                data=SimpleNamespace(params=params, tags={"vfrac.cohort_hash": logged}))
 
-    _check_same_cohort(run(), manifest, patients)  # unchanged: accepted
+    check_same_cohort(run(), manifest, patients)  # unchanged: accepted
     original = manifest.read_bytes()
     manifest.write_bytes(original[:original.rstrip().rfind(b"\n") + 1])  # the last patient dropped
     with pytest.raises(InputError, match="the cohort changed since run r1"):
-        _check_same_cohort(run(), manifest, read_manifest(manifest).patients)
+        check_same_cohort(run(), manifest, read_manifest(manifest).patients)
     manifest.write_bytes(original)
-    _check_same_cohort(run(), manifest, patients)
+    check_same_cohort(run(), manifest, patients)
     roi = patients[0].roi
     roi.write_bytes(roi.read_bytes()[:-1] + b"\x01")  # one ROI file changed
     with pytest.raises(InputError, match="the cohort changed"):
-        _check_same_cohort(run(), manifest, read_manifest(manifest).patients)
+        check_same_cohort(run(), manifest, read_manifest(manifest).patients)
 
 
 def test_two_by_two_tables_folds_and_agreement_by_hand(report):

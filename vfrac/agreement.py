@@ -39,10 +39,14 @@ def fleiss_kappa(counts) -> float:
     return (agreement - expected) / (1.0 - expected) if expected < 1.0 else math.nan
 
 
-def category_counts(calls) -> np.ndarray:
-    """(patients x categories) counts from a (patients x raters) array of calls."""
+def category_counts(calls, categories=None) -> np.ndarray:
+    """(patients x categories) counts from a (patients x raters) array of calls.
+
+    `categories` (default: those in `calls`) keeps a column for a category a bootstrap
+    resample happens to lack.
+    """
     calls = np.asarray(calls)
-    categories = np.unique(calls)
+    categories = np.unique(calls) if categories is None else categories
     return np.stack([(calls == c).sum(axis=1) for c in categories], axis=1)
 
 
