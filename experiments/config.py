@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from vfrac.errors import InputError
 from vfrac.prepare import crop_settings
 
 DEMO_COHORT = Path("data/demo/manifest.csv")
+DEFAULT_MODEL_NAME = "vfrac-resnet50"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # it becomes part of models:/NAME/VERSION
 PRESETS = {
     # Learns on 2 CPU cores in about 10 minutes, explanation included: no tuning (an inner
     # validation split of a few patients ranks settings by noise), the default settings
@@ -33,9 +36,10 @@ PRESETS = {
     "paper": dict(folds=10, trials=30, epochs=60, input_size=224, patience=10, batch_size=32, n_boot=2000,
                   aggregation="max", cam_layer="conv5_block3_out"),
 }
-# Fields that say where or how a run executes, not what it computes: not in the run key.
+# Fields that say where or how a run executes, or what it adds after the CV, not what the CV computes: not in
+# the run key. (skip_bad: the patients it leaves out change the cohort hash.)
 NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir",
-              "allow_outside", "skip_bad")  # skip_bad: the patients it leaves out change the cohort hash
+              "allow_outside", "skip_bad", "final", "model_name")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class RunConfig:
     workers: int = 2
     allow_outside: bool = False  # manifest paths may lead outside its folder (vfrac.cohort.read_manifest)
     skip_bad: bool = False  # leave out bad rows and patients (listed in the run's excluded.csv) instead of stopping
+    final: bool = False  # also train, log and register the model to use (experiments.final)
+    model_name: str = DEFAULT_MODEL_NAME  # its name in the MLflow Model Registry
 
     def key(self, cohort_hash: str) -> str:
         """What identifies this run's results: the settings that change them, and the cohort."""
@@ -111,7 +117,7 @@ def resolve(args) -> RunConfig:
         aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
         inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),
-        allow_outside=args.allow_outside, skip_bad=args.skip_bad,
+        allow_outside=args.allow_outside, skip_bad=args.skip_bad, final=args.final, model_name=args.model_name,
     )
     _check(config)
     return config
@@ -128,5 +134,7 @@ def _check(config: RunConfig) -> None:
         raise InputError(f"--threshold must be between 0 and 1, received {config.threshold}")
     if config.input_size < 32:
         raise InputError(f"--input-size must be >= 32, received {config.input_size}")
+    if not MODEL_NAME.fullmatch(config.model_name):
+        raise InputError(f"--model-name must be letters, digits, '.', '_' or '-', received {config.model_name!r}")
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise InputError(f"--fold must be in 0..{config.folds - 1}, received {config.fold}")

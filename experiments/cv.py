@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from experiments.config import PRESETS, resolve
+from experiments.config import DEFAULT_MODEL_NAME, PRESETS, resolve
 from experiments.tuning import PRUNERS
 from vfrac.errors import InputError
 from vfrac.metrics import AGGREGATIONS
@@ -60,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute type of training and prediction; bfloat16 pays on GPUs and CPUs with AMX "
                              "(default: %(default)s)")
     parser.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM review at the end")
+    parser.add_argument("--final", action="store_true",
+                        help="once the CV is done, also train the model to use on every patient with the same "
+                             "protocol, and register it in the MLflow Model Registry")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help="registry name of the --final model (default: %(default)s)")
     return parser.parse_args(argv)
 
 

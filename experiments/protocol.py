@@ -23,6 +23,7 @@ from optuna_integration import KerasPruningCallback
 
 from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
 from experiments.config import RunConfig
+from experiments.model_package import contract, log_model, provenance
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
 from experiments.tracking import Tracker
 from experiments.tuning import (
@@ -54,6 +55,7 @@ class FoldData:
     labels: dict  # patient_id -> 0/1
     slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
     excluded: list = field(default_factory=list)  # {patient_id, label, reason} left out by --skip-bad
+    cohort_hash: str = ""  # vfrac.cache.cohort_hash of the manifest and these entries
 
 
 def trainer(config: RunConfig, params: TrialParams) -> Trainer:
@@ -75,49 +77,64 @@ def trainer(config: RunConfig, params: TrialParams) -> Trainer:
     return _TRAINERS[key]
 
 
-def train_and_predict(config: RunConfig, params: TrialParams, data: FoldData, train_ids, test_ids, epochs: int,
-                      seed: int, val_ids=None, callbacks=()):
-    """Fit on train_ids (validating on val_ids when given) and predict test_ids, slice by slice.
+def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epochs: int, seed: int,
+        val_ids=None, callbacks=()):
+    """Fit on train_ids (validating on val_ids when given); returns (model, history).
 
     `seed` fixes the batches and the dropout masks. Not through `keras.utils.set_random_seed`:
     a new global seed makes TensorFlow trace the training step again (about 12 s at 32 px).
     """
-    window = params.window
-    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, window,
+    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, params.window,
                             training=True, seed=seed, batch_size=params.batch_size,
                             augmentation=Augmentation(strength=params.augment_strength))
     val = None
     if val_ids is not None:
-        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size, window,
-                              batch_size=64)
+        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size,
+                              params.window, batch_size=64)
     fitter = trainer(config, params)
     history = fitter.fit(train, val, epochs=epochs, learning_rate=params.learning_rate,
                          weight_decay=params.weight_decay, dropout=params.dropout, seed=seed,
                          patience=config.patience, callbacks=callbacks)
-    model = fitter.model
-    test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size, window,
-                               batch_size=64)
-    probabilities = model.predict(test, verbose=0)[:, 0]
-    return model, history, index, probabilities
+    return fitter.model, history
+
+
+def predict_slices(config: RunConfig, params: TrialParams, model, data: FoldData, test_ids):
+    """[(patient_id, slice)] of every crop of test_ids, and the model's probability of each."""
+    test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size,
+                               params.window, batch_size=64)
+    return index, model.predict(test, verbose=0)[:, 0]
+
+
+def chosen_settings(config: RunConfig, study: optuna.Study | None) -> tuple[TrialParams, int, float | None]:
+    """(settings, epochs, best inner AUC) of the best trial, or the defaults when there is none."""
+    params, epochs, best_value = replace(DEFAULTS, batch_size=config.batch_size), config.epochs, None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
+    if complete:  # else no tuning, or every trial was pruned or failed: the defaults
+        best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
+        params, best_value = TrialParams.from_values(best.params), best.value
+        epochs = int(best.user_attrs.get("best_epoch", config.epochs))
+    return params, epochs, best_value
 
 
 def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tracker: Tracker,
          fold_run: str, key: str) -> optuna.Study | None:
     """Run this fold's trials still unclaimed; each is an MLflow child run of the fold.
 
+    Fold `config.folds` stands for the final model's tuning on every patient (experiments.final).
     Returns the study once every trial of the budget is done, None while trials of
     other processes still run.
     """
+    unit = unit_name(config, fold)
     inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.inner_folds,
                          seed=config.seed + fold)
-    study = fold_study(storage, f"vfrac-{key}-fold{fold}", pruner=config.pruner)
+    study = fold_study(storage, f"vfrac-{key}-{unit.replace(' ', '')}", pruner=config.pruner)
     for dead in fail_dead(study):
         _close_dead_trial_run(tracker, fold_run, dead)
 
     def objective(trial: optuna.Trial, position: int) -> float:
         params = suggest(trial, pretrained=config.weights is not None)
         run = tracker.child_run(fold_run, "trial", {"vfrac.fold": fold, POSITION_ATTR: position},
-                                name=f"fold {fold} trial {position}")
+                                name=f"{unit} trial {position}")
         tracker.restart(run)
         tracker.params(run, params.as_dict())
         scores, epochs_seen = [], []
@@ -125,9 +142,10 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         try:
             for number, inner_split in enumerate(inner):
                 pruning = [counter, KerasPruningCallback(trial, "val_auc")] if number == 0 else []
-                _, history, index, probabilities = train_and_predict(
-                    config, params, data, inner_split.train, inner_split.test, config.epochs,
-                    seed=config.seed + 1000 * fold + position, val_ids=inner_split.test, callbacks=pruning)
+                model, history = fit(config, params, data, inner_split.train, config.epochs,
+                                     seed=config.seed + 1000 * fold + position, val_ids=inner_split.test,
+                                     callbacks=pruning)
+                index, probabilities = predict_slices(config, params, model, data, inner_split.test)
                 ids, labels, patient_p = aggregate([p for p, _ in index], probabilities,
                                                    [data.labels[p] for p, _ in index], config.aggregation)
                 scores.append(auc(labels, patient_p))
@@ -147,7 +165,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         return score
 
     if to_run := remaining(study, config.trials):
-        print(f"fold {fold}: tuning, {to_run} of {config.trials} trial(s) to run", flush=True)
+        print(f"{unit}: tuning, {to_run} of {config.trials} trial(s) to run", flush=True)
     while claimed := claim_trial(study, config.trials, seed=config.seed + 1000 * fold):
         trial, position = claimed
         try:
@@ -159,15 +177,20 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        _report_trial(fold, position, study.trials[trial.number])
+        _report_trial(unit, position, study.trials[trial.number])
     return None if others_running(study) else study
 
 
-def _report_trial(fold: int, position: int, trial: optuna.trial.FrozenTrial) -> None:
+def unit_name(config: RunConfig, fold: int) -> str:
+    """How the console and the run tree name an outer fold, or the final model's tuning (fold `config.folds`)."""
+    return "final" if fold == config.folds else f"fold {fold}"
+
+
+def _report_trial(unit: str, position: int, trial: optuna.trial.FrozenTrial) -> None:
     value = "" if trial.value is None else f", inner-validation patient AUC {trial.value:.3f}"
     if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
         value = f", last validation AUC (slices) {list(trial.intermediate_values.values())[-1]:.3f}"
-    print(f"fold {fold} trial {position}: {trial.state.name.lower()} after "
+    print(f"{unit} trial {position}: {trial.state.name.lower()} after "
           f"{len(trial.intermediate_values)} epoch(s){value}", flush=True)
 
 
@@ -184,18 +207,13 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
                 tracker: Tracker, fold_run: str, timings: dict) -> list[dict]:
     """Train the fold's final model with the best trial's settings (or the defaults), predict its
     test patients, fit the baseline beside it; log all to the fold run and mark it done."""
-    params, epochs, best_value = replace(DEFAULTS, batch_size=config.batch_size), config.epochs, None
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
-    if complete:  # else no tuning, or every trial was pruned or failed: the defaults
-        best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
-        params, best_value = TrialParams.from_values(best.params), best.value
-        epochs = int(best.user_attrs.get("best_epoch", config.epochs))
+    params, epochs, best_value = chosen_settings(config, study)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
           + ("" if config.trials else " with the default settings (no tuning)"), flush=True)
-    losses = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: _epoch_line(fold, epoch, epochs, logs))
-    model, history, index, probabilities = train_and_predict(config, params, data, split.train, split.test,
-                                                             epochs, seed=config.seed + fold, callbacks=[losses])
+    losses = epoch_lines(f"fold {fold}", epochs)
+    model, history = fit(config, params, data, split.train, epochs, seed=config.seed + fold, callbacks=[losses])
+    index, probabilities = predict_slices(config, params, model, data, split.test)
     training_seconds = time.perf_counter() - started
     timings["final_training"] = timings.get("final_training", 0.0) + training_seconds
     for epoch, loss in enumerate(history["loss"]):
@@ -225,8 +243,9 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
         write_rows(folder / "baseline.csv", baseline_rows, BASELINE_COLUMNS)
         tracker.artifacts(fold_run, folder / "slices.csv", "predictions")
         tracker.artifacts(fold_run, folder / "baseline.csv", "predictions")
-        model.save(folder / "model.keras")
-        tracker.artifacts(fold_run, folder / "model.keras", "model")
+        expected = {"patient_auc": result["patient"]["auc"], "measured_on": f"fold {fold}'s test patients"}
+        log_model(tracker, fold_run, model, contract(config, params, provenance(tracker, fold_run, "fold", fold=fold),
+                                                     expected, epochs))
         if study:
             (folder / "study.md").write_text(study_summary(study, config.epochs))
             tracker.artifacts(fold_run, folder / "study.md")
@@ -234,9 +253,11 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     return rows
 
 
-def _epoch_line(fold: int, epoch: int, epochs: int, logs: dict) -> None:
-    print(f"fold {fold}: epoch {epoch + 1}/{epochs}, training loss {logs['loss']:.3f}, "
-          f"slice AUC {logs['auc']:.3f}", flush=True)
+def epoch_lines(unit: str, epochs: int) -> keras.callbacks.Callback:
+    """A progress line per epoch of a final model's training."""
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(
+        f"{unit}: epoch {epoch + 1}/{epochs}, training loss {logs['loss']:.3f}, slice AUC {logs['auc']:.3f}",
+        flush=True))
 
 
 def fold_metrics(result: dict) -> dict:

@@ -86,7 +86,7 @@ def run(config: RunConfig) -> int:
     if not finished:
         print("pooled results wait for the other folds; run again without --fold, or run the remaining folds")
     tracker.finish(cv_run, done=finished)
-    print(f"to browse the runs: {tracker.ui_command()}")
+    print("\n".join(tracker.browse_lines(cv_run)))
     return 0
 
 
@@ -100,7 +100,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
-        review_and_report(config, tracker, claims, cv_run, timings)
+        after_pooling(config, data, storage, tracker, claims, cv_run, key, timings)
         return True
     tracker.restart(cv_run)
     tracker.params(cv_run, config.as_params() | library_versions())
@@ -126,7 +126,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
                 lambda: write_pooled(config, tracker, cv_run))
     print(f"\npooled out-of-fold results, {tracker.tag(cv_run, POOLED_TAG)}:\n\n"
           f"{tracker.read_text(cv_run, 'summary.md')}")
-    review_and_report(config, tracker, claims, cv_run, timings)
+    after_pooling(config, data, storage, tracker, claims, cv_run, key, timings)
     return True
 
 
@@ -194,8 +194,9 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
         raise InputError(f"{manifest}: {len(labels)} patient(s) left to analyse")
     counts = slice_counts(result.entries)
     print(slice_rule_summary(counts, config.min_area))
-    data = FoldData(entries=result.entries, labels=labels, slice_counts=counts, excluded=excluded)
-    return data, cohort_hash(manifest, result.entries)
+    data = FoldData(entries=result.entries, labels=labels, slice_counts=counts, excluded=excluded,
+                    cohort_hash=cohort_hash(manifest, result.entries))
+    return data, data.cohort_hash
 
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):
@@ -260,12 +261,18 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
     tracker.set_tag(cv_run, POOLED_TAG, f"{len(patients)} patients, {len(rows)} slices")
 
 
-def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str, timings: dict) -> None:
-    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report."""
+def after_pooling(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims, cv_run: str, key: str,
+                  timings: dict) -> None:
+    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report,
+    and with --final the model to use."""
     if config.explain:
         claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
                     lambda: explain(config, cv_run, timings))
     claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"), lambda: report(config, cv_run))
+    if config.final:
+        from experiments.final import final_model as train_final_model
+
+        train_final_model(config, data, storage, tracker, claims, cv_run, key, timings)
 
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:

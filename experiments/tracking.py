@@ -20,8 +20,12 @@ from vfrac.errors import InputError
 
 PARENT = "mlflow.parentRunId"
 FAILURE_TAG = "vfrac.failure"  # why a run ended FAILED or KILLED
-# MLflow 3 opens an experiment without this tag on its GenAI overview; ours train models.
+# MLflow 3 records an experiment's kind in this tag; ours train models.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI picks its GenAI or model-training view from this query (else the browser's last
+# choice, GenAI at first), not from the tag: the links vfrac prints carry it.
+TRAINING_VIEW = "workflowType=machine_learning"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its --host and --port)
 
 
 class Tracker:
@@ -35,7 +39,7 @@ class Tracker:
             raise InputError(f"cannot reach the MLflow tracking store {tracking_uri!r}: {error}") from error
 
     def _experiment(self, name: str) -> str:
-        """The experiment's id, created if needed, tagged so MLflow 3's UI opens it on the runs table."""
+        """The experiment's id, created if needed, tagged as model training for MLflow 3."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
@@ -147,11 +151,13 @@ class Tracker:
         destination.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(destination)))
 
-    def ui_command(self) -> str:
-        """How to look at the runs: the UI on a local store, or the server's own address."""
+    def browse_lines(self, run_id: str) -> list[str]:
+        """How to look at a run: the UI to start on a local store, then the run's own page (the line a user clicks)."""
         if self.uri.startswith(("http://", "https://")):
-            return f"open {self.uri} in a browser"
-        return f"mlflow ui --backend-store-uri {self.uri}"
+            address, start = self.uri.rstrip("/"), []
+        else:
+            address, start = UI_ADDRESS, [f"to browse the runs: mlflow ui --backend-store-uri {self.uri}"]
+        return start + [f"this run: {address}/#/experiments/{self.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"]
 
     def _find(self, query: str):
         return self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"],

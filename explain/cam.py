@@ -15,6 +15,8 @@ shows where the evidence for benign lay.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import keras
 import numpy as np
@@ -37,6 +39,13 @@ def called_classes(probabilities, threshold: float = 0.5) -> np.ndarray:
 def windowed_rgb(images: np.ndarray) -> np.ndarray:
     """Undo ResNet50's preprocessing: (n, S, S, 3) in 0..255, channels = slices z-1, z, z+1."""
     return (np.asarray(images, dtype=np.float32) + CAFFE_MEAN_BGR)[..., ::-1]
+
+
+def slice_shares(attribution: np.ndarray) -> list[float]:
+    """Each slice's share (z-1, z, z+1) of one image's absolute attribution (`Explainer.slice_attribution`)."""
+    magnitude = np.abs(attribution)
+    total = magnitude.sum()
+    return [float(v / total) if total > 0 else math.nan for v in magnitude]
 
 
 class Explainer:

@@ -70,6 +70,16 @@ def slice_overlay(slice_hu: np.ndarray, cam: np.ndarray, transform, caption: str
     return _annotate(image, caption)
 
 
+def overlay_pair(folder: Path, patient_id: str, method: str, z: int, probability: float, cam: np.ndarray,
+                 centre_gray: np.ndarray, slice_hu: np.ndarray, transform) -> tuple[Path, Path, np.ndarray]:
+    """One slice's map on the crop and on the whole slice, written as PNGs under `folder`;
+    returns (crop png, slice png, the whole-slice image) for pages and DICOM captures."""
+    caption = f"{patient_id}  p(malignant) {probability:.2f}  {method}  slice {z}"
+    whole = slice_overlay(slice_hu, cam, transform, caption)
+    return (save_png(Path(folder) / f"{method}_z{z}_crop.png", crop_overlay(centre_gray, cam, caption)),
+            save_png(Path(folder) / f"{method}_z{z}_slice.png", whole), whole)
+
+
 def save_png(path: Path, image: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,19 +62,47 @@ def _patient_section(review, folder: Path, root: Path, methods) -> str:
             f"<p>fold {review.fold}; true label <b>{escape(review.label)}</b>; model probability "
             f"{review.probability:.3f}, call <b>{escape(review.call)}</b>"
             + (f"; readers: {readers}" if readers else "") + "</p>"]
-    for shown in review.slices:
-        shares = ", ".join(f"{name} {_pct(v)}" for name, v in zip(("z-1", "z", "z+1"), shown["attribution"],
-                                                                      strict=True))
-        html.append(f"<div class='slice'><p>slice {shown['slice']}: probability {shown['probability']:.3f}; "
-                    f"share of the decision per slice: {shares}</p>")
-        for method in methods:
-            crop, whole = shown["images"][method]
-            html.append(f"<div class='pair'><p>{escape(method)}</p>"
-                        + _image(crop, folder, root, f"{method} on the crop")
-                        + _image(whole, folder, root, f"{method} on the axial slice") + "</div>")
-        html.append(_attention_table(shown["attention"]))
-        html.append("</div>")
+    html += [_slice_section(shown, folder, root, methods) for shown in review.slices]
     return "\n".join(html)
+
+
+def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer: str) -> Path:
+    """One new patient's sheet (experiments.predict): the call, then each slice as on the review page."""
+    path = Path(path)
+    model, geometry = prediction["model"], prediction["input"]
+    expected = model.get("expected") or {}
+    auc = expected.get("patient_auc")
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfrac: {escape(prediction['patient_id'])}"
+             f"</title><style>{STYLE}</style></head><body>",
+             f"<h1>{escape(prediction['patient_id'])}: {escape(prediction['call'])}, "
+             f"p = {prediction['probability']:.2f}</h1>",
+             f"<p>Threshold {prediction['threshold']:.2f} on the {escape(prediction['aggregation'])} of "
+             f"{len(slices)} slice probabilities. Model {escape(model['label'])}"
+             + (f"; expected patient AUC {auc:.2f} ({escape(expected.get('measured_on', ''))})" if auc else "")
+             + f". CT {' x '.join(map(str, geometry['ct_shape']))} voxels of "
+             f"{' x '.join(f'{v:.2f}' for v in geometry['spacing_mm'])} mm; input {geometry['input_size']} px, "
+             f"HU window {geometry['window'][0]:g} / {geometry['window'][1]:g}.</p>",
+             f"<p class='note'>Maps: {escape(', '.join(methods))} at layer {escape(layer)}, explaining the class "
+             "each slice was called. Research use only, not for diagnosis.</p>"]
+    parts += [_slice_section(shown, path.parent, path.parent, methods) for shown in slices]
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _slice_section(shown: dict, folder: Path, root: Path, methods) -> str:
+    shares = ", ".join(f"{name} {_pct(v)}" for name, v in zip(("z-1", "z", "z+1"), shown["attribution"], strict=True))
+    html = [f"<div class='slice'><p>slice {shown['slice']}: probability {shown['probability']:.3f}; "
+            f"share of the decision per slice: {shares}</p>"]
+    for method in methods:
+        crop, whole = shown["images"][method]
+        html.append(f"<div class='pair'><p>{escape(method)}</p>"
+                    + _image(crop, folder, root, f"{method} on the crop")
+                    + _image(whole, folder, root, f"{method} on the axial slice") + "</div>")
+    if shown["attention"] is not None:
+        html.append(_attention_table(shown["attention"]))
+    return "\n".join(html) + "</div>"
 
 
 def _attention_table(measured: dict) -> str:

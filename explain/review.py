@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from explain.attention import COLUMNS, SUMMARY_COLUMNS, attention, mask_on_input, summarize
-from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, windowed_rgb
-from explain.overlay import crop_overlay, save_png, slice_overlay
+from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, slice_shares, windowed_rgb
+from explain.overlay import overlay_pair
 from explain.page import write_page
 from explain.runs import cv_run, default_tracking_uri, finished_folds
 from explain.sanity import RANDOMIZATION_SEEDS, randomized_cascade, sanity_check
@@ -200,7 +200,10 @@ def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
 
     folder.mkdir(parents=True)
     run_id = fold_run.info.run_id
-    model_path = client.download_artifacts(run_id, "model/model.keras", str(folder))
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
+    # An MLflow model with its contract (experiments.model_package); runs of earlier versions saved the file alone.
+    model_path = client.download_artifacts(run_id, "model/data/model.keras" if "MLmodel" in logged
+                                           else "model/model.keras", str(folder))
     slices_path = client.download_artifacts(run_id, "predictions/slices.csv", str(folder))
     patients: dict[str, list] = {}
     with open(slices_path, newline="") as handle:
@@ -265,15 +268,13 @@ def _render(item: ExplainedSlices, patient, maps, attribution, size: int, out, d
     rows, captures = [], []
     for k, (z, p) in enumerate(item.chosen):
         transform = input_to_slice(item.boxes[k], item.context, item.cache_size, size)
-        shown = {"slice": z, "probability": p, "images": {}, "attention": {}, "attribution": _shares(attribution[k])}
+        shown = {"slice": z, "probability": p, "images": {}, "attention": {},
+                 "attribution": slice_shares(attribution[k])}
         for method, method_maps in maps.items():
             cam = method_maps[k]
-            caption = f"{pid}  p(malignant) {p:.2f}  {method}  slice {z}"
-            whole = slice_overlay(volume.hu[z], cam, transform, caption)
-            base = out / "explain" / "overlays" / pid
-            shown["images"][method] = (save_png(base / f"{method}_z{z}_crop.png",
-                                                crop_overlay(item.bone[k], cam, caption)),
-                                       save_png(base / f"{method}_z{z}_slice.png", whole))
+            crop_png, slice_png, whole = overlay_pair(out / "explain" / "overlays" / pid, pid, method, z, p, cam,
+                                                      item.bone[k], volume.hu[z], transform)
+            shown["images"][method] = (crop_png, slice_png)
             captures.append((f"{method} slice {z}", whole))
             for feature, mask in masks.items():
                 measured = attention(cam, mask_on_input(mask[z], transform, size))
@@ -299,13 +300,6 @@ def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
             for method in methods:
                 randomized.setdefault((method, stage), []).append(explainer.maps(images, method, classes))
     return sanity_check(trained, randomized)
-
-
-def _shares(attribution: np.ndarray) -> list[float]:
-    """Each slice's share of the absolute attribution (z-1, z, z+1)."""
-    magnitude = np.abs(attribution)
-    total = magnitude.sum()
-    return [float(v / total) if total > 0 else math.nan for v in magnitude]
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:

@@ -56,3 +56,12 @@ def test_params_are_write_once_nan_metrics_are_skipped_and_failures_say_why(trac
     assert restarted.info.status == "RUNNING" and FAILURE_TAG not in restarted.data.tags
     tracker.fail(run, KeyboardInterrupt())
     assert tracker.client.get_run(run).info.status == "KILLED" and tracker.tag(run, FAILURE_TAG) == "interrupted"
+
+
+def test_the_browse_lines_give_the_ui_command_and_then_the_runs_own_page_in_the_training_view(tracker, tmp_path):
+    run, _ = tracker.cv_run("key", {}, name="cv")
+    page = f"#/experiments/{tracker.experiment_id}/runs/{run}?workflowType=machine_learning"
+    command = f"to browse the runs: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
+    assert tracker.browse_lines(run) == [command, f"this run: http://127.0.0.1:5000/{page}"]
+    tracker.uri = "https://mlflow.example.org/"  # a tracking server serves its own UI
+    assert tracker.browse_lines(run) == [f"this run: https://mlflow.example.org/{page}"]

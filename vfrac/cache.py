@@ -93,7 +93,11 @@ class PrepareResult:
 def build_entry(patient: Patient, settings: CropSettings) -> Prepared:
     """Load the CT and ROI and cut every crop (the expensive part)."""
     volume = load_volume(patient.ct)
-    roi = roi_voxels(load_mask(patient.roi, volume), patient)
+    return cut_crops(patient.patient_id, volume, roi_voxels(load_mask(patient.roi, volume), patient), settings)
+
+
+def cut_crops(patient_id: str, volume, roi: np.ndarray, settings: CropSettings) -> Prepared:
+    """Every crop of the ROI's slices kept by the slice rule; what a cache entry holds."""
     boxes = roi_boxes(roi, margin=settings.margin, mode=settings.box_mode, min_area=settings.min_area)
     _, dropped = lesion_slices(roi, settings.min_area)
     size = settings.cache_size
@@ -104,7 +108,7 @@ def build_entry(patient: Patient, settings: CropSettings) -> Prepared:
         resized = cv2.resize(stack, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         crops[i] = np.clip(np.rint(resized), HU_MIN, HU_MAX)
     return Prepared(
-        patient_id=patient.patient_id,
+        patient_id=patient_id,
         crops=crops,
         slices=np.array([b.z for b in boxes], dtype=np.int32),
         boxes=np.array([(b.y0, b.x0, b.size) for b in boxes], dtype=np.int32).reshape(-1, 3),

@@ -2,6 +2,8 @@
 
 Every problem is reported with the manifest, the row, the column and the reason, all
 at once, so a user fixes a spreadsheet in one pass rather than one error per run.
+`python -m vfrac.cohort import ...` (vfrac/cohort/__main__.py) writes a manifest for a
+TotalSegmentator or VerSe folder (`vfrac.layouts`).
 """
 
 from __future__ import annotations

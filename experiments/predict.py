@@ -1,0 +1,240 @@
+"""`python -m experiments.predict`: a vfrac model applied to one new patient's CT.
+
+The CT and ROI are read and cropped by the training code with the settings the model
+carries (experiments.model_package: crop settings and slice rule, HU window, input
+size, aggregation, threshold), so a slice gets the probability it would have had in
+the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and on the
+whole slice, and a one-patient sheet (sheet.html) under --out; --dicom adds the
+overlays as a DICOM Secondary Capture series. Prints the one line a radiologist reads.
+The patient is named by --patient-id only: nothing from the DICOM headers is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vfrac.errors import InputError
+
+DEFAULT_METHODS = ("gradcam",)
+REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from explain.cam import METHODS
+    from vfrac.cohort import PATIENT_ID
+
+    def patient_id(value: str) -> str:
+        if not PATIENT_ID.fullmatch(value):
+            raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, '.', '_' or '-', up to 64")
+        return value
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True,
+                        help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
+                             "(a fold's model)")
+    parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--roi", type=Path, help="mask of the vertebra to classify (NIfTI or .npy)")
+    where.add_argument("--segmentation", type=Path,
+                       help="TotalSegmentator output: its multi-label map (total-task ids) or its folder of "
+                            "per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
+    parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi")
+    parser.add_argument("--vertebra", help="the level to classify in --segmentation, e.g. L1")
+    parser.add_argument("--patient-id", type=patient_id, default="VF-NEW",
+                        help="pseudonymous id shown in the outputs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="folder for the outputs (default: predictions/PATIENT_ID)")
+    parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture")
+    parser.add_argument("--method", action="append", choices=METHODS,
+                        help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    args = parser.parse_args(argv)
+    if args.segmentation and not args.vertebra:
+        parser.error("--segmentation needs --vertebra (the level to classify, e.g. L1)")
+    if args.vertebra and not args.segmentation:
+        parser.error("--vertebra picks a level in --segmentation; with --roi use --roi-label")
+    if args.roi_label is not None and (args.segmentation or args.roi_label < 1):
+        parser.error("--roi-label goes with --roi and must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        prediction = predict(args)
+    except InputError as error:  # a bug keeps its traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(", ".join(f"{name} {seconds:.1f} s" for name, seconds in prediction["seconds"].items()))
+    print(f"written: {prediction['files']['prediction']}, {prediction['files']['sheet']}")
+    print(verdict_line(prediction))
+    return 0
+
+
+def verdict_line(prediction: dict) -> str:
+    """`VF-NEW: malignant, p = 0.91 (threshold 0.50; model vfrac-resnet50 v1, CV AUC 0.87)`."""
+    model = prediction["model"]
+    auc = (model.get("expected") or {}).get("patient_auc")
+    measured = "CV" if model.get("role") == "final" else f"fold {model.get('fold')}"
+    expected = "" if auc is None else f", {measured} AUC {auc:.2f}"
+    return (f"{prediction['patient_id']}: {prediction['call']}, p = {prediction['probability']:.2f} "
+            f"(threshold {prediction['threshold']:.2f}; model {model['label']}{expected})")
+
+
+def predict(args) -> dict:
+    """Everything the command does; returns prediction.json's content."""
+    from explain.runs import default_tracking_uri
+
+    seconds, started = {}, time.perf_counter()
+    volume, roi, roi_label = read_patient(args)  # first: bad input is refused before the model loads
+    seconds["read CT and ROI"] = time.perf_counter() - started
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        model, model_contract, label = load_model(args.model, args.tracking_uri or default_tracking_uri(),
+                                                  Path(scratch))
+    seconds["load model"] = time.perf_counter() - started
+    started = time.perf_counter()
+    prepared = _crops(args.patient_id, volume, roi, model_contract)
+    seconds["crop"] = time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities, probability = _probabilities(model, prepared, model_contract)
+    threshold = float(model_contract["threshold"])
+    seconds["predict"] = time.perf_counter() - started
+    out = args.out or Path("predictions") / args.patient_id
+    prediction = {
+        "patient_id": args.patient_id, "probability": probability,
+        "call": "malignant" if probability >= threshold else "benign", "threshold": threshold,
+        "aggregation": model_contract["aggregation"],
+        "model": {"uri": args.model, "label": label, **{k: model_contract.get(k) for k in (
+            "role", "fold", "run_id", "cv_run_id", "cohort_hash", "code_version", "expected")}},
+        "input": {"ct_shape": list(volume.shape), "spacing_mm": [float(v) for v in volume.spacing],
+                  "roi_label": roi_label, "vertebra": args.vertebra, "input_size": model_contract["input_size"],
+                  "window": model_contract["window"], "crop": model_contract["crop"],
+                  "slices_dropped_by_rule": [int(z) for z in prepared.dropped]},
+        "slices": [{"slice": int(z), "probability": float(p), "box": [int(v) for v in box]}
+                   for z, p, box in zip(prepared.slices, probabilities, prepared.boxes, strict=True)],
+    }
+    started = time.perf_counter()
+    methods = tuple(args.method or DEFAULT_METHODS)
+    sheet = _explain(model, model_contract, prepared, volume, prediction, methods, out, args.dicom)
+    seconds["explain"] = time.perf_counter() - started
+    prediction["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
+    (out / "prediction.json").write_text(json.dumps(prediction, indent=1) + "\n")
+    return prediction
+
+
+def load_model(uri: str, tracking_uri: str, folder: Path):
+    """(keras model, its checked contract, how to name it) from an MLflow model URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from experiments.model_package import check_contract
+    from vfrac.model import load_classifier
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as error:
+        raise InputError(f"{uri}: no such model in {tracking_uri}: {str(error).splitlines()[0]}") from error
+    if not (local / "MLmodel").is_file() or not (local / "data" / "model.keras").is_file():
+        raise InputError(f"{uri}: not an MLflow Keras model logged by vfrac (no MLmodel and data/model.keras)")
+    model = load_classifier(local / "data" / "model.keras")
+    model_contract = check_contract(Model.load(str(local)).metadata, model.input_shape, uri)
+    return model, model_contract, _label(uri)
+
+
+def _label(uri: str) -> str:
+    """`vfrac-resnet50 v1` for a registered version; the URI otherwise."""
+    match = REGISTERED.fullmatch(uri)
+    return f"{match[1]} v{match[2]}" if match else uri
+
+
+def read_patient(args):
+    """(Volume, ROI booleans on its grid, the label used) from --roi or --segmentation with --vertebra."""
+    from vfrac.cache import roi_voxels
+    from vfrac.cohort import Patient
+    from vfrac.vertebrae import totalsegmentator_roi
+    from vfrac.volume import load_mask, load_volume
+
+    roi_path, roi_label = args.roi, args.roi_label
+    if args.segmentation:
+        roi_path, roi_label = totalsegmentator_roi(args.segmentation, args.vertebra)
+    volume = load_volume(args.ct)
+    patient = Patient(args.patient_id, "benign", args.ct, roi_path, roi_label)  # the label is not used
+    return volume, roi_voxels(load_mask(roi_path, volume), patient), roi_label
+
+
+def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
+    from vfrac.cache import CropSettings, cut_crops
+
+    prepared = cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
+    if not len(prepared.slices):
+        raise InputError(f"{patient_id}: no ROI slice is left to classify")
+    return prepared
+
+
+def _probabilities(model, prepared, model_contract: dict) -> tuple[np.ndarray, float]:
+    """Each slice's probability and the patient's, aggregated as the model's run did."""
+    from vfrac.metrics import aggregate
+    from vfrac.pipeline import evaluation_images
+
+    images = evaluation_images(prepared.crops, prepared.context, model_contract["input_size"],
+                               tuple(model_contract["window"]))
+    probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
+    n = len(probabilities)
+    _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, model_contract["aggregation"])
+    return probabilities, float(patient)
+
+
+def _explain(model, model_contract: dict, prepared, volume, prediction: dict, methods, out: Path,
+             dicom: bool) -> Path:
+    """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path."""
+    from explain import secondary_capture
+    from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
+    from explain.overlay import overlay_pair
+    from explain.page import write_sheet
+    from vfrac.crops import input_to_slice
+    from vfrac.pipeline import evaluation_images
+    from vfrac.window import BONE_WINDOW
+
+    size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
+    images = evaluation_images(prepared.crops, prepared.context, size, tuple(model_contract["window"]))
+    bone = windowed_rgb(evaluation_images(prepared.crops, prepared.context, size, BONE_WINDOW))[..., 1]
+    classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
+    explainer = Explainer(model, layer)
+    maps = {method: explainer.maps(images, method, classes) for method in methods}
+    attribution = explainer.slice_attribution(images, classes)
+    shown, captures, cache_size = [], [], prepared.crops.shape[1]
+    for k, entry in enumerate(prediction["slices"]):
+        z, p = entry["slice"], entry["probability"]
+        transform = input_to_slice(prepared.boxes[k], prepared.context, cache_size, size)
+        item = {"slice": z, "probability": p, "images": {}, "attention": None,
+                "attribution": slice_shares(attribution[k])}
+        for method in methods:
+            crop_png, slice_png, whole = overlay_pair(out / "overlays", prediction["patient_id"], method, z, p,
+                                                      maps[method][k], bone[k], volume.hu[z], transform)
+            item["images"][method] = (crop_png, slice_png)
+            entry.setdefault("overlays", {})[method] = {"crop": str(crop_png.relative_to(out)),
+                                                        "slice": str(slice_png.relative_to(out))}
+            captures.append((f"{method} slice {z}", whole))
+        shown.append(item)
+    if dicom:
+        secondary_capture.write_series(out / "dicom", prediction["patient_id"], captures)
+    return write_sheet(out / "sheet.html", prediction, shown, methods, layer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

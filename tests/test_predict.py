@@ -1,0 +1,241 @@
+"""The model to use: `experiments.cv --final` registers it with its contract; `experiments.predict` applies
+it (or a fold's model) to one patient, on synthetic and real CT, and refuses what it cannot do right."""
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.models import Model
+
+from experiments.cv import main as cv
+from experiments.model_package import CONTRACT_VERSION, PREPROCESSING, check_contract
+from experiments.predict import main as predict
+from explain.overlay import cam_on_slice
+from tests.mlflow_store import artifact_rows
+from vfrac.cohort import read_manifest
+from vfrac.crops import input_to_slice
+from vfrac.errors import InputError
+from vfrac.metrics import aggregate
+from vfrac.synth import generate_cohort
+from vfrac.volume import load_mask, load_volume
+
+pytestmark = [pytest.mark.slow]
+REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny CV run with --final: (its folder, the command's arguments, the first run's console output)."""
+    folder = tmp_path_factory.mktemp("final")
+    manifest = generate_cohort(folder / "cohort", 12, seed=11, matrix=96)
+    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--trials", "0",
+            "--no-explain", "--final", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+            "--storage", f"sqlite:///{folder}/optuna.db"]
+    captured, here = io.StringIO(), os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(captured):
+            assert cv(argv) == 0
+    finally:
+        os.chdir(here)
+    return folder, argv, captured.getvalue()
+
+
+def client_of(folder) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db", registry_uri=f"sqlite:///{folder}/mlflow.db")
+
+
+def role(client, name):
+    experiment = client.get_experiment_by_name("vfrac")
+    return client.search_runs([experiment.experiment_id], f"tags.`vfrac.role` = '{name}'")
+
+
+def run_predict(folder, *argv):
+    return predict([*argv, "--tracking-uri", f"sqlite:///{folder}/mlflow.db"])
+
+
+def test_final_model_is_registered_with_its_contract_dataset_and_cv_results(store, tmp_path):
+    folder, _, first_output = store
+    client = client_of(folder)
+    (cv_run,), (final_run,) = role(client, "cv"), role(client, "final")
+    assert final_run.data.tags["mlflow.parentRunId"] == cv_run.info.run_id
+    assert "final: model on all 12 patients, 1 epoch(s)" in first_output
+    assert "final model: models:/vfrac-resnet50/1" in first_output
+    (version,) = client.search_model_versions("name = 'vfrac-resnet50'")
+    assert version.run_id == final_run.info.run_id and str(version.version) == "1"
+    summary = Path(client.download_artifacts(cv_run.info.run_id, "summary.md", str(tmp_path))).read_text()
+    assert version.description == summary and "per patient, vfrac (pooled)" in summary
+    (dataset,) = final_run.inputs.dataset_inputs
+    assert dataset.dataset.digest == cv_run.data.tags["vfrac.cohort_hash"]
+    assert dataset.dataset.name == "cohort/manifest.csv" and dataset.tags[0].value == "training"
+    model_dir = Path(client.download_artifacts(final_run.info.run_id, "model", str(tmp_path)))
+    mlmodel = Model.load(str(model_dir))
+    contract = mlmodel.metadata["vfrac"]
+    assert (contract["contract"], contract["preprocessing"]) == (CONTRACT_VERSION, PREPROCESSING)
+    assert (contract["input_size"], contract["aggregation"], contract["threshold"]) == (32, "mean", 0.5)
+    assert contract["window"] == [400.0, 1800.0] and contract["crop"]["min_area"] == 0.35
+    assert contract["cohort_hash"] == cv_run.data.tags["vfrac.cohort_hash"]
+    assert contract["code_version"] == cv_run.data.tags["vfrac.code_version"]
+    assert contract["role"] == "final" and contract["cv_run_id"] == cv_run.info.run_id
+    assert contract["expected"]["patient_auc"] == pytest.approx(cv_run.data.metrics["patient_auc"])
+    assert mlmodel.signature.inputs.inputs[0].shape == (-1, 32, 32, 3)
+    example = json.loads((model_dir / "input_example.json").read_text())
+    assert np.asarray(example["inputs"] if isinstance(example, dict) else example).shape == (1, 32, 32, 3)
+
+
+def test_rerunning_the_command_reuses_the_final_model(store, capsys, monkeypatch, tmp_path):
+    folder, argv, _ = store
+    monkeypatch.chdir(tmp_path)
+    assert cv(argv) == 0
+    output = capsys.readouterr().out
+    assert "final: already trained and registered, reused" in output and "final: model on all" not in output
+    client = client_of(folder)
+    assert len(role(client, "final")) == 1
+    assert len(client.search_model_versions("name = 'vfrac-resnet50'")) == 1
+
+
+def test_predict_with_a_fold_model_reproduces_its_slice_probabilities(store, tmp_path, capsys):
+    folder, _, _ = store
+    client = client_of(folder)
+    fold = next(r for r in role(client, "fold") if r.data.tags["vfrac.fold"] == "0")
+    rows = artifact_rows(client, fold.info.run_id, "predictions/slices.csv", tmp_path / "a")
+    patient_id = rows[0]["patient_id"]
+    expected = {int(r["slice"]): float(r["probability"]) for r in rows if r["patient_id"] == patient_id}
+    patient = next(p for p in read_manifest(folder / "cohort" / "manifest.csv").patients
+                   if p.patient_id == patient_id)
+    out = tmp_path / "out"
+    assert run_predict(folder, "--model", f"runs:/{fold.info.run_id}/model", "--ct", str(patient.ct),
+                       "--roi", str(patient.roi), "--patient-id", patient_id, "--out", str(out)) == 0
+    prediction = json.loads((out / "prediction.json").read_text())
+    got = {s["slice"]: s["probability"] for s in prediction["slices"]}
+    assert got.keys() == expected.keys()
+    assert [got[z] for z in sorted(got)] == pytest.approx([expected[z] for z in sorted(expected)], abs=1e-5)
+    _, _, (mean,) = aggregate([patient_id] * len(expected), list(expected.values()), [0] * len(expected), "mean")
+    assert prediction["probability"] == pytest.approx(mean, abs=1e-5)
+    assert prediction["model"]["role"] == "fold" and prediction["model"]["fold"] == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    call = "malignant" if mean >= 0.5 else "benign"
+    assert line.startswith(f"{patient_id}: {call}, p = {mean:.2f} (threshold 0.50; model runs:/")
+    assert "fold 0 AUC" in line
+
+
+def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(store, tmp_path, capsys):
+    folder, _, _ = store
+    out = tmp_path / "dicom"
+    labels = REAL / "abdomen-t11-t12-labels.nii.gz"
+    assert run_predict(folder, "--model", "models:/vfrac-resnet50/1", "--ct", str(REAL / "abdomen-t11-t12-dicom"),
+                       "--roi", str(labels), "--roi-label", "32", "--out", str(out), "--dicom") == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("VF-NEW: ") and "(threshold 0.50; model vfrac-resnet50 v1, CV AUC " in line
+    prediction = json.loads((out / "prediction.json").read_text())
+    assert 0.0 <= prediction["probability"] <= 1.0
+    assert prediction["call"] == ("malignant" if prediction["probability"] >= 0.5 else "benign")
+    volume = load_volume(REAL / "abdomen-t11-t12-dicom")
+    roi = load_mask(labels, volume) == 32
+    assert prediction["input"]["ct_shape"] == list(volume.shape) and prediction["slices"]
+    for entry in prediction["slices"]:
+        z = entry["slice"]
+        covered = cam_on_slice(np.ones((32, 32)), input_to_slice(entry["box"], 0.2, 192, 32), roi[z].shape)[1]
+        assert roi[z].any() and covered[roi[z]].all()  # the crop shown holds the whole ROI of its slice
+        image = cv2.imread(str(out / entry["overlays"]["gradcam"]["slice"]))[:512, :512].astype(int)
+        coloured = (image.max(axis=2) - image.min(axis=2)) > 8  # grey CT everywhere else
+        near = cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # bilinear fringe: 2 px
+        assert coloured[covered].any() and not coloured[~near].any()
+    assert len(list((out / "dicom").glob("*.dcm"))) == len(prediction["slices"])
+    sheet = (out / "sheet.html").read_text()
+    assert "VF-NEW: " in sheet and all(s["overlays"]["gradcam"]["crop"] in sheet for s in prediction["slices"])
+
+
+def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path):
+    folder, _, _ = store
+    out = tmp_path / "nifti"
+    segmentation = REAL / "abdomen-pelvis-vertebrae.nii.gz"
+    assert run_predict(folder, "--model", "models:/vfrac-resnet50/1", "--ct", str(REAL / "abdomen-pelvis-ct.nii.gz"),
+                       "--segmentation", str(segmentation), "--vertebra", "L1", "--out", str(out)) == 0
+    prediction = json.loads((out / "prediction.json").read_text())
+    assert (prediction["input"]["roi_label"], prediction["input"]["vertebra"]) == (31, "L1")
+    volume = load_volume(REAL / "abdomen-pelvis-ct.nii.gz")
+    l1_slices = set(np.flatnonzero((load_mask(segmentation, volume) == 31).any(axis=(1, 2))).tolist())
+    used = {s["slice"] for s in prediction["slices"]} | set(prediction["input"]["slices_dropped_by_rule"])
+    assert used == l1_slices
+
+
+def test_predict_refuses_a_model_without_a_vfrac_contract(tmp_path, capsys):
+    import keras
+    import mlflow
+
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    (tmp_path / "m").mkdir()
+    mlflow.keras.save_model(model, str(tmp_path / "m"), pip_requirements=["keras"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(client.create_experiment("other"))
+    client.log_artifacts(run.info.run_id, str(tmp_path / "m"), "model")
+    patient = ["--ct", str(REAL / "abdomen-pelvis-ct.nii.gz"), "--segmentation",
+               str(REAL / "abdomen-pelvis-vertebrae.nii.gz"), "--vertebra", "L1", "--out", str(tmp_path / "out")]
+    assert run_predict(tmp_path, "--model", f"runs:/{run.info.run_id}/model", *patient) == 2
+    assert "no vfrac input contract in the model's metadata" in capsys.readouterr().err
+    assert run_predict(tmp_path, "--model", "models:/vfrac-resnet50/7", *patient) == 2
+    assert "models:/vfrac-resnet50/7: no such model in sqlite:///" in capsys.readouterr().err
+
+
+GOOD = {"contract": CONTRACT_VERSION, "preprocessing": PREPROCESSING, "input_size": 64, "window": [400.0, 1800.0],
+        "crop": {"margin": 0.1, "box_mode": "slice", "context": 0.2, "cache_size": 192, "min_area": 0.35},
+        "aggregation": "mean", "threshold": 0.5}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_size": 224}, r"the contract says input 224 x 224 x 3 but the network takes 64 x 64 x 3"),
+    ({"preprocessing": "imagenet-torch"}, r"with preprocessing 'imagenet-torch'; this vfrac reproduces contract 1"),
+    ({"contract": 2}, r"contract 2 with preprocessing"),
+    ({"aggregation": "median"}, r"aggregation 'median' or threshold 0.5 is not one this vfrac applies"),
+    ({"crop": GOOD["crop"] | {"box_mode": "sphere"}}, r"the contract's crop settings are not reproducible"),
+    ({"window": None}, r"the model's contract lacks window"),
+])
+def test_contracts_this_code_cannot_reproduce_are_refused(change, message):
+    metadata = {"vfrac": {k: v for k, v in (GOOD | change).items() if v is not None}}
+    with pytest.raises(InputError, match=message):
+        check_contract(metadata, (None, 64, 64, 3), "models:/m/1")
+    assert check_contract({"vfrac": GOOD}, (None, 64, 64, 3), "models:/m/1") == GOOD
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ct", "abdomen-pelvis-ct.nii.gz", "--roi", "abdomen-t11-t12-labels.nii.gz", "--roi-label", "32"],
+     "its voxel grid is not the CT's grid"),
+    (["--ct", "abdomen-pelvis-ct.nii.gz", "--roi", "abdomen-pelvis-vertebrae.nii.gz", "--roi-label", "44"],
+     "the ROI mask has no voxel with label 44"),
+    (["--ct", "abdomen-pelvis-ct.nii.gz", "--segmentation", "abdomen-pelvis-vertebrae.nii.gz", "--vertebra", "C3"],
+     "C3"),
+    (["--ct", "abdomen-pelvis-ct.nii.gz", "--roi", "abdomen-pelvis-vertebrae.nii.gz"],
+     "the ROI mask holds several labels"),
+])
+def test_patient_input_that_cannot_be_classified_is_refused_before_the_model_loads(argv, message, tmp_path, capsys,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(REAL)
+    assert run_predict(tmp_path, "--model", "models:/never-loaded/1", *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_roi_is_refused(tmp_path, capsys):
+    volume = load_volume(REAL / "abdomen-pelvis-ct.nii.gz")
+    np.save(tmp_path / "empty.npy", np.zeros(volume.shape, np.uint8))
+    assert run_predict(tmp_path, "--model", "models:/never-loaded/1", "--ct", str(REAL / "abdomen-pelvis-ct.nii.gz"),
+                       "--roi", str(tmp_path / "empty.npy")) == 2
+    assert "the ROI mask has no voxel set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--segmentation", "s.nii.gz"], "--segmentation needs --vertebra"),
+    (["--roi", "r.nii.gz", "--vertebra", "L1"], "--vertebra picks a level in --segmentation"),
+    (["--roi", "r.nii.gz", "--patient-id", "Smith, John"], "letters, digits"),
+])
+def test_bad_flags_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        predict(["--model", "models:/m/1", "--ct", "ct.nii.gz", *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
