@@ -31,10 +31,11 @@ REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A tiny CV run with --final: (its folder, the command's arguments, the first run's console output)."""
+    """A tiny CV run with --final, one tuning trial per fold and for the final model: (its folder, the
+    command's arguments, the first run's console output)."""
     folder = tmp_path_factory.mktemp("final")
     manifest = generate_cohort(folder / "cohort", 12, seed=11, matrix=96)
-    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--trials", "0",
+    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--trials", "1",
             "--no-explain", "--final", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
             "--storage", f"sqlite:///{folder}/optuna.db"]
     captured, here = io.StringIO(), os.getcwd()
@@ -65,7 +66,11 @@ def test_final_model_is_registered_with_its_contract_dataset_and_cv_results(stor
     client = client_of(folder)
     (cv_run,), (final_run,) = role(client, "cv"), role(client, "final")
     assert final_run.data.tags["mlflow.parentRunId"] == cv_run.info.run_id
-    assert "final: model on all 12 patients, 1 epoch(s)" in first_output
+    assert "final: tuning, 1 of 1 trial(s) to run" in first_output  # the CV run's protocol, on every patient
+    assert "final: model on all 12 patients, 1 epoch(s)\n" in first_output
+    (trial,) = [t for t in role(client, "trial") if t.data.tags["mlflow.parentRunId"] == final_run.info.run_id]
+    assert trial.info.run_name == "final trial 0" and "inner_val_patient_auc" in trial.data.metrics
+    assert final_run.data.params["best_learning_rate"] == str(trial.data.params["learning_rate"])
     assert "final model: models:/vfrac-resnet50/1" in first_output
     (version,) = client.search_model_versions("name = 'vfrac-resnet50'")
     assert version.run_id == final_run.info.run_id and str(version.version) == "1"
