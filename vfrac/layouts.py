@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfrac.cohort import LABELS, PATIENT_ID, _read_csv
+from vfrac.cohort import LABELS, PATIENT_ID, read_table
 from vfrac.errors import InputError
 from vfrac.vertebrae import TOTALSEGMENTATOR, VERSE, Scheme, totalsegmentator_roi, verse_roi
 
@@ -120,7 +120,7 @@ def _label_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     """The labels table's rows, numbered from 1 as the manifest's are; a bad table raises."""
     if not path.is_file():
         raise InputError(f"{path}: labels table not found")
-    columns, records = _read_csv(path)
+    columns, records = read_table(path)
     missing = [c for c in LABEL_COLUMNS if c not in columns]
     if missing:
         raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vfrac.errors import InputError
-from vfrac.volume import _read_nifti, is_nifti
+from vfrac.volume import is_nifti, read_nifti
 
 # A level as written by people: a region letter and a number, nothing else (after strip and upper-casing).
 LEVEL = re.compile(r"([CTLS])([1-9][0-9]?)")
@@ -107,7 +107,7 @@ def verse_roi(mask: Path, vertebra: str, centroids: Path | None = None) -> int:
 
 def label_values(path: Path) -> np.ndarray:
     """The distinct voxel values of a NIfTI label map (0 included when present)."""
-    data, _ = _read_nifti(Path(path), dtype=None)  # vfrac's reader: budget checked, InputError on damage
+    data, _ = read_nifti(Path(path), dtype=None)  # vfrac's reader: budget checked, InputError on damage
     return np.unique(data)
 
 

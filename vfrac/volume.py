@@ -68,7 +68,7 @@ def load_volume(path, series=None) -> Volume:
     if path.is_file() and is_nifti(path):
         if series is not None:
             raise InputError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
-        hu, affine = _read_nifti(path, dtype=np.float32)
+        hu, affine = read_nifti(path, dtype=np.float32)
         return Volume(hu=hu, affine=affine)
     from vfrac.series import read_dicom
 
@@ -92,7 +92,7 @@ def load_mask(path, reference: Volume) -> np.ndarray:
         return _read_npy(path, reference.shape)
     if not is_nifti(path):
         raise InputError(f"{path}: a mask must be .nii, .nii.gz or .npy")
-    mask, affine = _read_nifti(path, dtype=None)
+    mask, affine = read_nifti(path, dtype=None)
     return place_on_grid(mask, affine, reference, source=path)
 
 
@@ -148,7 +148,7 @@ def _reindex(mask, perm, offset, shape, source) -> np.ndarray:
     return out
 
 
-def _read_nifti(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
+def read_nifti(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     """NIfTI data as (z, y, x) with an LPS affine, reoriented like an axial DICOM series.
 
     The voxel axes are turned to the closest of x -> patient left, y -> posterior,

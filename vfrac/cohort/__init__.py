@@ -61,7 +61,7 @@ def read_manifest(path, skip_bad: bool = False, allow_outside: bool = False) -> 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
-    columns, records = _read_csv(path)
+    columns, records = read_table(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "
@@ -92,7 +92,7 @@ def read_manifest(path, skip_bad: bool = False, allow_outside: bool = False) -> 
     return Cohort(manifest=path, patients=patients, problems=problems)
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """The header and the non-blank rows, fields stripped; rows keep their own length."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
