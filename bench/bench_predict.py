@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "retracing": each round loads the model anew
     model = ["--model", args.model] + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as folder:
@@ -60,7 +62,8 @@ def main() -> None:
             print(f"\n{name}: seconds, cold (first call in the process) / warm (median of {args.repeats})")
             for stage in cold:
                 median = statistics.median(r[stage] for r in warm)
-                print(f"  {stage:16s} {cold[stage]:6.2f} / {median:6.2f}   cold/warm {cold[stage] / median:5.1f}x")
+                ratio = f"{cold[stage] / median:5.1f}x" if median > 0 else "    -"
+                print(f"  {stage:16s} {cold[stage]:6.3f} / {median:6.3f}   cold/warm {ratio}")
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "experiments.predict", *model, *PATIENTS["DICOM series (T12)"],
                         "--out", str(Path(folder) / "fresh")], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

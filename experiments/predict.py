@@ -128,7 +128,7 @@ def predict(args) -> dict:
     methods = tuple(args.method or DEFAULT_METHODS)
     sheet = _explain(model, model_contract, prepared, volume, prediction, methods, out, args.dicom)
     seconds["explain"] = time.perf_counter() - started
-    prediction["seconds"] = {name: round(value, 2) for name, value in seconds.items()}
+    prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
     prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
     (out / "prediction.json").write_text(json.dumps(prediction, indent=1) + "\n")
     return prediction
