@@ -3,3 +3,16 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The files that train networks, longest first: with `--dist loadfile --no-loadscope-reorder` (pyproject.toml) the
+# workers take files in collection order, so the long pole (test_cv.py) starts at once on one worker while the
+# other works through the rest, instead of starting minutes late behind files with many quick tests.
+LONGEST_FIRST = ("test_cv.py", "test_predict.py", "test_model.py", "test_explain.py", "test_cv_options.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
