@@ -3,6 +3,11 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per test worker (and per process it starts): two workers that each spread TensorFlow over every
+    # core spend much of the machine waiting on one another.
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 # The files that train networks, longest first: with `--dist loadfile --no-loadscope-reorder` (pyproject.toml) the
 # workers take files in collection order, so the long pole (test_cv.py) starts at once on one worker while the
