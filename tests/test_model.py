@@ -105,10 +105,10 @@ def test_short_training_learns_a_bright_square(tmp_path):
                             window=(300.0, 1000.0), seed=0)
     val, index = make_dataset(val_entries, val_labels, input_size=32, batch_size=16, window=(300.0, 1000.0))
     trainer = Trainer(lambda: build_classifier(32, dropout=0.1))
-    history = trainer.fit(train, val, epochs=12, learning_rate=1e-3)
+    history = trainer.fit(train, val, epochs=8, learning_rate=1e-3)  # AUC 1.0 from 6 epochs on (2026-11-30)
     probabilities = trainer.model.predict(val, verbose=0)[:, 0]
     assert auc([val_labels[pid] for pid, _ in index], probabilities) > 0.9  # averaged weights, recalibrated BN
-    assert 1 <= history["best_epoch"] <= len(history["loss"]) == 12
+    assert 1 <= history["best_epoch"] <= len(history["loss"]) == 8
 
 
 def test_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_trains():
