@@ -24,14 +24,17 @@ from vfrac.splits import Split
 REGISTERED_TAG = "vfrac.registered"  # NAME/VERSION in the Model Registry
 
 
-def final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims, cv_run: str,
-                key: str, timings: dict) -> str:
+def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims,
+                           cv_run: str, key: str, timings: dict) -> str:
     """The final model's registry URI (models:/NAME/VERSION), trained unless a finished one exists."""
     final_run = tracker.child_run(cv_run, "final", {}, name="final")
     if tracker.is_done(final_run):
-        print("final: already trained and registered, reused")
+        print("final: already trained, reused")
     claims.once("final", lambda: tracker.is_done(final_run),
                 lambda: _train(config, data, storage, tracker, cv_run, final_run, key, timings))
+    if not tracker.tag(final_run, REGISTERED_TAG).startswith(f"{config.model_name}/"):  # asked under another name
+        version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, "summary.md"))
+        tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
     uri = f"models:/{tracker.tag(final_run, REGISTERED_TAG)}"
     print(f"final model: {uri} (run {final_run}); use it with\n"
           f"  python -m experiments.predict --model {uri} --ct CT --roi ROI --out DIR"

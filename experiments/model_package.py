@@ -79,9 +79,15 @@ def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
 def _requirements() -> list[str]:
     """What loading the model needs, stated (MLflow's inference would load it without vfrac's layers and fail);
     the model's VariableDropout layer also needs vfrac importable (vfrac.model)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return [f"keras=={version('keras')}", f"tensorflow=={version('tensorflow')}"]
+    pinned = []
+    for package in ("keras", "tensorflow", "tensorflow-cpu", "tensorflow-macos"):
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
 
 
 def _air_input(model_contract: dict) -> np.ndarray:
@@ -149,8 +155,15 @@ def check_contract(metadata: dict | None, input_shape, where: str) -> dict:
     if found["aggregation"] not in AGGREGATIONS or not 0 < float(found["threshold"]) < 1:
         raise InputError(f"{where}: aggregation {found['aggregation']!r} or threshold {found['threshold']!r} "
                          "is not one this vfrac applies")
+    expected = set(asdict(CropSettings()))
+    if not isinstance(found["crop"], dict) or set(found["crop"]) != expected:
+        raise InputError(f"{where}: the contract's crop settings are not reproducible: they must name exactly "
+                         f"{', '.join(sorted(expected))}")
     try:
         CropSettings.from_values(found["crop"])
     except (TypeError, ValueError) as error:
         raise InputError(f"{where}: the contract's crop settings are not reproducible: {error}") from error
+    window = found["window"]
+    if not (isinstance(window, list) and len(window) == 2 and float(window[1]) > 0):
+        raise InputError(f"{where}: the contract's HU window {window!r} is not a level and a positive width")
     return found

@@ -45,13 +45,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--roi", type=Path, help="mask of the vertebra to classify (NIfTI or .npy)")
     where.add_argument("--segmentation", type=Path,
-                       help="TotalSegmentator output: its multi-label map (total-task ids) or its folder of "
-                            "per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
+                       help="TotalSegmentator (v2) output: its multi-label map (total-task ids, 31 = L1) or its "
+                            "folder of per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
     parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi")
     parser.add_argument("--vertebra", help="the level to classify in --segmentation, e.g. L1")
     parser.add_argument("--patient-id", type=patient_id, default="VF-NEW",
                         help="pseudonymous id shown in the outputs (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="folder for the outputs (default: predictions/PATIENT_ID)")
+    parser.add_argument("--out", type=Path, help="folder for the outputs (default: predictions/PATIENT_ID); "
+                        "one that is not empty is refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the outputs of an earlier prediction in --out (its files of other patients "
+                             "would otherwise mix with this one's)")
     parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture")
     parser.add_argument("--method", action="append", choices=METHODS,
                         help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
@@ -95,6 +99,8 @@ def predict(args) -> dict:
     """Everything the command does; returns prediction.json's content."""
     from explain.runs import default_tracking_uri
 
+    out = args.out or Path("predictions") / args.patient_id
+    clear_outputs(out, args.force)
     seconds, started = {}, time.perf_counter()
     volume, roi, roi_label = read_patient(args)  # first: bad input is refused before the model loads
     seconds["read CT and ROI"] = time.perf_counter() - started
@@ -107,10 +113,10 @@ def predict(args) -> dict:
     prepared = _crops(args.patient_id, volume, roi, model_contract)
     seconds["crop"] = time.perf_counter() - started
     started = time.perf_counter()
-    probabilities, probability = _probabilities(model, prepared, model_contract)
+    images = _network_inputs(prepared, model_contract, model_contract["window"])
+    probabilities, probability = _probabilities(model, images, model_contract["aggregation"])
     threshold = float(model_contract["threshold"])
     seconds["predict"] = time.perf_counter() - started
-    out = args.out or Path("predictions") / args.patient_id
     prediction = {
         "patient_id": args.patient_id, "probability": probability,
         "call": "malignant" if probability >= threshold else "benign", "threshold": threshold,
@@ -126,7 +132,7 @@ def predict(args) -> dict:
     }
     started = time.perf_counter()
     methods = tuple(args.method or DEFAULT_METHODS)
-    sheet = _explain(model, model_contract, prepared, volume, prediction, methods, out, args.dicom)
+    sheet = _explain(model, model_contract, prepared, images, volume, prediction, methods, out, args.dicom)
     seconds["explain"] = time.perf_counter() - started
     prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
     prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
@@ -141,6 +147,7 @@ def load_model(uri: str, tracking_uri: str, folder: Path):
     from mlflow.models import Model
 
     from experiments.model_package import check_contract
+    from explain.cam import DEFAULT_LAYER
     from vfrac.model import load_classifier
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -153,6 +160,9 @@ def load_model(uri: str, tracking_uri: str, folder: Path):
         raise InputError(f"{uri}: not an MLflow Keras model logged by vfrac (no MLmodel and data/model.keras)")
     model = load_classifier(local / "data" / "model.keras")
     model_contract = check_contract(Model.load(str(local)).metadata, model.input_shape, uri)
+    layer = model_contract.get("cam_layer", DEFAULT_LAYER)
+    if layer not in {each.name for each in model.layers}:
+        raise InputError(f"{uri}: the contract's Grad-CAM layer {layer!r} is not in the network")
     return model, model_contract, _label(uri)
 
 
@@ -180,41 +190,61 @@ def read_patient(args):
 def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
     from vfrac.cache import CropSettings, cut_crops
 
-    prepared = cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
-    if not len(prepared.slices):
-        raise InputError(f"{patient_id}: no ROI slice is left to classify")
-    return prepared
+    return cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
 
 
-def _probabilities(model, prepared, model_contract: dict) -> tuple[np.ndarray, float]:
-    """Each slice's probability and the patient's, aggregated as the model's run did."""
-    from vfrac.metrics import aggregate
+def _network_inputs(prepared, model_contract: dict, window) -> np.ndarray:
+    """The crops as the model's evaluation pipeline turned them into inputs (vfrac.pipeline)."""
     from vfrac.pipeline import evaluation_images
 
-    images = evaluation_images(prepared.crops, prepared.context, model_contract["input_size"],
-                               tuple(model_contract["window"]))
+    return evaluation_images(prepared.crops, prepared.context, model_contract["input_size"], tuple(window))
+
+
+def _probabilities(model, images: np.ndarray, aggregation: str) -> tuple[np.ndarray, float]:
+    """Each slice's probability and the patient's, aggregated as the model's run did."""
+    from vfrac.metrics import aggregate
+
     probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
     n = len(probabilities)
-    _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, model_contract["aggregation"])
+    _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, aggregation)
     return probabilities, float(patient)
 
 
-def _explain(model, model_contract: dict, prepared, volume, prediction: dict, methods, out: Path,
-             dicom: bool) -> Path:
+OUTPUTS = ("prediction.json", "sheet.html", "overlays", "dicom")
+
+
+def clear_outputs(out: Path, force: bool) -> None:
+    """An empty --out, or with --force one whose earlier prediction's files are removed."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file; give a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise InputError(f"{out}: not empty; choose another --out, or --force to replace an earlier prediction")
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _explain(model, model_contract: dict, prepared, images: np.ndarray, volume, prediction: dict, methods,
+             out: Path, dicom: bool) -> Path:
     """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path."""
     from explain import secondary_capture
     from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
     from explain.overlay import overlay_pair
     from explain.page import write_sheet
     from vfrac.crops import input_to_slice
-    from vfrac.pipeline import evaluation_images
     from vfrac.window import BONE_WINDOW
 
     size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
-    images = evaluation_images(prepared.crops, prepared.context, size, tuple(model_contract["window"]))
-    bone = windowed_rgb(evaluation_images(prepared.crops, prepared.context, size, BONE_WINDOW))[..., 1]
+    bone = windowed_rgb(_network_inputs(prepared, model_contract, BONE_WINDOW))[..., 1]
     classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
-    explainer = Explainer(model, layer)
+    explainer = Explainer(model, layer)  # its layer was checked when the model loaded
     maps = {method: explainer.maps(images, method, classes) for method in methods}
     attribution = explainer.slice_attribution(images, classes)
     shown, captures, cache_size = [], [], prepared.crops.shape[1]

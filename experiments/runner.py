@@ -76,16 +76,22 @@ def run(config: RunConfig) -> int:
         for other in tracker.cv_runs_of_other_code(settings, key):
             print(f"note: CV run {other.info.run_id} has these settings and this cohort but ran other code "
                   f"({other.data.tags.get('vfrac.code_version', 'unknown version')}); its folds are not reused")
+    claims = Claims(storage, key)
     try:
-        finished = cross_validate(config, data, tracker, Claims(storage, key), storage, cv_run, key, timings)
+        finished = cross_validate(config, data, tracker, claims, storage, cv_run, key, timings)
     except BaseException as error:
         tracker.fail(cv_run, error)
         raise
+    tracker.finish(cv_run, done=finished)
+    if not finished:
+        print("pooled results wait for the other folds; run again without --fold, or run the remaining folds"
+              + (" (the final model waits for them too)" if config.final else ""))
+    elif config.final:  # after the CV run is closed: a failure here leaves its finished results as they are
+        from experiments.final import registered_final_model  # TensorFlow-free runs never load it
+
+        registered_final_model(config, data, storage, tracker, claims, cv_run, key, timings)
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    if not finished:
-        print("pooled results wait for the other folds; run again without --fold, or run the remaining folds")
-    tracker.finish(cv_run, done=finished)
     print("\n".join(tracker.browse_lines(cv_run)))
     return 0
 
@@ -100,7 +106,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
-        after_pooling(config, data, storage, tracker, claims, cv_run, key, timings)
+        review_and_report(config, tracker, claims, cv_run, timings)
         return True
     tracker.restart(cv_run)
     tracker.params(cv_run, config.as_params() | library_versions())
@@ -126,7 +132,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
                 lambda: write_pooled(config, tracker, cv_run))
     print(f"\npooled out-of-fold results, {tracker.tag(cv_run, POOLED_TAG)}:\n\n"
           f"{tracker.read_text(cv_run, 'summary.md')}")
-    after_pooling(config, data, storage, tracker, claims, cv_run, key, timings)
+    review_and_report(config, tracker, claims, cv_run, timings)
     return True
 
 
@@ -261,18 +267,12 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
     tracker.set_tag(cv_run, POOLED_TAG, f"{len(patients)} patients, {len(rows)} slices")
 
 
-def after_pooling(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims, cv_run: str, key: str,
-                  timings: dict) -> None:
-    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report,
-    and with --final the model to use."""
+def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str, timings: dict) -> None:
+    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report."""
     if config.explain:
         claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
                     lambda: explain(config, cv_run, timings))
     claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"), lambda: report(config, cv_run))
-    if config.final:
-        from experiments.final import final_model as train_final_model
-
-        train_final_model(config, data, storage, tracker, claims, cv_run, key, timings)
 
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:

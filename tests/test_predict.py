@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 import pytest
 from mlflow import MlflowClient
 from mlflow.models import Model
@@ -99,10 +100,14 @@ def test_rerunning_the_command_reuses_the_final_model(store, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert cv(argv) == 0
     output = capsys.readouterr().out
-    assert "final: already trained and registered, reused" in output and "final: model on all" not in output
+    assert "final: already trained, reused" in output and "final: model on all" not in output
     client = client_of(folder)
     assert len(role(client, "final")) == 1
     assert len(client.search_model_versions("name = 'vfrac-resnet50'")) == 1
+    assert cv([*argv, "--model-name", "vfrac-other"]) == 0  # the same model, registered under the name asked for
+    assert "final model: models:/vfrac-other/1" in capsys.readouterr().out
+    (other,) = client.search_model_versions("name = 'vfrac-other'")
+    assert other.run_id == role(client, "final")[0].info.run_id
 
 
 def test_predict_with_a_fold_model_reproduces_its_slice_probabilities(store, tmp_path, capsys):
@@ -124,6 +129,10 @@ def test_predict_with_a_fold_model_reproduces_its_slice_probabilities(store, tmp
     _, _, (mean,) = aggregate([patient_id] * len(expected), list(expected.values()), [0] * len(expected), "mean")
     assert prediction["probability"] == pytest.approx(mean, abs=1e-5)
     assert prediction["model"]["role"] == "fold" and prediction["model"]["fold"] == 0
+    header = pydicom.dcmread(next(patient.ct.iterdir()), stop_before_pixels=True)
+    written = (out / "prediction.json").read_text() + (out / "sheet.html").read_text()
+    for identity in (str(header.PatientName), header.PatientID, header.StudyInstanceUID, header.SOPInstanceUID):
+        assert identity and identity not in written  # only --patient-id names the patient
     line = capsys.readouterr().out.splitlines()[-1]
     call = "malignant" if mean >= 0.5 else "benign"
     assert line.startswith(f"{patient_id}: {call}, p = {mean:.2f} (threshold 0.50; model runs:/")
@@ -157,7 +166,7 @@ def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(stor
     assert "VF-NEW: " in sheet and all(s["overlays"]["gradcam"]["crop"] in sheet for s in prediction["slices"])
 
 
-def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path):
+def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path, capsys):
     folder, _, _ = store
     out = tmp_path / "nifti"
     segmentation = REAL / "abdomen-pelvis-vertebrae.nii.gz"
@@ -169,6 +178,9 @@ def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path):
     l1_slices = set(np.flatnonzero((load_mask(segmentation, volume) == 31).any(axis=(1, 2))).tolist())
     used = {s["slice"] for s in prediction["slices"]} | set(prediction["input"]["slices_dropped_by_rule"])
     assert used == l1_slices
+    assert run_predict(folder, "--model", "models:/vfrac-resnet50/1", "--ct", str(REAL / "abdomen-pelvis-ct.nii.gz"),
+                       "--segmentation", str(segmentation), "--vertebra", "L2", "--out", str(out)) == 2
+    assert "not empty; choose another --out, or --force" in capsys.readouterr().err  # no mixing of two patients
 
 
 def test_predict_refuses_a_model_without_a_vfrac_contract(tmp_path, capsys):
@@ -202,6 +214,8 @@ GOOD = {"contract": CONTRACT_VERSION, "preprocessing": PREPROCESSING, "input_siz
     ({"aggregation": "median"}, r"aggregation 'median' or threshold 0.5 is not one this vfrac applies"),
     ({"crop": GOOD["crop"] | {"box_mode": "sphere"}}, r"the contract's crop settings are not reproducible"),
     ({"window": None}, r"the model's contract lacks window"),
+    ({"window": [400.0, 0.0]}, r"HU window \[400.0, 0.0\] is not a level and a positive width"),
+    ({"crop": {k: v for k, v in GOOD["crop"].items() if k != "context"}}, r"must name exactly box_mode, cache_size"),
 ])
 def test_contracts_this_code_cannot_reproduce_are_refused(change, message):
     metadata = {"vfrac": {k: v for k, v in (GOOD | change).items() if v is not None}}
@@ -216,7 +230,7 @@ def test_contracts_this_code_cannot_reproduce_are_refused(change, message):
     (["--ct", "abdomen-pelvis-ct.nii.gz", "--roi", "abdomen-pelvis-vertebrae.nii.gz", "--roi-label", "44"],
      "the ROI mask has no voxel with label 44"),
     (["--ct", "abdomen-pelvis-ct.nii.gz", "--segmentation", "abdomen-pelvis-vertebrae.nii.gz", "--vertebra", "C3"],
-     "C3"),
+     "no C3 (label 48) in this map"),
     (["--ct", "abdomen-pelvis-ct.nii.gz", "--roi", "abdomen-pelvis-vertebrae.nii.gz"],
      "the ROI mask holds several labels"),
 ])
@@ -244,3 +258,16 @@ def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         predict(["--model", "models:/m/1", "--ct", "ct.nii.gz", *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_force_replaces_only_an_earlier_predictions_files(tmp_path):
+    from experiments.predict import OUTPUTS, clear_outputs
+
+    for name in OUTPUTS:
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("old")
+    (tmp_path / "overlays" / "gradcam_z9_crop.png").write_text("stale")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        clear_outputs(tmp_path, force=False)
+    clear_outputs(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -128,7 +128,8 @@ def roi_voxels(mask: np.ndarray, patient: Patient) -> np.ndarray:
         if labelled.size and labelled.min() != labelled.max():
             values = np.unique(labelled)
             raise InputError(f"{patient.roi}: the ROI mask holds several labels "
-                             f"({', '.join(map(str, values[:10]))}); say which with a roi_label column")
+                             f"({', '.join(map(str, values[:10]))}); say which with a roi_label column "
+                             "(experiments.predict: --roi-label)")
         roi = mask != 0
         what = "no voxel set"
     if not roi.any():

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfrac.cohort import LABELS, PATIENT_ID, read_table
+from vfrac.cohort import identity_errors, read_table
 from vfrac.errors import InputError
 from vfrac.vertebrae import TOTALSEGMENTATOR, VERSE, Scheme, totalsegmentator_roi, verse_roi
 
@@ -133,15 +133,7 @@ def _label_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def _row_errors(row: dict, scheme: Scheme, seen: dict[str, int]) -> list[tuple[str, str]]:
-    errors = []
-    pid = row["patient_id"]
-    if not PATIENT_ID.match(pid):
-        errors.append(("patient_id", f"{pid!r} is empty or not a plain id "
-                       "(letters, digits, '.', '_', '-'; at most 64 characters)"))
-    elif pid in seen:
-        errors.append(("patient_id", f"{pid!r} already used in row {seen[pid]}"))
-    if row["label"].lower() not in LABELS:
-        errors.append(("label", f"{row['label']!r} is not one of {', '.join(LABELS)}"))
+    errors = identity_errors(row, seen)  # as the manifest checks them
     try:
         scheme.level(row["vertebra"])
     except InputError as error:

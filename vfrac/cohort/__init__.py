@@ -102,7 +102,8 @@ def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
     return (lines[0], lines[1:]) if lines else ([], [])
 
 
-def _row_errors(row: dict, folder: Path, seen: dict, allow_outside: bool) -> list[tuple[str, str]]:
+def identity_errors(row: dict, seen: dict) -> list[tuple[str, str]]:
+    """(column, reason) for a row's patient_id (plain, not used before: `seen` id -> row) and label."""
     errors = []
     pid = row["patient_id"]
     if not PATIENT_ID.match(pid):
@@ -112,6 +113,11 @@ def _row_errors(row: dict, folder: Path, seen: dict, allow_outside: bool) -> lis
         errors.append(("patient_id", f"{pid!r} already used in row {seen[pid]}"))
     if row["label"].lower() not in LABELS:
         errors.append(("label", f"{row['label']!r} is not one of {', '.join(LABELS)}"))
+    return errors
+
+
+def _row_errors(row: dict, folder: Path, seen: dict, allow_outside: bool) -> list[tuple[str, str]]:
+    errors = identity_errors(row, seen)
     errors += _path_errors("ct", row["ct"], folder, allow_outside, ct=True)
     errors += _path_errors("roi", row["roi"], folder, allow_outside)
     if row.get("roi_label") and not ROI_LABEL.fullmatch(row["roi_label"]):
