@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfrac.cohort import identity_errors, read_table
+from vfrac.cohort import identity_errors, read_patient_table
 from vfrac.errors import InputError
 from vfrac.vertebrae import TOTALSEGMENTATOR, VERSE, Scheme, totalsegmentator_roi, verse_roi
 
@@ -118,15 +118,7 @@ def _relative(path: Path, folder: Path) -> str:
 
 def _label_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     """The labels table's rows, numbered from 1 as the manifest's are; a bad table raises."""
-    if not path.is_file():
-        raise InputError(f"{path}: labels table not found")
-    columns, records = read_table(path)
-    missing = [c for c in LABEL_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "
-                         f"found {', '.join(columns) or 'no header'} (needed: {', '.join(LABEL_COLUMNS)})")
-    if not records:
-        raise InputError(f"{path}: has a header but no patients")
+    columns, records = read_patient_table(path, LABEL_COLUMNS, "labels table")
     width = len(columns)
     return [(n, dict(zip(columns, (fields + [""] * width)[:width], strict=True))) for n, fields in
             enumerate(records, start=1)]

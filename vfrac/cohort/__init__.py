@@ -59,19 +59,7 @@ def read_manifest(path, skip_bad: bool = False, allow_outside: bool = False) -> 
     files from anywhere on the machine, and this is checked before any file is read.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: manifest not found")
-    columns, records = read_table(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "
-                         f"found {', '.join(columns) or 'no header'}")
-    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
-    if repeated:
-        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; "
-                         "keep one of each")
-    if not records:
-        raise InputError(f"{path}: has a header but no patients")
+    columns, records = read_patient_table(path, REQUIRED_COLUMNS, "manifest")
     patients, problems, seen, width = [], [], {}, len(columns)
     for number, fields in enumerate(records, start=1):
         row = dict(zip(columns, (fields + [""] * width)[:width], strict=True))  # short rows: empty fields
@@ -90,6 +78,25 @@ def read_manifest(path, skip_bad: bool = False, allow_outside: bool = False) -> 
     if not patients:
         raise InputError(f"{path}: no usable patient rows:\n" + "\n".join(problems))
     return Cohort(manifest=path, patients=patients, problems=problems)
+
+
+def read_patient_table(path: Path, required, what: str) -> tuple[list[str], list[list[str]]]:
+    """A table of one row per patient (the manifest, an import's labels): header and rows, refused when the
+    file, a required column or any row is missing, or a column is named twice."""
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    columns, records = read_table(path)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputError(f"{path}: missing required column(s) {', '.join(missing)}; "
+                         f"found {', '.join(columns) or 'no header'}")
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header; "
+                         "keep one of each")
+    if not records:
+        raise InputError(f"{path}: has a header but no patients")
+    return columns, records
 
 
 def read_table(path: Path) -> tuple[list[str], list[list[str]]]:
