@@ -56,8 +56,8 @@ def pipeline_rate(dataset, epochs: int = 3) -> float:
         pass
     started, count = time.perf_counter(), 0
     for _ in range(epochs):
-        for images, _ in dataset:
-            count += int(images.shape[0])
+        for batch in dataset:  # (images, labels) or, when training, (images, labels, weights)
+            count += int(batch[0].shape[0])
     return count / (time.perf_counter() - started)
 
 

@@ -245,8 +245,7 @@ def _explain(model, model_contract: dict, prepared, images: np.ndarray, volume, 
     bone = windowed_rgb(_network_inputs(prepared, model_contract, BONE_WINDOW))[..., 1]
     classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
     explainer = Explainer(model, layer)  # its layer was checked when the model loaded
-    maps = {method: explainer.maps(images, method, classes) for method in methods}
-    attribution = explainer.slice_attribution(images, classes)
+    maps, attribution = explainer.explain(images, classes, methods)
     shown, captures, cache_size = [], [], prepared.crops.shape[1]
     for k, entry in enumerate(prediction["slices"]):
         z, p = entry["slice"], entry["probability"]

@@ -5,6 +5,13 @@ tf-keras-vis; HiResCAM (gradient x activation summed over channels, no averaging
 the gradient) is computed here: for ResNet50 + global average pooling + one dense
 unit it is the exact contribution of each location to the logit.
 
+Grad-CAM, HiResCAM and the slices' attribution all need one thing, the gradient of
+the class score with respect to the layer's activation (and to the input): `explain`
+gets it from one traced forward+backward pass per batch and derives all three from
+it, where tf-keras-vis (eager, one pass per method) took three. Grad-CAM computed so
+equals tf-keras-vis's to float precision (tests/test_explain.py); the other
+tf-keras-vis methods run through tf-keras-vis.
+
 tf-keras-vis scores softmax outputs (Score-CAM applies a softmax itself), which is
 constant for a single sigmoid unit. Maps are therefore taken from a two-logit view
 of the same network, [-z/2, z/2] with z the malignancy logit: its softmax is
@@ -23,12 +30,13 @@ import numpy as np
 import tensorflow as tf
 
 from vfrac.errors import InputError
+from vfrac.pipeline import CAFFE_MEAN_BGR as PIPELINE_MEAN_BGR
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "layercam", "hirescam")
 DEFAULT_LAYER = "conv5_block3_out"  # 7 x 7 at input 224
 FINE_LAYER = "conv4_block6_out"  # 14 x 14 at input 224
 PIXELS_PER_BATCH = 64 * 64 * 64
-CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)  # ResNet50's preprocess_input
+CAFFE_MEAN_BGR = np.array(PIPELINE_MEAN_BGR, dtype=np.float32)  # ResNet50's preprocess_input
 
 
 def called_classes(probabilities, threshold: float = 0.5) -> np.ndarray:
@@ -68,20 +76,7 @@ class Explainer:
     def maps(self, images: np.ndarray, method: str, classes, batch_size: int | None = None,
              max_n: int = 32) -> np.ndarray:
         """(n, S, S) maps in [0, 1]; all zero where the map is flat (nothing positive)."""
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, received {method!r}")
-        images = np.asarray(images, dtype=np.float32)
-        classes = np.asarray(classes, dtype=np.int32)
-        if len(classes) != len(images):
-            raise ValueError(f"{len(images)} images but {len(classes)} classes")
-        size = images.shape[1:3]
-        batch_size = batch_size or _batch_size(size)
-        out = np.zeros((len(images),) + size, dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            part = slice(start, start + batch_size)
-            coarse = self._coarse(images[part], method, classes[part], max_n)
-            out[part] = [_upsample_and_scale(m, size) for m in coarse]
-        return out
+        return self.explain(images, classes, (method,), batch_size, max_n)[0][method]
 
     def slice_attribution(self, images: np.ndarray, classes, batch_size: int | None = None) -> np.ndarray:
         """(n, 3): gradient x input summed per channel (z-1, z, z+1) of the windowed image.
@@ -89,25 +84,52 @@ class Explainer:
         The baseline is black (HU below the window); a larger share means that slice
         drove the decision more.
         """
+        return self.explain(images, classes, (), batch_size)[1]
+
+    def explain(self, images: np.ndarray, classes, methods=("gradcam", "hirescam"), batch_size: int | None = None,
+                max_n: int = 32) -> tuple[dict, np.ndarray]:
+        """({method: (n, S, S) maps in [0, 1]}, (n, 3) slice attribution) of the images, each for its class.
+
+        One traced forward+backward pass per batch serves Grad-CAM, HiResCAM and the
+        attribution together; the other methods run through tf-keras-vis.
+        """
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"method must be one of {METHODS}, received {unknown[0]!r}")
         images = np.asarray(images, dtype=np.float32)
         classes = np.asarray(classes, dtype=np.int32)
-        out = np.zeros((len(images), 3), dtype=np.float32)
-        batch_size = batch_size or _batch_size(images.shape[1:3])
+        if len(classes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(classes)} classes")
+        size = images.shape[1:3]
+        batch_size = batch_size or _batch_size(size)
+        maps = {m: np.zeros((len(images),) + size, dtype=np.float32) for m in methods}
+        attribution = np.zeros((len(images), 3), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
-            x = tf.constant(images[part])
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                score = _class_score(self.two_logits(x, training=False), classes[part])
-            gradient = tape.gradient(score, x).numpy()[..., ::-1]  # BGR input -> slices z-1, z, z+1
-            out[part] = (gradient * windowed_rgb(images[part])).sum(axis=(1, 2))
-        return out
+            activation, gradient, input_gradient = (t.numpy() for t in self._gradient_pass(
+                tf.constant(images[part]), tf.constant(classes[part])))
+            # BGR input -> slices z-1, z, z+1
+            attribution[part] = (input_gradient[..., ::-1] * windowed_rgb(images[part])).sum(axis=(1, 2))
+            for method in methods:
+                if method in GRADIENT_METHODS:
+                    coarse = GRADIENT_METHODS[method](activation, gradient)
+                else:
+                    coarse = self._tf_keras_vis(images[part], method, classes[part], max_n)
+                maps[method][part] = [_upsample_and_scale(m, size) for m in np.maximum(coarse, 0.0)]
+        return maps, attribution
 
-    def _coarse(self, images, method, classes, max_n) -> np.ndarray:
-        """Maps at the layer's resolution, after ReLU."""
-        if method == "hirescam":
-            activation, gradient = self._activation_and_gradient(images, classes)
-            return np.maximum((activation * gradient).sum(axis=-1), 0.0)
+    @tf.function(reduce_retracing=True)
+    def _gradient_pass(self, images, classes):
+        """(layer activation, its gradient, the input's gradient) of each image's class score."""
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            activation, output = self.gradients(images, training=False)
+            score = _class_score(output, classes)
+        gradient, input_gradient = tape.gradient(score, [activation, images])
+        return activation, gradient, input_gradient
+
+    def _tf_keras_vis(self, images, method, classes, max_n) -> np.ndarray:
+        """Maps at the layer's resolution from tf-keras-vis (before ReLU)."""
         from tf_keras_vis.gradcam import Gradcam, GradcamPlusPlus
         from tf_keras_vis.layercam import Layercam
         from tf_keras_vis.scorecam import Scorecam
@@ -122,19 +144,23 @@ class Explainer:
         if method == "scorecam":
             keras.utils.disable_interactive_logging()  # Score-CAM's predict() would draw progress bars
             try:
-                coarse = tool(score, images, **options)
+                return np.asarray(tool(score, images, **options), dtype=np.float32)
             finally:
                 keras.utils.enable_interactive_logging()
-        else:
-            coarse = tool(score, images, **options)
-        return np.maximum(np.asarray(coarse, dtype=np.float32), 0.0)
+        return np.asarray(tool(score, images, **options), dtype=np.float32)
 
-    def _activation_and_gradient(self, images, classes):
-        x = tf.constant(images)
-        with tf.GradientTape() as tape:
-            activation, output = self.gradients(x, training=False)
-            score = _class_score(output, classes)
-        return activation.numpy(), tape.gradient(score, activation).numpy()
+
+def gradcam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al.): channels weighted by their spatially averaged gradient, summed."""
+    return (activation * gradient.mean(axis=(1, 2), keepdims=True)).sum(axis=-1)
+
+
+def hirescam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos and Carin): gradient x activation per location, summed over channels."""
+    return (activation * gradient).sum(axis=-1)
+
+
+GRADIENT_METHODS = {"gradcam": gradcam, "hirescam": hirescam}  # computed from the one gradient pass
 
 
 def _batch_size(size) -> int:
@@ -148,7 +174,7 @@ def _batch_size(size) -> int:
 
 def _class_score(two_logits, classes):
     """Each image's logit of its own class."""
-    return tf.gather(two_logits, tf.constant(classes, dtype=tf.int32), axis=1, batch_dims=1)
+    return tf.gather(two_logits, tf.cast(classes, tf.int32), axis=1, batch_dims=1)
 
 
 def _two_logit_model(model: keras.Model) -> keras.Model:

@@ -133,8 +133,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     cohort = _cohort(params)
     out = Path(out)
     rows, sanity_rows, reviews = [], [], []
-    explained = {m: 0 for m in methods}
-    seconds = {m: 0.0 for m in methods}
+    explained, seconds = 0, 0.0  # slices mapped, and the time their maps took (all methods together)
     with tempfile.TemporaryDirectory() as scratch:
         for fold, fold_run in sorted(folds.items()):
             fold_model = _fold_model(client, fold_run, Path(scratch) / f"fold{fold}", params)
@@ -145,13 +144,10 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
                       for pid, slice_rows in fold_model.patients.items()]
             images = _network_inputs(chosen, fold_model)
             classes = np.concatenate([c.classes for c in chosen])
-            attribution = explainer.slice_attribution(images, classes)
-            maps = {}
-            for method in methods:
-                timer = time.perf_counter()
-                maps[method] = explainer.maps(images, method, classes)
-                seconds[method] += time.perf_counter() - timer
-                explained[method] += len(images)
+            timer = time.perf_counter()
+            maps, attribution = explainer.explain(images, classes, methods)  # one gradient pass serves them all
+            seconds += time.perf_counter() - timer
+            explained += len(images)
             offset = 0
             for item in chosen:
                 part = slice(offset, offset + len(item.crops))
@@ -170,7 +166,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     _write_csv(explain_dir / "attention.csv", rows, COLUMNS)
     _write_csv(explain_dir / "attention_summary.csv", summary, SUMMARY_COLUMNS)
     _write_csv(explain_dir / "sanity.csv", sanity_rows, SANITY_COLUMNS)
-    speed = {m: explained[m] / seconds[m] for m in methods if seconds[m] > 0}
+    speed = {" + ".join(methods): explained / seconds} if seconds > 0 else {}
     (explain_dir / "summary.md").write_text(_summary_markdown(summary, sanity_rows, speed, layer))
     page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, methods, layer, run_id, out)
     if log:
@@ -297,8 +293,8 @@ def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
             # Built once per draw, at the first stage (the head): an Explainer copies the head's weights
             # when built, and later stages re-initialise the shared layers below it in place.
             explainer = explainer or Explainer(random_model, layer)
-            for method in methods:
-                randomized.setdefault((method, stage), []).append(explainer.maps(images, method, classes))
+            for method, maps in explainer.explain(images, classes, methods)[0].items():
+                randomized.setdefault((method, stage), []).append(maps)
     return sanity_check(trained, randomized)
 
 

@@ -178,3 +178,33 @@ def test_rank_correlation_edge_cases():
     a = np.arange(16.0).reshape(4, 4)
     assert rank_correlation(a, a) == pytest.approx(1.0) and rank_correlation(a, -a) == pytest.approx(-1.0)
     assert rank_correlation(a, np.zeros((4, 4))) == 0.0 and math.isnan(rank_correlation(a * 0, a * 0))
+
+
+def test_the_one_gradient_pass_gives_tf_keras_vis_gradcam_and_the_eager_hirescam_and_attribution():
+    """Grad-CAM, HiResCAM and the attribution come from one traced pass: the same numbers as computed apart."""
+    from explain.cam import _class_score, _upsample_and_scale
+
+    keras.utils.set_random_seed(3)
+    model = build_classifier(32)
+    for layer in model.layers:  # away from zero-gamma, so every residual branch has a gradient
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.assign(np.random.default_rng(0).uniform(0.5, 1.5, layer.gamma.shape).astype(np.float32))
+    images = np.random.default_rng(1).normal(0.0, 60.0, (5, 32, 32, 3)).astype(np.float32)
+    classes = np.array([1, 0, 1, 1, 0])
+    explainer = Explainer(model, "conv2_block3_out")
+    maps, attribution = explainer.explain(images, classes, ("gradcam", "hirescam"), batch_size=2)
+    reference = explainer._tf_keras_vis(images, "gradcam", classes, 32)  # tf-keras-vis, eager
+    expected = np.stack([_upsample_and_scale(np.maximum(m, 0.0), (32, 32)) for m in reference])
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(maps["gradcam"], expected, atol=1e-4)
+    x = tf.constant(images)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        activation, output = explainer.gradients(x, training=False)
+        score = _class_score(output, classes)
+    gradient = tape.gradient(score, activation).numpy()
+    hires = np.maximum((activation.numpy() * gradient).sum(axis=-1), 0.0)
+    np.testing.assert_allclose(maps["hirescam"], [_upsample_and_scale(m, (32, 32)) for m in hires], atol=1e-4)
+    by_slice = (tape.gradient(score, x).numpy()[..., ::-1] * (images + CAFFE_MEAN_BGR)[..., ::-1]).sum(axis=(1, 2))
+    np.testing.assert_allclose(attribution, by_slice, rtol=1e-4, atol=1e-4 * np.abs(by_slice).max())
+    assert explainer.maps(images[:2], "hirescam", classes[:2]).shape == (2, 32, 32)

@@ -120,7 +120,7 @@ def _prepare_random_init(model: keras.Model) -> None:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = RANDOM_INIT_BN_MOMENTUM
             if RESIDUAL_LAST_BN.fullmatch(layer.name):
-                layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+                layer.gamma.assign(keras.ops.zeros(layer.gamma.shape, layer.gamma.dtype))
 
 
 def _load_weights(model: keras.Model, backbone: keras.Model, path: Path) -> None:

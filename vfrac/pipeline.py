@@ -15,7 +15,6 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -23,6 +22,7 @@ from vfrac.cache import read_entry
 from vfrac.window import BONE_WINDOW, window_unit
 
 AIR_HU = -1000.0
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # what ResNet50's preprocess_input subtracts
 BALANCE = ("weights", "sampling", "none")
 
 
@@ -134,9 +134,18 @@ def make_transform(input_size: int, cache_size: int, context: float, window, aug
             hu = hu * (1.0 + draws[5] * a.contrast * s) + draws[6] * a.offset * s
         hu = _resample(hu, input_size, cache_size, box_side, shift, scale, angle, mirror)
         image = window_unit(hu, window, clip=tf.clip_by_value) * 255.0
-        return keras.applications.resnet50.preprocess_input(image)  # as the ImageNet weights expect
+        return preprocess_input(image)
 
     return transform
+
+
+def preprocess_input(image):
+    """`keras.applications.resnet50.preprocess_input` ("caffe": RGB -> BGR, ImageNet mean off) in TensorFlow ops.
+
+    Written out so that the pipeline stays a TensorFlow graph under any Keras backend
+    (Keras' own version runs the backend's ops, which a tf.data map cannot hold under JAX).
+    """
+    return image[..., ::-1] - tf.constant(CAFFE_MEAN_BGR)
 
 
 def evaluation_images(crops: np.ndarray, context: float, input_size: int, window, batch_size: int = 64) -> np.ndarray:

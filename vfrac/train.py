@@ -80,7 +80,7 @@ class Trainer:
     tries runs on the one traced graph.
     """
 
-    def __init__(self, model_fn, ema_momentum: float = 0.98):
+    def __init__(self, model_fn, ema_momentum: float = 0.98, jit_compile: bool | str = "auto"):
         if not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1), received {ema_momentum}")
         self.model = model_fn()
@@ -92,7 +92,7 @@ class Trainer:
         self.optimizer = VariableDecayAdamW(learning_rate=self.schedule, weight_decay=0.0,
                                             use_ema=ema_momentum > 0, ema_momentum=ema_momentum)
         self.model.compile(optimizer=self.optimizer, loss=keras.losses.BinaryCrossentropy(),
-                           metrics=[keras.metrics.AUC(name="auc")])
+                           metrics=[keras.metrics.AUC(name="auc")], jit_compile=jit_compile)
 
     def fit(self, train_ds, val_ds=None, epochs: int = 10, learning_rate: float = 3e-4, weight_decay: float = 1e-4,
             dropout: float | None = None, seed: int | None = None, warmup_epochs: float = 1.0,
