@@ -10,9 +10,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(name, "1")
 
 # The files that train networks, longest first: with `--dist loadfile --no-loadscope-reorder` (pyproject.toml) the
-# workers take files in collection order, so the long pole (test_cv.py) starts at once on one worker while the
-# other works through the rest, instead of starting minutes late behind files with many quick tests.
-LONGEST_FIRST = ("test_cv.py", "test_predict.py", "test_model.py", "test_explain.py", "test_cv_options.py")
+# workers take files in collection order, so the two long poles (test_faults.py: five processes of the command;
+# test_cv.py) start at once, one on each worker, while the rest follows, instead of starting minutes late behind
+# files with many quick tests.
+LONGEST_FIRST = ("test_faults.py", "test_cv.py", "test_predict.py", "test_model.py", "test_explain.py",
+                 "test_cv_options.py")
 
 
 def pytest_collection_modifyitems(items):

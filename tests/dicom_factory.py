@@ -1,4 +1,4 @@
-"""Write small but valid CT DICOM files with pydicom, as a scanner would, for tests."""
+"""Write small but valid CT DICOM files with pydicom, as a scanner would, for tests; and NIfTI and .npy headers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -169,4 +170,33 @@ def write_deflated_zeros(path: Path, rows: int, columns: int, bits: int = 8, pix
     with open(path, "wb") as out:
         out.write(bytes(128) + b"DICM" + meta.getvalue())
         out.writelines(deflate_zeros(body.getvalue() + pixel_element, size))
+    return path
+
+
+def nifti_header(shape, dtype=np.uint8) -> bytes:
+    """A NIfTI-1 header claiming `shape`, with the 4 bytes that end it: 352 bytes."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    return header.binaryblock + bytes(4)
+
+
+def write_gzip(path: Path, head: bytes, zeros: int = 0) -> Path:
+    """A whole gzip member of `head` and `zeros` zero bytes, streamed: ~1 KB per MB of zeros."""
+    crc, block = zlib.crc32(head), bytes(2**26)
+    for start in range(0, zeros, len(block)):
+        crc = zlib.crc32(block[: min(len(block), zeros - start)], crc)
+    with open(path, "wb") as out:
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")
+        out.writelines(deflate_zeros(head, zeros))
+        out.write(struct.pack("<II", crc, (len(head) + zeros) % 2**32))
+    return path
+
+
+def write_npy_header(path: Path, shape) -> Path:
+    """A .npy file of uint8 whose header claims `shape` and that holds no data."""
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": "|u1", "fortran_order": False, "shape": shape})
     return path

@@ -1,13 +1,14 @@
-"""The whole command on a tiny synthetic cohort: run tree, predictions, resume, two processes, privacy."""
+"""The whole command on a tiny synthetic cohort: run tree, predictions, review, report, privacy.
 
-import contextlib
+A run killed inside a trial and run again, and two processes on one store, are in tests/test_faults.py.
+"""
+
 import csv
 import json
 import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,13 +17,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import optuna
 import pydicom
 import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from experiments.tuning import SEARCHED
+from bench.bench_faults import studies
 from explain.review import main as review
 from tests.mlflow_store import artifact_rows, runs
 from vfrac.metrics import evaluate
@@ -46,8 +46,8 @@ def cohort(tmp_path_factory):
     return manifest, identities
 
 
-def cv(manifest, store: Path, *extra, wait=True):
-    """Run the command in a fresh process, as a user would, in `store` as the working folder."""
+def cv(manifest, store: Path, *extra):
+    """Run the command in a fresh process, as a user would, in `store` as the working folder; its output."""
     store.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "experiments.cv", "--cohort", str(manifest), *TINY,
                "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage", f"sqlite:///{store}/optuna.db",
@@ -55,86 +55,52 @@ def cv(manifest, store: Path, *extra, wait=True):
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(command, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
-    return process.communicate(timeout=900)[0] if wait else process
-
-
-def wait_for_running_trial(store: Path, study_suffix: str, process, timeout=900) -> None:
-    """Block until a trial of the study whose name ends with `study_suffix` is RUNNING with all its settings drawn.
-
-    Settings are written one by one; a kill between two of them would leave the killed
-    trial with only some, so wait for every one of SEARCHED (the search space without
-    pretrained weights).
-    """
-    deadline = time.monotonic() + timeout
-    query = ("select count(*) from (select t.trial_id from trials t join studies s on t.study_id = s.study_id "
-             "join trial_params p on p.trial_id = t.trial_id "
-             f"where s.study_name like '%{study_suffix}' and t.state = 'RUNNING' "
-             f"group by t.trial_id having count(*) >= {len(SEARCHED)})")
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        if (store / "optuna.db").is_file():
-            with contextlib.suppress(sqlite3.OperationalError):  # tables not yet created
-                if sqlite3.connect(store / "optuna.db").execute(query).fetchone()[0]:
-                    return
-        time.sleep(0.2)
-    raise TimeoutError(f"no running trial in {study_suffix}")
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output
+    return output
 
 
 @pytest.fixture(scope="module")
-def resumed(cohort, tmp_path_factory):
-    """A run killed (SIGKILL) while a trial of its second fold runs, then the same command again."""
-    manifest, _ = cohort
+def finished(cohort, tmp_path_factory):
+    """One uninterrupted run, with the review and the report: its store and its output."""
     store = tmp_path_factory.mktemp("store-a")
-    process = cv(manifest, store, wait=False)
-    wait_for_running_trial(store, "-fold1", process)
-    process.kill()
-    first = process.communicate(timeout=60)[0]
-    second = cv(manifest, store)
-    return store, first, second
+    return store, cv(cohort[0], store)
 
 
-def studies(store: Path) -> dict[str, list[tuple]]:
-    """(number, state, position, params) of every trial, by fold study name suffix."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{store}/optuna.db")
-    found = {}
-    for summary in optuna.get_all_study_summaries(storage):
-        if "-fold" in summary.study_name:
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            found[summary.study_name.rsplit("-", 1)[1]] = [
-                (t.number, t.state.name, t.user_attrs.get("vfrac.trial"), t.params) for t in study.trials]
-    return found
+def test_bench_learning_scores_a_finished_run(finished):
+    """bench/bench_learning.py's core on this run: the AUC under each rule, the baseline's and DeLong's p."""
+    from bench.bench_learning import scores, table_row
+
+    result = scores(finished[0])
+    assert {"max", "mean", "topk", "baseline", "delong_max", "delong_mean"} <= set(result)
+    assert all(0.0 <= result[name] <= 1.0 for name in ("max", "mean", "topk", "baseline")), result
+    assert table_row("seed 4", result | {"seconds": 1.0}).count("|") == 9
 
 
-def test_a_killed_run_resumes_and_reruns_the_killed_trial_with_its_own_settings(resumed):
-    store, first, second = resumed
-    assert "fold 0: done" in first and "fold 1: tuning" in first, first
-    assert "fold 0: already done, reused" in second and "fold 0: tuning" not in second, second
-    assert "fold 1: tuning, " in second and "pooled out-of-fold results, 12 patients" in second
+def test_the_run_tunes_each_fold_within_its_budget_and_pools_every_patient(finished):
+    store, output = finished
+    assert "fold 0: tuning, " in output and "fold 1: tuning, " in output, output
+    assert "pooled out-of-fold results, 12 patients" in output
     trials = studies(store)
     assert sorted(trials) == ["fold0", "fold1"]
     for fold, rows in trials.items():
-        done = {position: params for _, state, position, params in rows if state == "COMPLETE"}
-        assert sorted(done) == [0, 1], (fold, rows)  # the budget, once per position
-    killed = [row for row in trials["fold1"] if row[1] == "FAIL"]
-    assert len(killed) == 1 and len(trials["fold0"]) == 2
-    _, _, position, params = killed[0]
-    rerun = [row for row in trials["fold1"] if row[1] == "COMPLETE" and row[2] == position]
-    assert rerun[0][0] > killed[0][0] and rerun[0][3] == params  # a new trial, the same settings
+        assert sorted(position for _, state, position, _ in rows if state == "COMPLETE") == [0, 1], (fold, rows)
+        assert len(rows) == 2, (fold, rows)
     client, by_role = runs(store)
     for run in sum(by_role.values(), []):
         assert run.info.status == "FINISHED" and "vfrac.failure" not in run.data.tags, run.data.tags
 
 
-def test_a_finished_run_is_not_run_again(cohort, resumed):
-    store, _, _ = resumed
+def test_a_finished_run_is_not_run_again(cohort, finished):
+    store, _ = finished
     output = cv(cohort[0], store)
     assert "every fold and the pooled results are already done" in output
     assert "| per patient, vfrac (pooled) |" in output and "tuning" not in output
     assert len(runs(store)[1]["fold"]) == 2
 
 
-def test_run_tree_tags_and_artifacts_follow_the_design(resumed, tmp_path):
-    store, _, _ = resumed
+def test_run_tree_tags_and_artifacts_follow_the_design(finished, tmp_path):
+    store, _ = finished
     client, by_role = runs(store)
     (cv_run,) = by_role["cv"]
     assert {"vfrac.cohort_hash", "vfrac.git_commit", "vfrac.preset"} <= set(cv_run.data.tags)
@@ -157,8 +123,8 @@ def test_run_tree_tags_and_artifacts_follow_the_design(resumed, tmp_path):
     assert plots == {"plots/roc.png", "plots/confusion.png", "plots/calibration.png"}
 
 
-def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
-    store, _, _ = resumed
+def test_predictions_splits_and_metrics_agree(finished, tmp_path):
+    store, _ = finished
     client, by_role = runs(store)
     (cv_run,) = by_role["cv"]
     run_id = cv_run.info.run_id
@@ -196,42 +162,10 @@ def test_predictions_splits_and_metrics_agree(resumed, tmp_path):
     assert metrics["baseline_delong_p"] == pytest.approx(delong["p"])
 
 
-def test_two_identical_processes_share_the_work_and_match_the_uninterrupted_run(cohort, resumed, tmp_path):
-    manifest, _ = cohort
-    store = tmp_path / "store-b"
-    processes = [cv(manifest, store, "--no-explain", wait=False) for _ in range(2)]
-    outputs = [p.communicate(timeout=900)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs
-    client, by_role = runs(store)
-    assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
-    (cv_run,) = by_role["cv"]
-    assert cv_run.data.tags.get("vfrac.done") == "1"
-    for fold, rows in studies(store).items():
-        assert sorted(r[2] for r in rows if r[1] == "COMPLETE") == [0, 1], (fold, rows)  # 2 trials, not 4
-    assert len(client.get_metric_history(cv_run.info.run_id, "patient_auc")) == 1  # pooled once
-    for fold in by_role["fold"]:
-        assert len(client.get_metric_history(fold.info.run_id, "train_loss")) == 1  # one final model, 1 epoch
-        assert len(client.get_metric_history(fold.info.run_id, "patient_auc")) == 1
-    assert sum(output.count("final model on all") for output in outputs) == 2
-    single_client, single = runs(resumed[0])
-    ours, theirs = cv_run.data.metrics, single["cv"][0].data.metrics
-    assert ours.keys() == theirs.keys()
-    for name, value in ours.items():
-        assert value == pytest.approx(theirs[name], abs=1e-9), name
-
-    def predictions(client_, run):
-        rows = artifact_rows(client_, run.info.run_id, "predictions/slices.csv", tmp_path / run.info.run_id)
-        return sorted((r["patient_id"], int(r["slice"]), int(r["fold"]), float(r["probability"])) for r in rows)
-
-    ours, theirs = predictions(client, cv_run), predictions(single_client, single["cv"][0])
-    assert [r[:3] for r in ours] == [r[:3] for r in theirs]
-    assert np.allclose([r[3] for r in ours], [r[3] for r in theirs], atol=1e-6)
-
-
-def test_no_patient_identifier_reaches_the_store_or_the_logs(cohort, resumed):
+def test_no_patient_identifier_reaches_the_store_or_the_logs(cohort, finished):
     _, identities = cohort
-    store, first, second = resumed
-    texts = [first.encode(), second.encode()]
+    store, output = finished
+    texts = [output.encode()]
     texts += [path.read_bytes() for path in store.rglob("*") if path.is_file() and "cache" not in path.parts]
     for identity in identities:
         assert all(identity.encode() not in text for text in texts), identity
@@ -243,8 +177,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_mlflow_server_serves_the_run_tree(resumed):
-    store, _, _ = resumed
+def test_mlflow_server_serves_the_run_tree(finished):
+    store, _ = finished
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
                                f"sqlite:///{store}/mlflow.db", "--host", "127.0.0.1", "--port", str(port),
@@ -285,9 +219,9 @@ def cv_run_id(store: Path) -> str:
     return run.info.run_id
 
 
-def test_the_review_is_logged_with_every_image_it_shows(cohort, resumed, tmp_path):
-    store, _, second = resumed
-    assert "explanation: 12 patients" in second and "review page" in second, second
+def test_the_review_is_logged_with_every_image_it_shows(cohort, finished, tmp_path):
+    store, output = finished
+    assert "explanation: 12 patients" in output and "review page" in output, output
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
     run_id = cv_run_id(store)
     local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
@@ -310,8 +244,8 @@ def test_the_review_is_logged_with_every_image_it_shows(cohort, resumed, tmp_pat
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-def test_the_review_page_renders_in_headless_chromium(resumed, tmp_path):
-    store, _, _ = resumed
+def test_the_review_page_renders_in_headless_chromium(finished, tmp_path):
+    store, _ = finished
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
     local = Path(client.download_artifacts(cv_run_id(store), "", str(tmp_path / "run")))
     shot = tmp_path / "page.png"
@@ -323,9 +257,9 @@ def test_the_review_page_renders_in_headless_chromium(resumed, tmp_path):
     assert image.std() > 10 and (image[..., 2].astype(int) - image[..., 0] > 60).any()  # text and heat colours
 
 
-def test_overlays_export_as_a_secondary_capture_series(cohort, resumed, tmp_path, monkeypatch, capsys):
+def test_overlays_export_as_a_secondary_capture_series(cohort, finished, tmp_path, monkeypatch, capsys):
     manifest, identities = cohort
-    store, _, _ = resumed
+    store, _ = finished
     out = tmp_path / "review"
     monkeypatch.chdir(store)  # in process: the command's code is the same, without a second TensorFlow start-up
     assert review(["--run-id", cv_run_id(store), "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--out", str(out),
@@ -346,10 +280,10 @@ def test_overlays_export_as_a_secondary_capture_series(cohort, resumed, tmp_path
     assert "no MLflow run" in capsys.readouterr().err
 
 
-def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, resumed, tmp_path):
+def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, finished, tmp_path):
     _, identities = cohort
-    store, _, second = resumed
-    assert "study report: report/report.md" in second
+    store, output = finished
+    assert "study report: report/report.md" in output
     client = MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
     run = client.get_run(cv_run_id(store))
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))

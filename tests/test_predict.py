@@ -271,3 +271,14 @@ def test_force_replaces_only_an_earlier_predictions_files(tmp_path):
         clear_outputs(tmp_path, force=False)
     clear_outputs(tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_bench_predict_times_every_stage_of_one_call(store, tmp_path):
+    """bench/bench_predict.py's core, on the registered model: each stage's seconds and the whole call."""
+    from bench.bench_predict import PATIENTS, once
+
+    folder, _, _ = store
+    model = ["--model", "models:/vfrac-resnet50/1", "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    seconds = once(model, PATIENTS["NIfTI + TotalSegmentator (L1)"], tmp_path / "b")
+    assert {"predict", "explain", "total"} <= set(seconds) and all(v >= 0 for v in seconds.values()), seconds
+    assert seconds["total"] >= seconds["predict"]
