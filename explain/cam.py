@@ -76,7 +76,7 @@ class Explainer:
     def maps(self, images: np.ndarray, method: str, classes, batch_size: int | None = None,
              max_n: int = 32) -> np.ndarray:
         """(n, S, S) maps in [0, 1]; all zero where the map is flat (nothing positive)."""
-        return self.explain(images, classes, (method,), batch_size, max_n)[0][method]
+        return self.explain(images, classes, (method,), batch_size, max_n, attribution=False)[0][method]
 
     def slice_attribution(self, images: np.ndarray, classes, batch_size: int | None = None) -> np.ndarray:
         """(n, 3): gradient x input summed per channel (z-1, z, z+1) of the windowed image.
@@ -87,11 +87,12 @@ class Explainer:
         return self.explain(images, classes, (), batch_size)[1]
 
     def explain(self, images: np.ndarray, classes, methods=("gradcam", "hirescam"), batch_size: int | None = None,
-                max_n: int = 32) -> tuple[dict, np.ndarray]:
-        """({method: (n, S, S) maps in [0, 1]}, (n, 3) slice attribution) of the images, each for its class.
+                max_n: int = 32, attribution: bool = True) -> tuple[dict, np.ndarray | None]:
+        """({method: (n, S, S) maps in [0, 1]}, (n, 3) slice attribution or None) of the images, each for its class.
 
         One traced forward+backward pass per batch serves Grad-CAM, HiResCAM and the
-        attribution together; the other methods run through tf-keras-vis.
+        attribution together (it runs only when one of them is asked for); the other
+        methods run through tf-keras-vis.
         """
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -103,20 +104,22 @@ class Explainer:
         size = images.shape[1:3]
         batch_size = batch_size or _batch_size(size)
         maps = {m: np.zeros((len(images),) + size, dtype=np.float32) for m in methods}
-        attribution = np.zeros((len(images), 3), dtype=np.float32)
+        shares = np.zeros((len(images), 3), dtype=np.float32) if attribution else None
+        needs_pass = attribution or any(m in GRADIENT_METHODS for m in methods)
         for start in range(0, len(images), batch_size):
             part = slice(start, start + batch_size)
-            activation, gradient, input_gradient = (t.numpy() for t in self._gradient_pass(
-                tf.constant(images[part]), tf.constant(classes[part])))
-            # BGR input -> slices z-1, z, z+1
-            attribution[part] = (input_gradient[..., ::-1] * windowed_rgb(images[part])).sum(axis=(1, 2))
+            if needs_pass:
+                activation, gradient, input_gradient = (t.numpy() for t in self._gradient_pass(
+                    tf.constant(images[part]), tf.constant(classes[part])))
+            if attribution:  # BGR input -> slices z-1, z, z+1
+                shares[part] = (input_gradient[..., ::-1] * windowed_rgb(images[part])).sum(axis=(1, 2))
             for method in methods:
                 if method in GRADIENT_METHODS:
                     coarse = GRADIENT_METHODS[method](activation, gradient)
                 else:
                     coarse = self._tf_keras_vis(images[part], method, classes[part], max_n)
                 maps[method][part] = [_upsample_and_scale(m, size) for m in np.maximum(coarse, 0.0)]
-        return maps, attribution
+        return maps, shares
 
     @tf.function(reduce_retracing=True)
     def _gradient_pass(self, images, classes):

@@ -293,7 +293,7 @@ def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
             # Built once per draw, at the first stage (the head): an Explainer copies the head's weights
             # when built, and later stages re-initialise the shared layers below it in place.
             explainer = explainer or Explainer(random_model, layer)
-            for method, maps in explainer.explain(images, classes, methods)[0].items():
+            for method, maps in explainer.explain(images, classes, methods, attribution=False)[0].items():
                 randomized.setdefault((method, stage), []).append(maps)
     return sanity_check(trained, randomized)
 
