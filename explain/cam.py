@@ -73,6 +73,20 @@ class Explainer:
                              f"{model.input_shape[1]}: nothing to localise; choose an earlier layer "
                              f"such as {FINE_LAYER!r} or a larger input")
 
+    def load(self, model: keras.Model) -> Explainer:
+        """Take the weights of another model of the same architecture (a fold's, a randomised draw's).
+
+        The traced gradient pass then serves that model: tracing ResNet50's forward and
+        backward pass costs as much as mapping a hundred slices, so the review explains
+        every fold and every random draw of the sanity check with one trace. The model this
+        explainer was built on shares its layers and takes the weights too.
+        """
+        for layer in self.two_logits.layers:
+            if layer.weights:
+                source = model.get_layer("malignancy" if layer.name == "malignancy_logit" else layer.name)
+                layer.set_weights(source.get_weights())
+        return self
+
     def maps(self, images: np.ndarray, method: str, classes, batch_size: int | None = None,
              max_n: int = 32) -> np.ndarray:
         """(n, S, S) maps in [0, 1]; all zero where the map is flat (nothing positive)."""

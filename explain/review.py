@@ -27,7 +27,7 @@ from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, slice
 from explain.overlay import overlay_pair
 from explain.page import write_page
 from explain.runs import cv_run, default_tracking_uri, finished_folds
-from explain.sanity import RANDOMIZATION_SEEDS, randomized_cascade, sanity_check
+from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
 from vfrac.errors import InputError
 from vfrac.window import BONE_WINDOW
 
@@ -134,12 +134,13 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     out = Path(out)
     rows, sanity_rows, reviews = [], [], []
     explained, seconds = 0, 0.0  # slices mapped, and the time their maps took (all methods together)
+    explainer = None  # one, and one traced pass, for every fold model and random draw
     with tempfile.TemporaryDirectory() as scratch:
         for fold, fold_run in sorted(folds.items()):
             fold_model = _fold_model(client, fold_run, Path(scratch) / f"fold{fold}", params)
             print(f"explain fold {fold}: {len(fold_model.patients)} test patients, methods {', '.join(methods)}",
                   flush=True)
-            explainer = Explainer(fold_model.model, layer)
+            explainer = explainer.load(fold_model.model) if explainer else Explainer(fold_model.model, layer)
             chosen = [_choose(cohort[pid], fold, slice_rows, fold_model, top)
                       for pid, slice_rows in fold_model.patients.items()]
             images = _network_inputs(chosen, fold_model)
@@ -158,7 +159,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
             if not sanity_rows:
                 print(f"explain fold {fold}: randomisation sanity check", flush=True)
                 sample = slice(0, SANITY_IMAGES)
-                sanity_rows = _sanity(fold_model.model, layer, {m: maps[m][sample] for m in methods},
+                sanity_rows = _sanity(explainer, fold_model.model, {m: maps[m][sample] for m in methods},
                                       images[sample], classes[sample])
     outcomes = {r.patient_id: (r.label, "correct" if r.correct else "incorrect") for r in reviews}
     summary = summarize(rows, outcomes)
@@ -283,19 +284,10 @@ def _render(item: ExplainedSlices, patient, maps, attribution, size: int, out, d
     return rows
 
 
-def _sanity(model, layer, trained: dict, images, classes) -> list[dict]:
+def _sanity(explainer: Explainer, model, trained: dict, images, classes) -> list[dict]:
     """The randomisation cascade's maps of `images`, against the trained model's `trained` maps."""
-    methods = list(trained)
-    randomized = {}
-    for seed in RANDOMIZATION_SEEDS[:SANITY_DRAWS]:
-        explainer = None
-        for stage, random_model in randomized_cascade(model, seed):
-            # Built once per draw, at the first stage (the head): an Explainer copies the head's weights
-            # when built, and later stages re-initialise the shared layers below it in place.
-            explainer = explainer or Explainer(random_model, layer)
-            for method, maps in explainer.explain(images, classes, methods, attribution=False)[0].items():
-                randomized.setdefault((method, stage), []).append(maps)
-    return sanity_check(trained, randomized)
+    return sanity_check(trained, randomized_maps(explainer, model, images, classes, list(trained),
+                                                 RANDOMIZATION_SEEDS[:SANITY_DRAWS]))
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:

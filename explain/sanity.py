@@ -48,6 +48,25 @@ def randomized_cascade(model: keras.Model, seed: int = RANDOMIZATION_SEEDS[0]):
         yield stage, randomized
 
 
+def randomized_maps(explainer, model: keras.Model, images, classes, methods, seeds=RANDOMIZATION_SEEDS) -> dict:
+    """{(method, stage): [each draw's maps of `images`]} down the cascade of `model`, one draw per seed.
+
+    `explainer` is an `explain.cam.Explainer` built on `model` (sharing its layers):
+    every stage of every draw is loaded into it, so its one traced gradient pass serves
+    them all. Each draw starts from the trained weights, which the model holds again at the end.
+    """
+    weights = model.get_weights()
+    randomized = {}
+    for seed in seeds:
+        model.set_weights(weights)  # the cascade copies the model when its first stage is drawn
+        for stage, random_model in randomized_cascade(model, seed):
+            maps = explainer.load(random_model).explain(images, classes, methods, attribution=False)[0]
+            for method, stage_maps in maps.items():
+                randomized.setdefault((method, stage), []).append(stage_maps)
+    model.set_weights(weights)
+    return randomized
+
+
 def _seeded_clone(model: keras.Model, seed: int) -> keras.Model:
     """A copy of the model's layers whose initialisers draw from `seed` alone.
 

@@ -68,3 +68,22 @@ def test_bench_bombs_measures_every_case(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "MB" in line]
     assert len(rows) >= 5 and not any("died" in row for row in rows), rows
     assert sum("InputError" in row for row in rows) >= 5  # every bomb refused
+
+
+def test_bench_learning_takes_the_median_ratio_of_correctly_called_malignant_slices_showing_the_feature():
+    from bench.bench_learning import attention_ratios
+
+    patients = [{"patient_id": "a", "label": "1", "prediction": "1"},  # counted
+                {"patient_id": "b", "label": "1", "prediction": "0"},  # missed: left out
+                {"patient_id": "c", "label": "0", "prediction": "0"}]  # benign: left out
+
+    def row(patient, feature, ratio, area="0.1", method="gradcam"):
+        return {"patient_id": patient, "method": method, "feature": feature, "ratio": ratio, "area_fraction": area}
+
+    attention = [row("a", "bone_destruction", "1.0"), row("a", "bone_destruction", "2.0"),
+                 row("a", "bone_destruction", "6.0"), row("a", "bone_destruction", "nan", area="0.0"),
+                 row("a", "bone_destruction", "9.0", method="hirescam"), row("b", "bone_destruction", "9.0"),
+                 row("c", "bone_destruction", "9.0"), row("a", "pedicle_involvement", "3.0")]
+    result = attention_ratios(patients, attention)
+    assert result["ratio_bone_destruction"] == 2.0 and result["slices_bone_destruction"] == 3
+    assert result["ratio_pedicle_involvement"] == 3.0 and result["slices_pedicle_involvement"] == 1

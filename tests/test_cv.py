@@ -1,6 +1,7 @@
 """The whole command on a tiny synthetic cohort: run tree, predictions, review, report, privacy.
 
-A run killed inside a trial and run again, and two processes on one store, are in tests/test_faults.py.
+A run killed inside a trial and run again, and two processes on one store, are in tests/test_faults.py, which
+compares them with this file's run (tests/shared_run.py: one run for both).
 """
 
 import csv
@@ -22,24 +23,22 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from bench.bench_faults import studies
+from bench.bench_faults import TINY, studies
 from explain.review import main as review
 from tests.mlflow_store import artifact_rows, runs
+from tests.shared_run import tiny_cohort, uninterrupted_run
 from vfrac.metrics import evaluate
 from vfrac.statistics import delong_test
-from vfrac.synth import generate_cohort
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32"]
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cv")
-    manifest = generate_cohort(folder / "cohort", 12, seed=4, matrix=96)
+    manifest = tiny_cohort(tmp_path_factory)
     identities = set()
-    for path in (folder / "cohort").rglob("*.dcm"):
+    for path in manifest.parent.rglob("*.dcm"):
         header = pydicom.dcmread(path, stop_before_pixels=True)
         identities |= {str(header.PatientName), str(header.PatientID), str(header.AccessionNumber),
                        str(header.StudyInstanceUID), str(header.SeriesInstanceUID)}
@@ -62,19 +61,23 @@ def cv(manifest, store: Path, *extra):
 
 @pytest.fixture(scope="module")
 def finished(cohort, tmp_path_factory):
-    """One uninterrupted run, with the review and the report: its store and its output."""
-    store = tmp_path_factory.mktemp("store-a")
-    return store, cv(cohort[0], store)
+    """The uninterrupted run, with the review and the report, that tests/test_faults.py compares its faults with:
+    its store and its output."""
+    store, outcome = uninterrupted_run(tmp_path_factory)
+    assert outcome.code == 0, outcome.output
+    return store, outcome.output
 
 
 def test_bench_learning_scores_a_finished_run(finished):
-    """bench/bench_learning.py's core on this run: the AUC under each rule, the baseline's and DeLong's p."""
+    """bench/bench_learning.py's core on this run: the AUC under each rule, the baseline's, DeLong's p and the
+    attention ratios of the review."""
     from bench.bench_learning import scores, table_row
 
-    result = scores(finished[0])
-    assert {"max", "mean", "topk", "baseline", "delong_max", "delong_mean"} <= set(result)
+    result = scores(finished[0], explain=True)
+    assert {"max", "mean", "topk", "baseline", "delong_max", "delong_mean", "ratio_bone_destruction",
+            "slices_pedicle_involvement"} <= set(result)
     assert all(0.0 <= result[name] <= 1.0 for name in ("max", "mean", "topk", "baseline")), result
-    assert table_row("seed 4", result | {"seconds": 1.0}).count("|") == 9
+    assert table_row("seed 4", result | {"seconds": 1.0}).count("|") == 11
 
 
 def test_the_run_tunes_each_fold_within_its_budget_and_pools_every_patient(finished):

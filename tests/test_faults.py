@@ -11,7 +11,7 @@ naming the file and the reason, exit code 2, peak resident memory under 1 GiB.
 
 The faults of `python -m experiments.cv` (slow): a run killed with SIGKILL inside a
 trial of its second fold and run again, and two processes started together on one
-store, each giving the numbers of an uninterrupted run.
+store, each giving the numbers of an uninterrupted run (tests/test_cv.py's, made once for both files).
 """
 
 import math
@@ -21,7 +21,7 @@ import pytest
 
 from bench import bench_faults as faults
 from tests.mlflow_store import runs
-from vfrac.synth import generate_cohort
+from tests.shared_run import tiny_cohort, uninterrupted_run
 
 CASES = {case.name: case for case in faults.CASES}
 HOSTILE = [name for name, case in CASES.items() if case.expected]
@@ -89,30 +89,21 @@ def test_the_table_gives_the_whole_error_on_one_line_without_the_cases_folder(tm
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return generate_cohort(tmp_path_factory.mktemp("cv") / "cohort", 12, seed=4, matrix=96)
+    return tiny_cohort(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def single(cohort, tmp_path_factory):
-    """An uninterrupted run: the numbers every fault must give."""
-    store = tmp_path_factory.mktemp("single")
-    outcome = faults.run_cv(cohort, store, "--no-explain")
+def uninterrupted_numbers(tmp_path_factory):
+    """The pooled numbers every fault must give: those of tests/test_cv.py's uninterrupted run (the first worker
+    to ask makes it; tests/shared_run.py). Asked for after a test's own processes, so none waits on it idle."""
+    store, outcome = uninterrupted_run(tmp_path_factory)
     assert outcome.code == 0, outcome.output
-    return store, outcome, faults.pooled(store, tmp_path_factory.mktemp("single-artifacts"))
+    return faults.pooled(store, tmp_path_factory.mktemp("uninterrupted-artifacts"))
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_the_uninterrupted_run_pools_every_patient_with_its_peak_measured(single):
-    _, outcome, (metrics, slices) = single
-    assert "pooled out-of-fold results, 12 patients" in outcome.output, outcome.output
-    assert {"patient_auc", "slice_auc", "baseline_patient_auc"} <= set(metrics) and slices
-    assert 100 < outcome.peak_mb < 16 * 1024, outcome.peak_mb
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_a_run_killed_inside_a_trial_resumes_and_gives_the_uninterrupted_numbers(cohort, single, tmp_path):
+def test_a_run_killed_inside_a_trial_resumes_and_gives_the_uninterrupted_numbers(cohort, tmp_path_factory,
+                                                                                   tmp_path):
     store = tmp_path / "store"
     first, second = faults.killed_and_rerun(cohort, store, "--no-explain")
     assert first.code == -9 and math.isnan(first.peak_mb)
@@ -133,12 +124,14 @@ def test_a_run_killed_inside_a_trial_resumes_and_gives_the_uninterrupted_numbers
     client, by_role = runs(store)
     for run in sum(by_role.values(), []):
         assert run.info.status == "FINISHED" and "vfrac.failure" not in run.data.tags, run.data.tags
-    assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), single[2]) == []
+    reference = uninterrupted_numbers(tmp_path_factory)
+    assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), reference) == []
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_two_processes_started_together_share_the_work_and_give_the_uninterrupted_numbers(cohort, single, tmp_path):
+def test_two_processes_started_together_share_the_work_and_give_the_uninterrupted_numbers(cohort, tmp_path_factory,
+                                                                                          tmp_path):
     store = tmp_path / "store"
     outcomes = faults.started_together(cohort, store, "--no-explain")
     assert all(o.code == 0 for o in outcomes), [o.output for o in outcomes]
@@ -155,4 +148,15 @@ def test_two_processes_started_together_share_the_work_and_give_the_uninterrupte
         assert len(client.get_metric_history(fold.info.run_id, "train_loss")) == 1  # one final model, 1 epoch
         assert len(client.get_metric_history(fold.info.run_id, "patient_auc")) == 1
     assert sum(o.output.count("final model on all") for o in outcomes) == 2
-    assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), single[2]) == []
+    reference = uninterrupted_numbers(tmp_path_factory)
+    assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), reference) == []
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_uninterrupted_run_pools_every_patient_with_its_peak_measured(tmp_path_factory):
+    _, outcome = uninterrupted_run(tmp_path_factory)
+    metrics, slices = uninterrupted_numbers(tmp_path_factory)
+    assert "pooled out-of-fold results, 12 patients" in outcome.output, outcome.output
+    assert {"patient_auc", "slice_auc", "baseline_patient_auc"} <= set(metrics) and slices
+    assert 100 < outcome.peak_mb < 16 * 1024, outcome.peak_mb

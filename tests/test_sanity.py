@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from explain.sanity import CASCADE, randomized_cascade
+from explain.sanity import CASCADE, randomized_cascade, randomized_maps
 from vfrac.model import build_classifier
 
 
@@ -48,15 +48,43 @@ def test_the_same_seed_gives_the_same_network_and_global_generators_are_untouche
     assert _same(first, again) and not _same(first, other)
 
 
+@pytest.fixture(scope="module")
+def varied():
+    """A network away from zero-gamma (every residual branch passes a gradient), as if trained."""
+    network = build_classifier(32)
+    draws = np.random.default_rng(0)
+    for layer in network.layers:
+        if layer.name.endswith("_bn"):
+            layer.gamma.assign(draws.uniform(0.5, 1.5, layer.gamma.shape).astype("float32"))
+    return network
+
+
 @pytest.mark.slow
-def test_one_explainer_per_draw_gives_each_stages_own_maps(model):
-    """The review builds its Explainer at the head's stage and reuses it down the cascade."""
+def test_one_explainer_loaded_with_each_stage_gives_that_stages_own_maps(varied):
+    """The review loads every fold model and every stage of every random draw into one Explainer (one trace)."""
     from explain.cam import Explainer
 
     images = np.random.default_rng(0).normal(0, 50, (2, 32, 32, 3)).astype("float32")
-    reused = None
-    for _, randomized in randomized_cascade(model, seed=5):
-        reused = reused or Explainer(randomized, "conv2_block3_out")
-        fresh = Explainer(randomized, "conv2_block3_out")
-        np.testing.assert_allclose(reused.maps(images, "hirescam", [1, 1]), fresh.maps(images, "hirescam", [1, 1]),
-                                   atol=1e-5)
+    host = Explainer(build_classifier(32), "conv2_block3_out")  # another network of the same architecture
+    for _, randomized in randomized_cascade(varied, seed=5):
+        maps, attribution = Explainer(randomized, "conv2_block3_out").explain(images, [1, 0])
+        assert np.abs(attribution).max() > 0
+        loaded_maps, loaded_attribution = host.load(randomized).explain(images, [1, 0])
+        np.testing.assert_allclose(loaded_attribution, attribution, rtol=1e-4, atol=1e-6)
+        for method in maps:
+            np.testing.assert_allclose(loaded_maps[method], maps[method], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_every_draw_starts_from_the_trained_weights_which_come_back_at_the_end(varied):
+    from explain.cam import Explainer
+
+    images = np.random.default_rng(1).normal(0, 50, (2, 32, 32, 3)).astype("float32")
+    before = varied.get_weights()
+    maps = randomized_maps(Explainer(varied, "conv2_block3_out"), varied, images, [1, 0], ("gradcam",),
+                           seeds=(7, 7))
+    assert set(maps) == {("gradcam", stage) for stage in CASCADE}
+    assert maps[("gradcam", CASCADE[0])][0].max() > 0  # the head re-drawn, the trained layers below it
+    for (_, stage), (first, second) in maps.items():  # the same seed from the same start: the same maps
+        np.testing.assert_allclose(first, second, atol=1e-6, err_msg=stage)
+    assert all(np.array_equal(a, b) for a, b in zip(varied.get_weights(), before, strict=True))

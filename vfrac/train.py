@@ -72,6 +72,18 @@ class VariableDecayAdamW(keras.optimizers.AdamW):
     def get_config(self):
         return super().get_config() | {"weight_decay": float(ops.convert_to_numpy(self.weight_decay))}
 
+    def _apply_weight_decay(self, variables):
+        """Keras' decay, with the learning-rate schedule read once per step instead of once per variable.
+
+        Keras reads `self.learning_rate` inside its loop over variables, which puts 214
+        copies of the schedule into ResNet50's traced training step (7 s of tracing).
+        """
+        learning_rate = self.learning_rate
+        for variable in variables:
+            if self._use_weight_decay(variable):
+                decay = ops.cast(self.weight_decay, variable.dtype) * ops.cast(learning_rate, variable.dtype)
+                variable.assign(variable - variable * decay)
+
 
 class Trainer:
     """A compiled model to fit again and again: each `fit` starts from the same initial weights.

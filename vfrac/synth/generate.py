@@ -49,7 +49,7 @@ def make_patient(out: Path, index: int, label: str, seed: int, difficulty: float
     write_series(folder / "ct", scan, rendered.hu, key=f"{seed}-{pid}")
     paths = write_masks(folder, scan, rendered)
     row = {"patient_id": pid, "label": label, "ct": f"{pid}/ct", "roi": f"{pid}/roi.nii.gz", "vertebra": scan.target}
-    row.update({f"feature_{name}": int(lesion.features[name]) for name in FEATURES})
+    row.update({f"feature_{name}": int(lesion.shows(name)) for name in FEATURES})
     row.update({f"mask_{name}": f"{pid}/{paths[name].name}" for name in FEATURES})
     return {"row": row, "hardness": lesion.hardness}
 

@@ -151,7 +151,9 @@ class LesionField:
         mass &= (spine.canal > 0.5) if self.lesion.mass_site == "epidural" else ~roi
         features = {
             "soft_tissue_mass": mass,
-            "bone_destruction": (self._destruction(dz) * np.maximum(spine.body * inside, posterior)) > 0.5,
+            # An involved pedicle is drawn as soft tissue where its bone was: destroyed bone too.
+            "bone_destruction": np.maximum(self._destruction(dz) * np.maximum(spine.body * inside, posterior),
+                                           self._pedicles(dz)) > 0.5,
             "transverse_fracture_line": (self._line(dz) * spine.cancellous * inside) > 0.5,
             "pedicle_involvement": self._pedicles(dz) > 0.5,
             "posterior_wall_retropulsion": fragment > 0.5,

@@ -103,6 +103,11 @@ class Lesion:
     heterogeneity: float  # HU of mottling in benign cancellous bone (mimics)
     hardness: float  # 0 easy .. 1 features point the wrong way
 
+    def shows(self, name: str) -> bool:
+        """Whether the CT shows the feature: an involved pedicle is drawn as soft tissue where its bone
+        was, so it is bone destruction too (in the manifest's flags and the feature masks alike)."""
+        return self.features[name] or (name == "bone_destruction" and self.features["pedicle_involvement"])
+
 
 def draw_scan(rng: np.random.Generator, matrix: int = 512) -> Scan:
     """Anatomy and acquisition of one patient (the label is not an argument)."""
