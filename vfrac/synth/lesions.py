@@ -60,6 +60,10 @@ class LesionField:
             return np.zeros_like(self.spine.u)
         return np.maximum.reduce([self._ellipsoid(dz, *blob) for blob in self.blobs])
 
+    def _destroyed(self, dz, inside, posterior):
+        """Where the destruction blobs meet bone: the (collapsed) body and the posterior elements."""
+        return self._destruction(dz) * np.maximum(self.spine.body * inside, posterior)
+
     def _mass(self, dz):
         if not self.has["soft_tissue_mass"]:
             return np.zeros_like(self.spine.u)
@@ -127,7 +131,7 @@ class LesionField:
 
     def bone_lesions(self, image, dz, inside, posterior, texture):
         spine, s = self.spine, self.scan
-        destroyed = self._destruction(dz) * np.maximum(spine.body * inside, posterior)
+        destroyed = self._destroyed(dz, inside, posterior)
         variant = self.lesion.destruction_variant
         sclerotic = {"lytic": 0.0, "sclerotic": 1.0}.get(variant)
         if sclerotic is None:
@@ -149,13 +153,13 @@ class LesionField:
         roi = np.maximum.reduce([spine.body * inside, posterior, fragment]) > 0.5
         mass = self._mass(dz) > 0.5
         mass &= (spine.canal > 0.5) if self.lesion.mass_site == "epidural" else ~roi
+        pedicles = self._pedicles(dz)
         features = {
             "soft_tissue_mass": mass,
-            # An involved pedicle is drawn as soft tissue where its bone was: destroyed bone too.
-            "bone_destruction": np.maximum(self._destruction(dz) * np.maximum(spine.body * inside, posterior),
-                                           self._pedicles(dz)) > 0.5,
+            # An involved pedicle is drawn as soft tissue where its bone was: destroyed bone too (Lesion.shows).
+            "bone_destruction": np.maximum(self._destroyed(dz, inside, posterior), pedicles) > 0.5,
             "transverse_fracture_line": (self._line(dz) * spine.cancellous * inside) > 0.5,
-            "pedicle_involvement": self._pedicles(dz) > 0.5,
+            "pedicle_involvement": pedicles > 0.5,
             "posterior_wall_retropulsion": fragment > 0.5,
             "intravertebral_vacuum": (self._vacuum(dz) * spine.cancellous * inside) > 0.5,
         }
