@@ -277,7 +277,7 @@ def run_input_case(case: Case, manifest: Path, limit: int | None = INPUT_LIMIT) 
 
 # ---------------------------------------------------------------- experiments.cv faults
 
-TINY = ["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32"]
+TINY = ["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32", "--arch", "resnet-tiny"]
 
 
 def cv_args(manifest: Path, store: Path, *extra) -> list[str]:

@@ -70,6 +70,7 @@ class RunConfig:
     aggregation: str = "max"
     weights: str | None = None  # None, "imagenet" or a weights file
     precision: str = "float32"  # or "bfloat16" (vfrac.model.PRECISIONS)
+    arch: str = "resnet50"  # or "resnet-tiny" (vfrac.model.ARCHITECTURES)
     pruner: str = "median"
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
@@ -113,7 +114,7 @@ def resolve(args) -> RunConfig:
         epochs=pick("epochs"), input_size=pick("input_size"), seed=args.seed, experiment=args.experiment,
         tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
-        weights=args.weights, precision=args.precision, cam_layer=preset["cam_layer"],
+        weights=args.weights, precision=args.precision, arch=args.arch, cam_layer=preset["cam_layer"],
         aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
         inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),
@@ -134,6 +135,8 @@ def _check(config: RunConfig) -> None:
         raise InputError(f"--threshold must be between 0 and 1, received {config.threshold}")
     if config.input_size < 32:
         raise InputError(f"--input-size must be >= 32, received {config.input_size}")
+    if config.arch != "resnet50" and config.weights == "imagenet":
+        raise InputError(f"--weights imagenet exists for --arch resnet50 only, received --arch {config.arch}")
     if not MODEL_NAME.fullmatch(config.model_name):
         raise InputError(f"--model-name must be letters, digits, '.', '_' or '-', received {config.model_name!r}")
     if config.fold is not None and not 0 <= config.fold < config.folds:

@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="compute type of training and prediction; bfloat16 pays on GPUs and CPUs with AMX "
                              "(default: %(default)s)")
+    parser.add_argument("--arch", choices=("resnet50", "resnet-tiny"), default="resnet50",
+                        help="resnet-tiny: ResNet50's stages and layer names at a fraction of its size and tracing "
+                             "time, to check a cohort and the whole flow quickly, not for results "
+                             "(default: %(default)s)")
     parser.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM review at the end")
     parser.add_argument("--final", action="store_true",
                         help="once the CV is done, also train the model to use on every patient with the same "

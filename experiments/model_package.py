@@ -43,6 +43,7 @@ def contract(config: RunConfig, params: TrialParams, provenance: dict, expected:
         "threshold": config.threshold,
         "cam_layer": config.cam_layer,
         "precision": config.precision,
+        "arch": config.arch,
         "epochs": epochs,
         "params": params.as_dict(),
         "expected": expected,  # patient_auc and what it was measured on

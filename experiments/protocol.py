@@ -62,17 +62,17 @@ def trainer(config: RunConfig, params: TrialParams) -> Trainer:
     """The compiled model for these settings: built and traced once, reused by every fold and trial.
 
     Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
-    the graph (input size, weights, frozen stages, weight averaging, precision) need a new one, as
+    the graph (input size, weights, frozen stages, weight averaging, precision, architecture) need a new one, as
     learning rate, weight decay and dropout are variables. Its initial weights come from
     the run's seed.
     """
-    key = (config.input_size, config.weights, params.freeze_stages, config.ema_momentum, config.precision)
+    key = (config.input_size, config.weights, params.freeze_stages, config.ema_momentum, config.precision, config.arch)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
         _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
                                                           freeze_stages=params.freeze_stages,
-                                                          precision=config.precision),
+                                                          precision=config.precision, arch=config.arch),
                                  ema_momentum=config.ema_momentum)
     return _TRAINERS[key]
 

@@ -30,8 +30,8 @@ def test_tuning_and_call_flags_reach_the_run_config_and_its_key(tmp_path):
     assert (custom.inner_folds, custom.pruner, custom.threshold, custom.aggregation) == (3, "hyperband", 0.4, "topk")
     keys = {resolve(parse_args(["--cohort", "manifest.csv", *flags, *stores])).key("cohort")
             for flags in ([], ["--inner-folds", "3"], ["--pruner", "hyperband"], ["--threshold", "0.4"],
-                          ["--aggregation", "max"])}
-    assert len(keys) == 5  # each changes the results, so each makes another run
+                          ["--aggregation", "max"], ["--arch", "resnet-tiny"])}
+    assert len(keys) == 6  # each changes the results, so each makes another run
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -44,6 +44,7 @@ def test_tuning_and_call_flags_reach_the_run_config_and_its_key(tmp_path):
     (["--inner-folds", "0"], "--inner-folds must be >= 1"),
     (["--threshold", "1.5"], "--threshold must be between 0 and 1"),
     (["--threshold", "0"], "--threshold must be between 0 and 1"),
+    (["--arch", "resnet-tiny", "--weights", "imagenet"], "--weights imagenet exists for --arch resnet50 only"),
     (["--precision", "float32"], None),
 ])
 def test_bad_flags_give_a_clear_error_and_exit_code_before_any_work(tmp_path, capsys, monkeypatch, extra, message):
@@ -58,7 +59,8 @@ def test_bad_flags_give_a_clear_error_and_exit_code_before_any_work(tmp_path, ca
     assert (message in error and error.startswith("error: ")) if message else error == ""
 
 
-@pytest.mark.parametrize("flag, value", [("--pruner", "none"), ("--aggregation", "median"), ("--preset", "x")])
+@pytest.mark.parametrize("flag, value", [("--pruner", "none"), ("--aggregation", "median"), ("--preset", "x"),
+                                         ("--arch", "resnet18")])
 def test_a_value_outside_a_flags_choices_is_refused_by_the_parser(flag, value, capsys):
     with pytest.raises(SystemExit) as stop:
         parse_args([flag, value])

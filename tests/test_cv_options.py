@@ -11,7 +11,7 @@ from tests.mlflow_store import artifact_rows, runs
 from vfrac.synth import generate_cohort
 
 pytestmark = [pytest.mark.slow]
-TINY = ["--folds", "2", "--epochs", "1", "--input-size", "32"]
+TINY = ["--folds", "2", "--epochs", "1", "--input-size", "32", "--arch", "resnet-tiny"]
 
 
 @pytest.fixture(scope="module")

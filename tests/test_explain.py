@@ -16,7 +16,7 @@ from vfrac.metrics import auc
 from vfrac.model import build_classifier
 from vfrac.train import Trainer
 
-SIZE, SQUARE, LAYER = 64, 32, "conv3_block4_out"  # 8 x 8 maps: the square spans 4 x 4 cells
+SIZE, SQUARE, LAYER = 64, 32, "conv3_block1_out"  # 8 x 8 maps: the square spans 4 x 4 cells
 
 
 def squares(count, seed):
@@ -39,12 +39,13 @@ def dataset(images, labels, shuffle=False):
 
 @pytest.fixture(scope="module")
 def toy():
-    """A ResNet50 classifier trained by vfrac's Trainer to tell a bright square from noise: (the fit's history,
-    the model, held-out images with a square, their masks, AUC on the held-out images)."""
+    """A classifier trained by vfrac's Trainer to tell a bright square from noise: (the fit's history, the model,
+    held-out images with a square, their masks, AUC on the held-out images). The tiny ResNet (ResNet50's stages and
+    layer names) learns it in a seventh of ResNet50's time; the other tests here explain ResNet50 itself."""
     keras.utils.set_random_seed(0)
     images, labels, _ = squares(128, seed=1)
     test_images, test_labels, test_masks = squares(32, seed=2)
-    trainer = Trainer(lambda: build_classifier(SIZE, dropout=0.1), ema_momentum=0.5)  # 16 steps: a short average
+    trainer = Trainer(lambda: build_classifier(SIZE, dropout=0.1, arch="resnet-tiny"), ema_momentum=0.5)  # 16 steps
     history = trainer.fit(dataset(images, labels, shuffle=True), dataset(test_images, test_labels), epochs=4,
                           learning_rate=1e-3, warmup_epochs=0)
     model = trainer.model

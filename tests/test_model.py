@@ -91,3 +91,21 @@ def test_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_trains():
     assert all(g.dtype == "float32" and np.all(np.isfinite(g.numpy())) for g in gradients)
     with pytest.raises(ValueError, match="precision must be one of"):
         build_classifier(32, precision="float16")
+
+
+def test_the_tiny_resnet_keeps_resnet50s_stages_names_and_identity_start(model):
+    tiny = build_classifier(64, arch="resnet-tiny")
+    assert tiny.count_params() < model.count_params() / 20
+    assert not any(isinstance(layer, keras.Model) for layer in tiny.layers)  # flat, like ResNet50's
+    for name in ("conv1_conv", "conv2_block3_out", "conv3_block1_out", "conv5_block1_out"):
+        assert tiny.get_layer(name).output.shape[1:3] == model.get_layer(name).output.shape[1:3], name
+    closing = [layer for layer in tiny.layers if layer.name.endswith("_3_bn")]
+    assert len(closing) == 6 and all(not np.any(np.asarray(layer.gamma)) for layer in closing)  # 3 + 1 + 1 + 1
+    shortcut, added = keras.Model(tiny.inputs, [tiny.get_layer("conv2_block2_add").input[0],
+                                                tiny.get_layer("conv2_block2_add").output])(np.ones((1, 64, 64, 3)))
+    assert np.allclose(shortcut, added)
+    assert not build_classifier(32, arch="resnet-tiny", freeze_stages=1).get_layer("conv1_conv").trainable
+    with pytest.raises(ValueError, match="ImageNet weights exist for ResNet50 only"):
+        build_classifier(64, arch="resnet-tiny", weights="imagenet")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_classifier(64, arch="resnet18")

@@ -36,8 +36,8 @@ def store(tmp_path_factory):
     command's arguments, the first run's console output)."""
     folder = tmp_path_factory.mktemp("final")
     manifest = generate_cohort(folder / "cohort", 12, seed=11, matrix=96)
-    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--trials", "1",
-            "--no-explain", "--final", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--arch", "resnet-tiny",
+            "--trials", "1", "--no-explain", "--final", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
             "--storage", f"sqlite:///{folder}/optuna.db"]
     captured, here = io.StringIO(), os.getcwd()
     os.chdir(folder)
