@@ -64,9 +64,10 @@ def trainer(config: RunConfig, params: TrialParams) -> Trainer:
     Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
     the graph (input size, weights, frozen stages, weight averaging, precision, architecture) need a new one, as
     learning rate, weight decay and dropout are variables. Its initial weights come from
-    the run's seed.
+    the run's seed, which is also the global seed of every training dataset (`fit`).
     """
-    key = (config.input_size, config.weights, params.freeze_stages, config.ema_momentum, config.precision, config.arch)
+    key = (config.seed, config.input_size, config.weights, params.freeze_stages, config.ema_momentum,
+           config.precision, config.arch)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
@@ -83,7 +84,11 @@ def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epoch
 
     `seed` fixes the batches and the dropout masks. Not through `keras.utils.set_random_seed`:
     a new global seed makes TensorFlow trace the training step again (about 12 s at 32 px).
+    The trainer comes first: it sets the run's global seed, which tf.data's seeded
+    shuffles and draws combine with their own; a process's first datasets made before it
+    drew other batches, so a fold resumed in a fresh process trained differently.
     """
+    fitter = trainer(config, params)
     train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, params.window,
                             training=True, seed=seed, batch_size=params.batch_size,
                             augmentation=Augmentation(strength=params.augment_strength))
@@ -91,7 +96,6 @@ def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epoch
     if val_ids is not None:
         val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size,
                               params.window, batch_size=64)
-    fitter = trainer(config, params)
     history = fitter.fit(train, val, epochs=epochs, learning_rate=params.learning_rate,
                          weight_decay=params.weight_decay, dropout=params.dropout, seed=seed,
                          patience=config.patience, callbacks=callbacks)
