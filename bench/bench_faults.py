@@ -388,7 +388,7 @@ def cv_rows(root: Path) -> list[list[str]]:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading the runs back, quietly
     manifest = generate_cohort(root / "cohort", 12, seed=4, matrix=96)
-    command = "experiments.cv --folds 2 --trials 2 --epochs 1 --input-size 32 --no-explain"
+    command = " ".join(["experiments.cv", *TINY, "--no-explain"])
     single = run_cv(manifest, root / "single", "--no-explain")
     reference = pooled(root / "single", root / "a")
     rows = [["uninterrupted CV run (the reference)", command, f"exit {single.code}", _mb(single.peak_mb),
