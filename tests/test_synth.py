@@ -14,6 +14,7 @@ from vfrac.cohort import read_manifest
 from vfrac.synth import FEATURES, generate_cohort
 from vfrac.synth.__main__ import main
 from vfrac.synth.anatomy import render
+from vfrac.synth.lesions import DESTRUCTION_MARGIN_MM, with_margin
 from vfrac.synth.params import LEVELS, READER_ACCURACY, draw_lesion, draw_scan, reader_calls
 from vfrac.synth.preview import render_preview
 from vfrac.synth.writer import ct_affine
@@ -202,3 +203,16 @@ def test_demo_flag_takes_the_demos_settings_and_refuses_others(capsys):
     with pytest.raises(SystemExit) as stopped:
         parse_args(["--demo", "--out", "x", "--matrix", "64"])
     assert stopped.value.code == 2 and "drop --matrix" in capsys.readouterr().err
+
+
+def test_the_destruction_mask_takes_in_the_bone_at_its_edge_only():
+    destroyed = np.zeros((20, 20), bool)
+    destroyed[8:12, 0:6] = True  # a destroyed pedicle's gap, 0.5 mm pixels
+    bone = np.zeros((20, 20), bool)
+    bone[8:12, 6:20] = True  # the bone it broke off from, in line with it
+    bone[0:3, 0:3] = True  # bone far away
+    marked = with_margin(destroyed, bone, pixel_mm=0.5)
+    assert DESTRUCTION_MARGIN_MM == 1.5  # 3 pixels here
+    assert marked[8:12, 0:9].all() and not marked[8:12, 9:].any()  # 3 pixels of the stump, no more
+    assert not marked[0:3, 0:3].any() and not marked[12:, :].any()  # neither far bone nor soft tissue
+    assert not with_margin(np.zeros((4, 4), bool), np.ones((4, 4), bool), 0.5).any()

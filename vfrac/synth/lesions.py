@@ -10,6 +10,7 @@ that draws a feature makes its mask, so masks lie exactly where the feature is.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from vfrac.synth.params import Lesion, Scan
@@ -17,6 +18,9 @@ from vfrac.synth.shapes import box, ellipse, mix
 
 SOFT_TISSUE_HU = 45.0
 GAS_HU = -850.0
+# The bone destruction mask takes in the remaining bone this close to the destroyed bone: the broken cortex's ends
+# and the lesion's zone of transition, where a reader (and the network, README) sees the destruction.
+DESTRUCTION_MARGIN_MM = 1.5
 
 
 class LesionField:
@@ -154,13 +158,23 @@ class LesionField:
         mass = self._mass(dz) > 0.5
         mass &= (spine.canal > 0.5) if self.lesion.mass_site == "epidural" else ~roi
         pedicles = self._pedicles(dz)
+        # An involved pedicle is drawn as soft tissue where its bone was: destroyed bone too (Lesion.shows).
+        destroyed = np.maximum(self._destroyed(dz, inside, posterior), pedicles) > 0.5
         features = {
             "soft_tissue_mass": mass,
-            # An involved pedicle is drawn as soft tissue where its bone was: destroyed bone too (Lesion.shows).
-            "bone_destruction": np.maximum(self._destroyed(dz, inside, posterior), pedicles) > 0.5,
+            "bone_destruction": with_margin(destroyed, roi, spine.pixel),
             "transverse_fracture_line": (self._line(dz) * spine.cancellous * inside) > 0.5,
             "pedicle_involvement": pedicles > 0.5,
             "posterior_wall_retropulsion": fragment > 0.5,
             "intravertebral_vacuum": (self._vacuum(dz) * spine.cancellous * inside) > 0.5,
         }
         return roi.astype(np.uint8), {name: mask.astype(np.uint8) for name, mask in features.items()}
+
+
+def with_margin(destroyed: np.ndarray, bone: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """`destroyed` and the `bone` within DESTRUCTION_MARGIN_MM of it (in-plane), as booleans."""
+    if not destroyed.any():
+        return destroyed
+    outside = np.ascontiguousarray(~destroyed, dtype=np.uint8)
+    distance_mm = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) * pixel_mm
+    return destroyed | (bone & (distance_mm <= DESTRUCTION_MARGIN_MM))
