@@ -8,6 +8,8 @@ cross-entropy) on batches of `--batch` crops of `--size` pixels:
 
 - `tf`: vfrac's own path, `vfrac.train.Trainer` fed by `vfrac.pipeline.make_dataset`
   (augmentation, per-patient weights), TensorFlow backend, as `experiments.cv` runs it;
+- `tf-stock`: the same with TensorFlow's own convolution gradients (what vfrac ran
+  before `vfrac.conv_gradient`);
 - `tf-xla`: the same with the step compiled by XLA (`jit_compile=True`);
 - `jax`: the same Trainer and tf.data input under Keras 3's JAX backend;
 - `torch`: torchvision's ResNet50 in PyTorch (channels-last), the reference a user
@@ -35,9 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PATHS = ("tf", "tf-xla", "jax", "torch")
+PATHS = ("tf", "tf-stock", "tf-xla", "jax", "torch")
 WARMUP_STEPS = 3
-BACKENDS = {"tf": "tensorflow", "tf-xla": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKENDS = {"tf": "tensorflow", "tf-stock": "tensorflow", "tf-xla": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def keras_rate(path: str, size: int, batch: int, steps: int, folder: Path, model_fn=None) -> float:
@@ -58,6 +60,10 @@ def keras_rate(path: str, size: int, batch: int, steps: int, folder: Path, model
     dataset, _ = make_dataset(entries, labels, input_size=size, training=True, batch_size=batch,
                               augmentation=Augmentation(strength=0.5))
     model_fn = model_fn or build_classifier
+    if path == "tf-stock":
+        import vfrac.conv_gradient
+
+        vfrac.conv_gradient.use_fast_conv_gradients = lambda model: 0  # TensorFlow's own gradients
     trainer = Trainer(lambda: model_fn(size), jit_compile=True if path == "tf-xla" else "auto")
     marks = []
     timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_, **__: marks.append(time.perf_counter()))

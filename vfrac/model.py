@@ -84,6 +84,7 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
     for layer in model.layers:
         if layer.name.startswith(frozen) and frozen:
             layer.trainable = False
+    _fast_gradients(model)
     return model
 
 
@@ -150,7 +151,17 @@ def _bottleneck(x, filters: int, stride: int, project: bool, name: str):
 
 def load_classifier(path) -> keras.Model:
     """A saved vfrac model, for prediction: its custom layers are registered by importing this module."""
-    return keras.models.load_model(path, compile=False)
+    model = keras.models.load_model(path, compile=False)
+    _fast_gradients(model)
+    return model
+
+
+def _fast_gradients(model: keras.Model) -> None:
+    """TensorFlow's own input gradient of small convolutions is slow on CPUs (`vfrac.conv_gradient`)."""
+    if keras.backend.backend() == "tensorflow":
+        from vfrac.conv_gradient import use_fast_conv_gradients
+
+        use_fast_conv_gradients(model)
 
 
 def _prepare_random_init(model: keras.Model) -> None:
