@@ -8,17 +8,13 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def database_lock(url: str):
-    """Hold an exclusive lock next to a sqlite database while it is opened; other URLs need none.
-
-    The database's folder is created if missing (a new store in a new folder, as `mlruns/`).
-    """
+    """Hold an exclusive lock next to a sqlite database while it is opened; other URLs need none."""
     if not url.startswith("sqlite:///"):
         yield
         return
     import fcntl
 
     path = Path(url.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

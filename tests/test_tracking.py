@@ -22,13 +22,6 @@ def test_the_experiment_opens_on_the_runs_table_even_when_it_existed_untagged(tm
         assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
 
 
-def test_a_sqlite_store_in_a_folder_that_does_not_exist_yet_is_created(tmp_path):
-    uri = f"sqlite:///{tmp_path}/new/store/mlflow.db"
-    run, resumed = Tracker(uri, "vfrac").cv_run("key", {}, name="cv demo")
-    assert not resumed and (tmp_path / "new" / "store" / "mlflow.db").is_file()
-    assert Tracker(uri, "vfrac").cv_run("key", {}, name="cv demo") == (run, True)
-
-
 def test_a_cv_run_is_found_again_by_its_key_and_its_children_by_role_and_tags(tracker):
     first, resumed = tracker.cv_run("key1", {"vfrac.cohort_hash": "abc"}, name="cv demo")
     assert not resumed and tracker.cv_run("key1", {}, name="cv demo") == (first, True)
