@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.attention import COLUMNS, SUMMARY_COLUMNS, attention, mask_on_input, summarize
+from explain.attention import COLUMNS, SUMMARY_COLUMNS, summarize
 from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, slice_shares, windowed_rgb
-from explain.overlay import overlay_pair
 from explain.page import write_page
+from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, default_tracking_uri, finished_folds
 from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
 from vfrac.errors import InputError
@@ -34,6 +34,7 @@ from vfrac.window import BONE_WINDOW
 DEFAULT_METHODS = ("gradcam", "hirescam")
 SANITY_IMAGES = 6
 SANITY_DRAWS = 2  # random re-initialisations per stage, averaged
+RENDER_WORKERS = 2  # processes reading CTs and writing overlays beside the maps' computation
 SANITY_COLUMNS = ("method", "randomized_to", "spearman_mean", "spearman_sd", "images", "draws", "flagged")
 
 
@@ -135,7 +136,8 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     rows, sanity_rows, reviews = [], [], []
     explained, seconds = 0, 0.0  # slices mapped, and the time their maps took (all methods together)
     explainer = None  # one, and one traced pass, for every fold model and random draw
-    with tempfile.TemporaryDirectory() as scratch:
+    jobs = []  # (a patient's review, its overlays being drawn in a worker), in the page's order
+    with tempfile.TemporaryDirectory() as scratch, renderer(RENDER_WORKERS) as pool:
         for fold, fold_run in sorted(folds.items()):
             fold_model = _fold_model(client, fold_run, Path(scratch) / f"fold{fold}", params)
             print(f"explain fold {fold}: {len(fold_model.patients)} test patients, methods {', '.join(methods)}",
@@ -153,14 +155,20 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
             for item in chosen:
                 part = slice(offset, offset + len(item.crops))
                 offset = part.stop
-                rows += _render(item, cohort[item.review.patient_id], {m: maps[m][part] for m in methods},
-                                attribution[part], fold_model.input_size, out, dicom)
-                reviews.append(item.review)
+                job = RenderJob(cohort[item.review.patient_id], fold, item.chosen, item.boxes, item.context,
+                                item.cache_size, item.bone, {m: maps[m][part] for m in methods},
+                                [slice_shares(a) for a in attribution[part]], fold_model.input_size, out, dicom)
+                jobs.append((item.review, pool.submit(render, job)))
             if not sanity_rows:
                 print(f"explain fold {fold}: randomisation sanity check", flush=True)
                 sample = slice(0, SANITY_IMAGES)
                 sanity_rows = _sanity(explainer, fold_model.model, {m: maps[m][sample] for m in methods},
                                       images[sample], classes[sample])
+        for review_of_patient, drawing in jobs:
+            patient_rows, shown = drawing.result()
+            rows += patient_rows
+            review_of_patient.slices.extend(shown)
+            reviews.append(review_of_patient)
     outcomes = {r.patient_id: (r.label, "correct" if r.correct else "incorrect") for r in reviews}
     summary = summarize(rows, outcomes)
     explain_dir = out / "explain"
@@ -251,37 +259,6 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     for k, item in enumerate(chosen):
         item.bone = bone[offsets[k]:offsets[k + 1]]
     return evaluation_images(crops, crop_context, size, fold_model.window)
-
-
-def _render(item: ExplainedSlices, patient, maps, attribution, size: int, out, dicom) -> list[dict]:
-    """Overlays, attention rows and the page's entries for one patient's explained slices."""
-    from explain import secondary_capture
-    from vfrac.crops import input_to_slice
-    from vfrac.volume import load_mask, load_volume
-
-    pid, review = patient.patient_id, item.review
-    volume = load_volume(patient.ct)
-    masks = {name: load_mask(path, volume) != 0 for name, path in patient.masks.items()}
-    rows, captures = [], []
-    for k, (z, p) in enumerate(item.chosen):
-        transform = input_to_slice(item.boxes[k], item.context, item.cache_size, size)
-        shown = {"slice": z, "probability": p, "images": {}, "attention": {},
-                 "attribution": slice_shares(attribution[k])}
-        for method, method_maps in maps.items():
-            cam = method_maps[k]
-            crop_png, slice_png, whole = overlay_pair(out / "explain" / "overlays" / pid, pid, method, z, p, cam,
-                                                      item.bone[k], volume.hu[z], transform)
-            shown["images"][method] = (crop_png, slice_png)
-            captures.append((f"{method} slice {z}", whole))
-            for feature, mask in masks.items():
-                measured = attention(cam, mask_on_input(mask[z], transform, size))
-                rows.append({"patient_id": pid, "fold": review.fold, "slice": z, "method": method,
-                             "feature": feature} | measured)
-                shown["attention"][(method, feature)] = measured
-        review.slices.append(shown)
-    if dicom:
-        secondary_capture.write_series(out / "explain" / "dicom" / pid, pid, captures)
-    return rows
 
 
 def _sanity(explainer: Explainer, model, trained: dict, images, classes) -> list[dict]:
