@@ -34,8 +34,8 @@ def tiny_classifier(size: int) -> keras.Model:
 
 
 def test_bench_train_times_the_training_step(tmp_path):
-    rate = bench_train.keras_rate("tf", 32, 2, 1, tmp_path, model_fn=tiny_classifier)
-    assert math.isfinite(rate) and rate > 0
+    measured = bench_train.keras_rate("tf", 32, 2, 1, tmp_path, model_fn=tiny_classifier)
+    assert math.isfinite(measured["rate"]) and measured["rate"] > 0 and measured["first"] > 0
 
 
 def test_bench_train_reports_a_missing_framework_instead_of_crashing(tmp_path):

@@ -100,7 +100,7 @@ def test_dropout_weight_decay_and_seed_change_without_a_new_trace():
     losses = [trainer.fit(train, epochs=2, learning_rate=1e-2, weight_decay=0.0, dropout=0.9, seed=seed)["loss"]
               for seed in (1, 1, 2)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6) and losses[0] != pytest.approx(losses[2], rel=1e-3)
-    assert len(traces) == traced >= 1
+    assert len(traces) == traced == 1  # one trace: the optimizer's variables exist before the first step
     assert float(trainer.dropouts[0].rate) == pytest.approx(0.9)
 
 
