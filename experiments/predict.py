@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(a fold's model)")
     parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--roi", type=Path, help="mask of the vertebra to classify (NIfTI or .npy)")
+    where.add_argument("--roi", type=Path,
+                       help="mask of the vertebra to classify (NIfTI, NRRD such as 3D Slicer's .seg.nrrd, or .npy)")
     where.add_argument("--segmentation", type=Path,
                        help="TotalSegmentator (v2) output: its multi-label map (total-task ids, 31 = L1) or its "
                             "folder of per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")

@@ -118,7 +118,7 @@ def test_npy_mask_must_have_the_ct_shape(tmp_path, ct):
     (tmp_path / "junk.npy").write_text("not numpy")
     with pytest.raises(InputError, match="junk.npy: cannot be read"):
         load_mask(tmp_path / "junk.npy", ct)
-    with pytest.raises(InputError, match="must be .nii, .nii.gz or .npy"):
+    with pytest.raises(InputError, match=r"must be .nii, .nii.gz, .nrrd \(.seg.nrrd\) or .npy"):
         load_mask(tmp_path / "ct" / "IM0000.dcm", ct)
 
 

@@ -19,13 +19,14 @@ import numpy as np
 
 from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
+from vfrac.nrrd import is_nrrd, read_nrrd_mask
 
 log = logging.getLogger(__name__)
 
 # Voxel data is streamed in pieces of about this size, so reading needs little beyond the volume.
 READ_CHUNK_BYTES = 16 * 2**20
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-MASK_SUFFIXES = NIFTI_SUFFIXES + (".npy",)
+MASK_SUFFIXES = NIFTI_SUFFIXES + (".npy", ".nrrd")  # .nrrd: also 3D Slicer's .seg.nrrd
 # Grids whose voxel centres agree within this fraction of a voxel are the same grid.
 GRID_TOLERANCE = 0.05
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -77,11 +78,11 @@ def load_volume(path, series=None) -> Volume:
 
 
 def load_mask(path, reference: Volume) -> np.ndarray:
-    """Read a NIfTI or .npy mask and return it on the reference CT's grid.
+    """Read a NIfTI, NRRD (3D Slicer's `.seg.nrrd` or labelmap) or .npy mask and return it on the reference CT's grid.
 
     Label values are kept (a multi-label file stays multi-label). A `.npy` file has
-    no geometry, so it must already have the reference's (z, y, x) shape. A NIfTI
-    mask may differ by axis order, flips and a whole-voxel offset (a cropped mask);
+    no geometry, so it must already have the reference's (z, y, x) shape. A NIfTI or
+    NRRD mask may differ by axis order, flips and a whole-voxel offset (a cropped mask);
     anything else means the two grids do not describe the same voxels and is an
     `InputError`, since resampling a mask silently would move the ROI.
     """
@@ -90,8 +91,11 @@ def load_mask(path, reference: Volume) -> np.ndarray:
         raise InputError(f"{path}: mask file does not exist")
     if str(path).lower().endswith(".npy"):
         return _read_npy(path, reference.shape)
+    if is_nrrd(path):
+        mask, affine = read_nrrd_mask(path)
+        return place_on_grid(mask, affine, reference, source=path)
     if not is_nifti(path):
-        raise InputError(f"{path}: a mask must be .nii, .nii.gz or .npy")
+        raise InputError(f"{path}: a mask must be .nii, .nii.gz, .nrrd (.seg.nrrd) or .npy")
     mask, affine = read_nifti(path, dtype=None)
     return place_on_grid(mask, affine, reference, source=path)
 
