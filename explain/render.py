@@ -1,8 +1,9 @@
 """One patient's review images and attention rows, in a worker process of the review.
 
-Kept free of TensorFlow and Keras so that a spawned worker starts in about a second:
-reading each patient's CT series and writing its PNGs took most of the review's time
-in one process, and the patients are independent.
+Reading each patient's CT series and writing its PNGs took most of the review's time
+in one process, and the patients are independent. Kept free of TensorFlow and Keras, so
+a worker spawned by `experiments.cv` starts in about a second (one spawned by
+`python -m explain.review` also imports that module, and with it TensorFlow).
 """
 
 from __future__ import annotations
