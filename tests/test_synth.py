@@ -15,7 +15,7 @@ from vfrac.synth import FEATURES, generate_cohort
 from vfrac.synth.__main__ import main
 from vfrac.synth.anatomy import render
 from vfrac.synth.lesions import DESTRUCTION_MARGIN_MM, with_margin
-from vfrac.synth.params import LEVELS, READER_ACCURACY, draw_lesion, draw_scan, reader_calls
+from vfrac.synth.params import LEVELS, READER_ACCURACY, Site, draw_lesion, draw_scan, reader_calls
 from vfrac.synth.preview import render_preview
 from vfrac.synth.writer import ct_affine
 from vfrac.volume import load_mask, load_volume
@@ -216,3 +216,33 @@ def test_the_destruction_mask_takes_in_the_bone_at_its_edge_only():
     assert marked[8:12, 0:9].all() and not marked[8:12, 9:].any()  # 3 pixels of the stump, no more
     assert not marked[0:3, 0:3].any() and not marked[12:, :].any()  # neither far bone nor soft tissue
     assert not with_margin(np.zeros((4, 4), bool), np.ones((4, 4), bool), 0.5).any()
+
+
+def test_another_sites_scanner_shifts_noise_slices_and_calibration_of_the_same_patients(tmp_path, capsys):
+    base = generate_cohort(tmp_path / "base", 1, seed=4, matrix=64)
+    assert main(["--out", str(tmp_path / "offset"), "--patients", "1", "--matrix", "64", "--seed", "4",
+                 "--workers", "1", "--hu-offset", "40"]) == 0
+    before, after = (load_volume(folder / "VF0001" / "ct").hu for folder in (base.parent, tmp_path / "offset"))
+    difference = after - before
+    unclipped = (before > -1024) & (after < 3071)  # the stored range clips air at -1024
+    assert np.all(difference[unclipped] == 40) and unclipped.mean() > 0.8
+    assert read_manifest(tmp_path / "offset" / "manifest.csv").patients[0].label == \
+        read_manifest(base).patients[0].label  # the same patient, scanned elsewhere
+    scan = draw_scan(np.random.default_rng([4, 1, 1]), matrix=64)
+    thin = Site(slice_thickness=1.0).apply(scan)
+    assert thin.slice_spacing == thin.slice_thickness == 1.0
+    assert (thin.n_slices - 1) * 1.0 == pytest.approx((scan.n_slices - 1) * scan.slice_spacing, abs=0.5)
+    generate_cohort(tmp_path / "thin", 1, seed=4, matrix=64, site=Site(slice_thickness=1.0))
+    thin_ct = load_volume(tmp_path / "thin" / "VF0001" / "ct")
+    assert thin_ct.spacing[0] == pytest.approx(1.0) and len(thin_ct.hu) == thin.n_slices
+    header = pydicom.dcmread(next((tmp_path / "thin" / "VF0001" / "ct").glob("*.dcm")), stop_before_pixels=True)
+    assert float(header.SliceThickness) == 1.0
+    # Noise: the same draws, scaled, so the images' differences from scale 1 grow as scale - 1
+    lesion = draw_lesion(np.random.default_rng([4, 1, 2]), "malignant", 0.3)
+    images = [render(Site(noise_scale=k).apply(scan), lesion, np.random.default_rng([4, 1, 3])).hu.astype(float)
+              for k in (1.0, 2.0, 3.0)]
+    inside = (images[0] > -900) & (images[1] > -900) & (images[2] > -900)
+    ratio = np.std((images[2] - images[0])[inside]) / np.std((images[1] - images[0])[inside])
+    assert ratio == pytest.approx(2.0, rel=0.05)
+    assert main(["--out", str(tmp_path / "bad"), "--patients", "1", "--noise-scale", "-1"]) == 2
+    assert "noise scale must be in [0, 10]" in capsys.readouterr().err

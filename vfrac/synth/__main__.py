@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vfrac.synth.generate import DEMO, generate_cohort
+from vfrac.synth.params import Site
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="patients made in parallel (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cohort in --out")
+    shift = parser.add_argument_group("another site's scanner (also with --demo; default: no shift)")
+    shift.add_argument("--noise-scale", type=float, default=1.0, help="image noise SD times this")
+    shift.add_argument("--slice-thickness", type=float, help="mm: every series at this thickness and spacing")
+    shift.add_argument("--hu-offset", type=float, default=0.0, help="HU added to every voxel")
     args = parser.parse_args(argv)
     settings = {"patients": args.patients, "malignant_fraction": args.malignant_fraction,
                 "difficulty": args.difficulty, "matrix": args.matrix}
@@ -48,9 +53,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     patients = args.settings.get("patients", 60)
     try:
+        site = Site(args.noise_scale, args.slice_thickness, args.hu_offset)
         with tqdm(total=patients, unit="patient", desc="synth") as bar:
             manifest = generate_cohort(args.out, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
-                                       on_progress=bar.update, **({"patients": 60} | args.settings))
+                                       on_progress=bar.update, site=site, **({"patients": 60} | args.settings))
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -98,7 +98,7 @@ def render(scan: Scan, lesion: Lesion, rng: np.random.Generator) -> Rendered:
         image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = patch / len(SUBSAMPLES)
         cv2.GaussianBlur(image, (0, 0), sigma, dst=image)
         image += scan.noise_sd * smooth_noise(rng, (n, n), noise_sigma)
-        hu[k] = np.clip(np.rint(image), -1024, 3071)
+        hu[k] = np.clip(np.rint(image + scan.hu_offset), -1024, 3071)
         roi[k], slice_masks = field.masks(z)
         for name, mask in slice_masks.items():
             masks[name][k] = mask

@@ -8,6 +8,7 @@ parameters are kept in `synth.json`, so asking again for the same cohort does no
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vfrac.synth.anatomy import render
-from vfrac.synth.params import FEATURES, draw_lesion, draw_scan, reader_calls
+from vfrac.synth.params import FEATURES, SAME_SITE, Site, draw_lesion, draw_scan, reader_calls
 from vfrac.synth.writer import write_masks, write_series
 
 GENERATOR_VERSION = 1
@@ -39,10 +40,11 @@ def cohort_labels(patients: int, malignant_fraction: float, seed: int) -> list[s
     return [str(label) for label in np.random.default_rng([seed, 0]).permutation(labels)]
 
 
-def make_patient(out: Path, index: int, label: str, seed: int, difficulty: float, matrix: int) -> dict:
+def make_patient(out: Path, index: int, label: str, seed: int, difficulty: float, matrix: int,
+                 site: Site = SAME_SITE) -> dict:
     """Render and write one patient; returns its manifest fields and lesion hardness."""
     pid = patient_id(index)
-    scan = draw_scan(np.random.default_rng([seed, index + 1, 1]), matrix=matrix)
+    scan = site.apply(draw_scan(np.random.default_rng([seed, index + 1, 1]), matrix=matrix))
     lesion = draw_lesion(np.random.default_rng([seed, index + 1, 2]), label, difficulty)
     rendered = render(scan, lesion, np.random.default_rng([seed, index + 1, 3]))
     folder = out / pid
@@ -56,8 +58,9 @@ def make_patient(out: Path, index: int, label: str, seed: int, difficulty: float
 
 def generate_cohort(out, patients: int, seed: int = 0, malignant_fraction: float = 0.68,
                     difficulty: float = 0.3, matrix: int = 512, workers: int = 1,
-                    overwrite: bool = False, on_progress=None) -> Path:
-    """Write the cohort to `out`; returns the manifest's path."""
+                    overwrite: bool = False, on_progress=None, site: Site = SAME_SITE) -> Path:
+    """Write the cohort to `out`; returns the manifest's path. `site` shifts every CT as another
+    hospital's scanner would (same patients and lesions for the same seed)."""
     out = Path(out)
     if patients < 1:
         raise ValueError(f"patients must be >= 1, received {patients}")
@@ -66,6 +69,8 @@ def generate_cohort(out, patients: int, seed: int = 0, malignant_fraction: float
                          f"received {malignant_fraction}, {difficulty}")
     recipe = {"version": GENERATOR_VERSION, "patients": patients, "seed": seed,
               "malignant_fraction": malignant_fraction, "difficulty": difficulty, "matrix": matrix}
+    if site != SAME_SITE:  # a default cohort keeps the recipe it always had
+        recipe["site"] = dataclasses.asdict(site)
     if _recipe(out) == recipe and (out / "manifest.csv").is_file() and not overwrite:
         return out / "manifest.csv"  # this very cohort is already there
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -75,7 +80,7 @@ def generate_cohort(out, patients: int, seed: int = 0, malignant_fraction: float
     labels = cohort_labels(patients, malignant_fraction, seed)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        jobs = [(staging, i, labels[i], seed, difficulty, matrix) for i in range(patients)]
+        jobs = [(staging, i, labels[i], seed, difficulty, matrix, site) for i in range(patients)]
         results = _run(jobs, workers, on_progress)
         calls = reader_calls(np.random.default_rng([seed, 0, 9]), labels, np.array([r["hardness"] for r in results]))
         rows = [r["row"] | {reader: calls[reader][i] for reader in calls} for i, r in enumerate(results)]

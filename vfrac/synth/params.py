@@ -8,7 +8,7 @@ a patient's pixels do not depend on how many others are made or in what order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -82,6 +82,37 @@ class Scan:
     signed_storage: bool  # PixelRepresentation 1 (else unsigned, values + 1024)
     ascending_instances: bool  # InstanceNumber rises with z (else falls)
     header: dict = field(default_factory=dict)  # fake patient and scanner fields
+    hu_offset: float = 0.0  # HU added to every voxel (another site's calibration, `Site`)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Another hospital's scanner: the cohort's CTs with a shift, to see how a model trained on one site
+    holds on another (external validation). The defaults change nothing."""
+
+    noise_scale: float = 1.0  # image noise SD times this
+    slice_thickness: float | None = None  # mm: every series reconstructed at this thickness and spacing
+    hu_offset: float = 0.0  # HU added to every voxel (a calibration offset)
+
+    def __post_init__(self):
+        if not 0.0 <= self.noise_scale <= 10.0:
+            raise ValueError(f"noise scale must be in [0, 10], received {self.noise_scale}")
+        if self.slice_thickness is not None and not 0.5 <= self.slice_thickness <= 10.0:
+            raise ValueError(f"slice thickness must be 0.5 to 10 mm, received {self.slice_thickness}")
+        if not -500.0 <= self.hu_offset <= 500.0:
+            raise ValueError(f"HU offset must be within +-500, received {self.hu_offset}")
+
+    def apply(self, scan: Scan) -> Scan:
+        """The scan as this site acquires it: same anatomy and coverage, other noise, slices and calibration."""
+        changes = {"noise_sd": scan.noise_sd * self.noise_scale, "hu_offset": scan.hu_offset + self.hu_offset}
+        if self.slice_thickness is not None:
+            coverage = (scan.n_slices - 1) * scan.slice_spacing
+            changes |= {"slice_spacing": self.slice_thickness, "slice_thickness": self.slice_thickness,
+                        "n_slices": int(round(coverage / self.slice_thickness)) + 1}
+        return replace(scan, **changes)
+
+
+SAME_SITE = Site()  # no shift
 
 
 @dataclass(frozen=True)
