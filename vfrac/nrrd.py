@@ -9,6 +9,7 @@ gzip, one segment layer); anything else is refused with what to do instead.
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import numpy as np
 
 from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
+from vfrac.volume import RAS_TO_LPS
 
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 SPACES = {"left-posterior-superior": np.eye(3), "lps": np.eye(3),
-          "right-anterior-superior": RAS_TO_LPS, "ras": RAS_TO_LPS}
+          "right-anterior-superior": RAS_TO_LPS[:3, :3], "ras": RAS_TO_LPS[:3, :3]}
 TYPES = {  # NRRD type names (nrrd format 5) -> numpy
     "u1": ("uchar", "unsigned char", "uint8", "uint8_t"),
     "i1": ("signed char", "int8", "int8_t"),
@@ -32,10 +33,6 @@ TYPES = {  # NRRD type names (nrrd format 5) -> numpy
 }
 NUMPY_TYPE = {name: code for code, names in TYPES.items() for name in names}
 CHUNK = 1 << 20  # compressed bytes inflated at a time
-
-
-def is_nrrd(path) -> bool:
-    return str(path).lower().endswith(".nrrd")
 
 
 def read_nrrd_mask(path) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +48,7 @@ def read_nrrd_mask(path) -> tuple[np.ndarray, np.ndarray]:
             check_voxel_budget(path, sizes)
             dtype = _dtype(header, path)
             _check_layout(header, path)
-            payload = _read_payload(handle, header["encoding"].lower(), int(np.prod(sizes)) * dtype.itemsize, path)
+            payload = _read_payload(handle, header["encoding"].lower(), math.prod(sizes) * dtype.itemsize, path)
     except InputError:
         raise
     except (nrrd.NRRDError, KeyError, ValueError, TypeError) as error:
@@ -87,17 +84,15 @@ def _read_payload(handle, encoding: str, expected: int, path: Path) -> bytes:
         payload = handle.read(expected + 1)
     else:
         inflate, pieces, size = zlib.decompressobj(zlib.MAX_WBITS | 32), [], 0  # gzip or zlib header
-        while size <= expected and (chunk := handle.read(CHUNK)):
-            try:
-                piece = inflate.decompress(chunk, expected + 1 - size)
+        pending = handle.read(CHUNK)
+        while pending and size <= expected:
+            try:  # at most one byte past the expected size, so a bomb stops there
+                piece = inflate.decompress(pending, expected + 1 - size)
             except zlib.error as error:
                 raise InputError(f"{path}: the NRRD's compressed voxels are damaged ({error})") from error
             pieces.append(piece)
             size += len(piece)
-            while inflate.unconsumed_tail and size <= expected:  # max_length stopped it inside this chunk
-                piece = inflate.decompress(inflate.unconsumed_tail, expected + 1 - size)
-                pieces.append(piece)
-                size += len(piece)
+            pending = inflate.unconsumed_tail or handle.read(CHUNK)
         payload = b"".join(pieces)
     if len(payload) != expected:
         more = "more" if len(payload) > expected else "fewer"

@@ -19,7 +19,6 @@ import numpy as np
 
 from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
-from vfrac.nrrd import is_nrrd, read_nrrd_mask
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,9 @@ def load_mask(path, reference: Volume) -> np.ndarray:
         raise InputError(f"{path}: mask file does not exist")
     if str(path).lower().endswith(".npy"):
         return _read_npy(path, reference.shape)
-    if is_nrrd(path):
+    if str(path).lower().endswith(".nrrd"):
+        from vfrac.nrrd import read_nrrd_mask  # it reads the volume module's constants
+
         mask, affine = read_nrrd_mask(path)
         return place_on_grid(mask, affine, reference, source=path)
     if not is_nifti(path):
