@@ -100,8 +100,9 @@ def _air_input(model_contract: dict) -> np.ndarray:
     return evaluation_images(air, crop["context"], model_contract["input_size"], tuple(model_contract["window"]))
 
 
-def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str) -> None:
-    """The cohort as the run's training dataset: the UI's Dataset column, digest = the cohort hash."""
+def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str, context: str = "training") -> None:
+    """The cohort as the run's dataset (`context`: training, or validation for another site's cohort): the UI's
+    Dataset column, digest = the cohort hash."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
@@ -114,7 +115,7 @@ def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str) -> None:
     dataset = MetaDataset(source, name=f"{manifest.parent.name}/{manifest.name}",
                           digest=cohort_hash, schema=schema)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     tags=[InputTag("mlflow.data.context", "training")])])
+                                                     tags=[InputTag("mlflow.data.context", context)])])
 
 
 def register(client, name: str, run_id: str, description: str) -> str:

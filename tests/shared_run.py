@@ -9,7 +9,9 @@ read-only to its readers, except for test_cv's rerun, which must find everything
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 from contextlib import contextmanager
@@ -52,3 +54,28 @@ def uninterrupted_run(tmp_path_factory) -> tuple[Path, faults.Outcome]:
             outcome = faults.run_cv(manifest, store)
             record.write_text(json.dumps(outcome._asdict()))
     return store, faults.Outcome(**json.loads(record.read_text()))
+
+
+def final_model_store(tmp_path_factory) -> tuple[Path, list[str], str]:
+    """A tiny CV run with --final (one tuning trial per fold and for the final model), made once for the
+    files that apply its models (test_predict, test_validate): (its folder, the command's arguments, the
+    first run's console output)."""
+    from experiments.cv import main as cv
+
+    folder = shared_root(tmp_path_factory) / "final"
+    record = shared_root(tmp_path_factory) / "final.txt"
+    argv = ["--cohort", str(folder / "cohort" / "manifest.csv"), "--folds", "2", "--epochs", "1", "--input-size",
+            "32", "--arch", "resnet-tiny", "--trials", "1", "--no-explain", "--final", "--tracking-uri",
+            f"sqlite:///{folder}/mlflow.db", "--storage", f"sqlite:///{folder}/optuna.db"]
+    with locked(shared_root(tmp_path_factory) / "final.lock"):
+        if not record.exists():
+            generate_cohort(folder / "cohort", 12, seed=11, matrix=96)
+            captured, here = io.StringIO(), os.getcwd()
+            os.chdir(folder)
+            try:
+                with contextlib.redirect_stdout(captured):
+                    assert cv(argv) == 0
+            finally:
+                os.chdir(here)
+            record.write_text(captured.getvalue())
+    return folder, argv, record.read_text()

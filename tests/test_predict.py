@@ -1,10 +1,7 @@
 """The model to use: `experiments.cv --final` registers it with its contract; `experiments.predict` applies
 it (or a fold's model) to one patient, on synthetic and real CT, and refuses what it cannot do right."""
 
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -19,11 +16,11 @@ from experiments.model_package import CONTRACT_VERSION, PREPROCESSING, check_con
 from experiments.predict import main as predict
 from explain.overlay import cam_on_slice
 from tests.mlflow_store import artifact_rows
+from tests.shared_run import final_model_store
 from vfrac.cohort import read_manifest
 from vfrac.crops import input_to_slice
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate
-from vfrac.synth import generate_cohort
 from vfrac.volume import load_mask, load_volume
 
 pytestmark = [pytest.mark.slow]
@@ -32,21 +29,8 @@ REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A tiny CV run with --final, one tuning trial per fold and for the final model: (its folder, the
-    command's arguments, the first run's console output)."""
-    folder = tmp_path_factory.mktemp("final")
-    manifest = generate_cohort(folder / "cohort", 12, seed=11, matrix=96)
-    argv = ["--cohort", str(manifest), "--folds", "2", "--epochs", "1", "--input-size", "32", "--arch", "resnet-tiny",
-            "--trials", "1", "--no-explain", "--final", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
-            "--storage", f"sqlite:///{folder}/optuna.db"]
-    captured, here = io.StringIO(), os.getcwd()
-    os.chdir(folder)
-    try:
-        with contextlib.redirect_stdout(captured):
-            assert cv(argv) == 0
-    finally:
-        os.chdir(here)
-    return folder, argv, captured.getvalue()
+    """A tiny CV run with --final: (its folder, the command's arguments, the first run's console output)."""
+    return final_model_store(tmp_path_factory)
 
 
 def client_of(folder) -> MlflowClient:

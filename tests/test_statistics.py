@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vfrac.metrics import wilson_interval
-from vfrac.statistics import delong_test, fisher_p, holm, mcnemar, odds_ratio, sign_table, youden_threshold
+from vfrac.statistics import delong_test, fisher_p, unpaired_auc_difference, holm, mcnemar, odds_ratio, sign_table, youden_threshold
 
 
 def test_odds_ratio_and_woolf_interval():
@@ -100,6 +100,29 @@ def test_delong_agrees_with_sklearn_and_identical_scores_differ_by_nothing():
     assert result["auc_a"] > result["auc_b"] and result["p"] < 0.05 and result["ci"][0] > 0
     same = delong_test(labels, a, a)
     assert (same["difference"], same["z"], same["p"], same["ci"]) == (0.0, 0.0, 1.0, (0.0, 0.0))
+
+
+def test_unpaired_auc_difference_worked_by_hand():
+    # a: positives .9 .4, negatives .5 .1; V10 = [1, 1/2], V01 = [1/2, 1]; AUC 3/4,
+    #    var = var(V10) / 2 + var(V01) / 2 = (1/8) / 2 + (1/8) / 2 = 1/8
+    # b: every positive above every negative; AUC 1, var 0 (V10 and V01 constant)
+    result = unpaired_auc_difference([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], [1, 1, 1, 0, 0], [0.9, 0.8, 0.7, 0.1, 0.2])
+    assert (result["auc_a"], result["auc_b"], result["difference"]) == pytest.approx((0.75, 1.0, -0.25))
+    assert result["se"] == pytest.approx(math.sqrt(1 / 8))
+    spread = 1.959964 * math.sqrt(1 / 8)
+    assert result["ci"] == pytest.approx((-0.25 - spread, -0.25 + spread))
+    assert result["p"] == pytest.approx(math.erfc(0.25 / math.sqrt(1 / 8) / math.sqrt(2)))
+
+
+def test_unpaired_variance_is_the_paired_tests_variance_of_one_auc():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 60)
+    a = labels + rng.normal(0, 1, 60)
+    constant = np.zeros(60)  # AUC 1/2 with no variance: the paired test's SE is a's own
+    assert unpaired_auc_difference(labels, a, [0, 0, 1, 1], [0, 0, 0, 0])["se"] == pytest.approx(
+        delong_test(labels, a, constant)["se"])
+    with pytest.raises(ValueError, match="3 positive, 0 negative"):
+        unpaired_auc_difference(labels, a, [1, 1, 1], [0.1, 0.2, 0.3])
 
 
 @pytest.mark.parametrize(("labels", "a", "b", "message"), [

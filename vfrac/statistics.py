@@ -4,7 +4,8 @@ Odds ratios use Woolf's log interval, with Haldane's correction (0.5 added to ev
 cell) when a cell is empty; Fisher's exact test for the 2 x 2 table; McNemar's paired
 test of two raters' calls on the same patients, exact (binomial) for fewer than 25
 discordant pairs; DeLong's test of two correlated ROC AUCs on the same patients (the
-model against the radiomics baseline). Pure functions on counts and arrays.
+model against the radiomics baseline), and its unpaired form for two independent
+cohorts (external validation against cross-validation). Pure functions on counts and arrays.
 """
 
 from __future__ import annotations
@@ -109,7 +110,26 @@ def delong_test(labels, scores_a, scores_b, z: float = 1.959964) -> dict:
     if y.ndim != 1 or a.shape != y.shape or b.shape != y.shape:
         raise ValueError(f"need one label and two scores per case, received {y.size} labels and "
                          f"{a.size}, {b.size} scores")
-    scores = np.stack([a, b])
+    aucs, covariance = _delong(y, np.stack([a, b]))
+    error = math.sqrt(max(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1], 0.0))
+    return _difference(float(aucs[0]), float(aucs[1]), error, z)
+
+
+def unpaired_auc_difference(labels_a, scores_a, labels_b, scores_b, z: float = 1.959964) -> dict:
+    """AUC a - AUC b on two independent samples (another site's patients against the CV cohort's):
+    DeLong's variance of each AUC, added, for the difference's 95% CI and a z-test."""
+    results = []
+    for labels, scores in ((labels_a, scores_a), (labels_b, scores_b)):
+        y, s = np.asarray(labels), np.asarray(scores, dtype=float)
+        if y.ndim != 1 or s.shape != y.shape:
+            raise ValueError(f"need one label per score, received {y.size} labels and {s.size} scores")
+        results.append(_delong(y, s[None, :]))
+    (auc_a, var_a), (auc_b, var_b) = ((float(aucs[0]), float(cov[0, 0])) for aucs, cov in results)
+    return _difference(auc_a, auc_b, math.sqrt(max(var_a + var_b, 0.0)), z)
+
+
+def _delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUC of each row of scores, their DeLong covariance) on the cases' 0/1 labels y."""
     if not set(np.unique(y)) <= {0, 1} or min(np.sum(y == 0), np.sum(y == 1)) < 2:
         raise ValueError(f"need 0/1 labels with at least 2 cases of each class, received values "
                          f"{np.unique(y)[:5].tolist()}: {int(np.sum(y == 1))} positive, {int(np.sum(y == 0))} negative")
@@ -119,11 +139,13 @@ def delong_test(labels, scores_a, scores_b, z: float = 1.959964) -> dict:
     pooled = rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
     v10 = (pooled[:, :m] - rankdata(positives, axis=1)) / n  # per positive: share of negatives it beats
     v01 = 1 - (pooled[:, m:] - rankdata(negatives, axis=1)) / m  # per negative: share of positives above it
-    aucs = v10.mean(axis=1)
-    covariance = np.cov(v10) / m + np.cov(v01) / n
-    difference = float(aucs[0] - aucs[1])
-    error = math.sqrt(max(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1], 0.0))
+    covariance = np.atleast_2d(np.cov(v10) / m + np.cov(v01) / n)
+    return v10.mean(axis=1), covariance
+
+
+def _difference(auc_a: float, auc_b: float, error: float, z: float) -> dict:
+    difference = auc_a - auc_b
     statistic = difference / error if error else (0.0 if difference == 0 else math.copysign(math.inf, difference))
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": difference, "se": error,
+    return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "se": error,
             "z": statistic, "p": float(2 * norm.sf(abs(statistic))),
             "ci": (difference - z * error, difference + z * error)}
