@@ -25,12 +25,16 @@ import numpy as np
 from vfrac.errors import InputError
 
 DEFAULT_METHODS = ("gradcam",)
+# What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
+SHARED_BY_MEMBERS = ("crop", "input_size", "aggregation", "threshold", "cam_layer", "preprocessing")
+RECALIBRATION_FOLDER = "recalibration"  # on the CV run: {method}.json
 REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from explain.cam import METHODS
+    from explain.cam import METHODS as MAP_METHODS
     from vfrac.cohort import PATIENT_ID
+    from vfrac.ensemble import METHODS, UncertaintyRule
 
     def patient_id(value: str) -> str:
         if not PATIENT_ID.fullmatch(value):
@@ -38,9 +42,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         return value
 
     parser = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True,
-                        help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
-                             "(a fold's model)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model",
+                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
+                            "(a fold's model)")
+    which.add_argument("--ensemble", metavar="CV_RUN_ID",
+                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
+                            "and Grad-CAM maps averaged over them")
     parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--roi", type=Path,
@@ -58,10 +66,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="replace the outputs of an earlier prediction in --out (its files of other patients "
                              "would otherwise mix with this one's)")
     parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture")
-    parser.add_argument("--method", action="append", choices=METHODS,
+    parser.add_argument("--method", action="append", choices=MAP_METHODS,
                         help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--recalibrate", choices=METHODS,
+                        help="also report the risk recalibrated (Platt or isotonic) on the CV run's out-of-fold "
+                             "patient predictions (fitted once, stored on that run); the call keeps the model's "
+                             "threshold")
+    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
+                        help="uncertain when the probability lies closer than this to the threshold "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
+                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
+                             "(default: %(default)s)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     args = parser.parse_args(argv)
+    try:
+        args.rule = UncertaintyRule(args.margin, args.max_spread)
+    except ValueError as error:
+        parser.error(str(error))
     if args.segmentation and not args.vertebra:
         parser.error("--segmentation needs --vertebra (the level to classify, e.g. L1)")
     if args.vertebra and not args.segmentation:
@@ -90,10 +112,17 @@ def verdict_line(prediction: dict) -> str:
     """`VF-NEW: malignant, p = 0.91 (threshold 0.50; model vfrac-resnet50 v1, CV AUC 0.87)`."""
     model = prediction["model"]
     auc = (model.get("expected") or {}).get("patient_auc")
-    measured = "CV" if model.get("role") == "final" else f"fold {model.get('fold')}"
+    measured = "CV" if model.get("role") in ("final", "ensemble") else f"fold {model.get('fold')}"
     expected = "" if auc is None else f", {measured} AUC {auc:.2f}"
-    return (f"{prediction['patient_id']}: {prediction['call']}, p = {prediction['probability']:.2f} "
+    spread = prediction["uncertainty"]["spread_sd"]
+    spread = "" if spread is None else f" +- {spread:.2f}"
+    line = (f"{prediction['patient_id']}: {prediction['call']}, p = {prediction['probability']:.2f}{spread} "
             f"(threshold {prediction['threshold']:.2f}; model {model['label']}{expected})")
+    recalibration = prediction["uncertainty"]["recalibration"]
+    if recalibration:
+        line += f"; recalibrated risk {recalibration['risk']:.2f} ({recalibration['method']})"
+    reasons = prediction["uncertainty"]["reasons"]
+    return line + (f"\nUNCERTAIN, a radiologist must look: {'; '.join(reasons)}" if reasons else "")
 
 
 def predict(args) -> dict:
@@ -106,24 +135,28 @@ def predict(args) -> dict:
     volume, roi, roi_label = read_patient(args)  # first: bad input is refused before the model loads
     seconds["read CT and ROI"] = time.perf_counter() - started
     started = time.perf_counter()
+    tracking_uri = args.tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory() as scratch:
-        model, model_contract, label = load_model(args.model, args.tracking_uri or default_tracking_uri(),
-                                                  Path(scratch))
+        members, model_info = load_members(args, tracking_uri, Path(scratch))
+    model_contract = members[0][1]
     seconds["load model"] = time.perf_counter() - started
     started = time.perf_counter()
     prepared = _crops(args.patient_id, volume, roi, model_contract)
     seconds["crop"] = time.perf_counter() - started
     started = time.perf_counter()
-    images = _network_inputs(prepared, model_contract, model_contract["window"])
-    probabilities, probability = _probabilities(model, images, model_contract["aggregation"])
+    inputs = [_network_inputs(prepared, contract, contract["window"]) for _, contract in members]
+    outputs = [_probabilities(model, images, model_contract["aggregation"])
+               for (model, _), images in zip(members, inputs, strict=True)]
+    probabilities = np.mean([slices for slices, _ in outputs], axis=0)
     threshold = float(model_contract["threshold"])
+    uncertainty = _uncertainty(args, [patient for _, patient in outputs], threshold, model_info, tracking_uri)
+    probability = uncertainty.pop("probability")
     seconds["predict"] = time.perf_counter() - started
     prediction = {
         "patient_id": args.patient_id, "probability": probability,
         "call": "malignant" if probability >= threshold else "benign", "threshold": threshold,
-        "aggregation": model_contract["aggregation"],
-        "model": {"uri": args.model, "label": label, **{k: model_contract.get(k) for k in (
-            "role", "fold", "run_id", "cv_run_id", "cohort_hash", "code_version", "expected")}},
+        "aggregation": model_contract["aggregation"], "uncertain": bool(uncertainty["reasons"]),
+        "uncertainty": uncertainty, "model": model_info,
         "input": {"ct_shape": list(volume.shape), "spacing_mm": [float(v) for v in volume.spacing],
                   "roi_label": roi_label, "vertebra": args.vertebra, "input_size": model_contract["input_size"],
                   "window": model_contract["window"], "crop": model_contract["crop"],
@@ -133,12 +166,119 @@ def predict(args) -> dict:
     }
     started = time.perf_counter()
     methods = tuple(args.method or DEFAULT_METHODS)
-    sheet = _explain(model, model_contract, prepared, images, volume, prediction, methods, out, args.dicom)
+    sheet = _explain(members, prepared, inputs, volume, prediction, methods, out, args.dicom)
     seconds["explain"] = time.perf_counter() - started
     prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
     prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
     (out / "prediction.json").write_text(json.dumps(prediction, indent=1) + "\n")
     return prediction
+
+
+def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], dict]:
+    """[(keras model, contract)] (one, or each fold model of --ensemble) and what prediction.json says of them."""
+    keys = ("role", "fold", "run_id", "cv_run_id", "cohort_hash", "code_version", "expected")
+    if args.model:
+        model, model_contract, label = load_model(args.model, tracking_uri, folder)
+        return [(model, model_contract)], {"uri": args.model, "label": label,
+                                           **{k: model_contract.get(k) for k in keys}}
+    from mlflow import MlflowClient
+
+    from explain.runs import cv_run, finished_folds
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = cv_run(client, args.ensemble)
+    folds = finished_folds(client, run)
+    if len(folds) < 2:
+        raise InputError(f"CV run {args.ensemble} has {len(folds)} finished fold model(s); an ensemble needs 2 or more")
+    members, uris = [], []
+    for fold, fold_run in sorted(folds.items()):
+        uris.append(f"runs:/{fold_run.info.run_id}/model")
+        model, model_contract, _ = load_model(uris[-1], tracking_uri, folder / f"fold{fold}")
+        members.append((model, model_contract))
+    first = members[0][1]
+    for uri, (_, other) in zip(uris, members, strict=True):
+        differing = [k for k in SHARED_BY_MEMBERS if other.get(k) != first.get(k)]
+        if differing:
+            raise InputError(f"{uri}: its {', '.join(differing)} differ from fold {sorted(folds)[0]}'s; the fold "
+                             "models of one CV run must share them to form an ensemble")
+    metrics = run.data.metrics
+    expected = {"patient_auc": metrics.get("patient_auc"),
+                "patient_auc_ci": [metrics.get("patient_auc_ci_low"), metrics.get("patient_auc_ci_high")],
+                "measured_on": "pooled out-of-fold predictions of the same CV run"}
+    return members, {"uri": f"ensemble:{args.ensemble}", "label": f"ensemble of {len(members)} fold models",
+                     "role": "ensemble", "members": uris, "cv_run_id": args.ensemble,
+                     "cohort_hash": run.data.tags.get("vfrac.cohort_hash"),
+                     "code_version": run.data.tags.get("vfrac.code_version"), "expected": expected}
+
+
+def _uncertainty(args, member_probabilities: list[float], threshold: float, model_info: dict,
+                 tracking_uri: str) -> dict:
+    """The patient's probability (the mean over members), its spread, the uncertain flag's reasons, how the
+    rule's distance part sorted the CV run's out-of-fold patients, and the recalibrated risk if asked.
+
+    The call and the flag stay on the model's own scale, the one its CV results and threshold were measured
+    on; a recalibration changes the risk reported beside it, not the call.
+    """
+    from dataclasses import asdict
+
+    from vfrac.ensemble import combine, flagged_share
+
+    mean, spread = float(np.mean(member_probabilities)), None
+    if len(member_probabilities) > 1:
+        spread = combine(member_probabilities, threshold, args.rule)["spread_sd"]
+    cv_rows = _cv_patients(tracking_uri, model_info.get("cv_run_id"))
+    recalibration = None
+    if args.recalibrate:
+        if cv_rows is None:
+            raise InputError(f"--recalibrate: the CV run {model_info.get('cv_run_id')} has no out-of-fold "
+                             f"predictions in {tracking_uri} to fit it on")
+        fitted = _recalibration(tracking_uri, model_info["cv_run_id"], cv_rows, args.recalibrate)
+        recalibration = fitted.as_dict() | {"risk": float(fitted.apply([mean])[0])}
+    checked = None
+    if cv_rows is not None:
+        checked = flagged_share([r["label"] for r in cv_rows], [r["probability"] for r in cv_rows], threshold,
+                                args.rule) | {"on": f"out-of-fold predictions of CV run {model_info['cv_run_id']}"}
+    return {"probability": mean, "members": [float(p) for p in member_probabilities], "spread_sd": spread,
+            "reasons": args.rule.reasons(mean, spread, threshold), "rule": asdict(args.rule),
+            "rule_checked": checked, "recalibration": recalibration}
+
+
+def _cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
+    """The CV run's pooled out-of-fold patient rows, None where the run is not in this store."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from experiments.results import read_rows
+
+    if not cv_run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(cv_run_id, "predictions/patients.csv",
+                                                                               scratch)
+            return read_rows(Path(path))
+    except (MlflowException, OSError):
+        return None
+
+
+def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: str):
+    """The CV run's stored recalibration of this method, fitted on its out-of-fold patients and logged first."""
+    from mlflow import MlflowClient
+
+    from vfrac.ensemble import Recalibration, fit_recalibration
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    name = f"{RECALIBRATION_FOLDER}/{method}.json"
+    if name in {a.path for a in client.list_artifacts(cv_run_id, RECALIBRATION_FOLDER)}:
+        with tempfile.TemporaryDirectory() as scratch:
+            return Recalibration.from_dict(json.loads(Path(client.download_artifacts(cv_run_id, name, scratch))
+                                                      .read_text()))
+    try:
+        fitted = fit_recalibration([r["label"] for r in rows], [r["probability"] for r in rows], method)
+    except ValueError as error:
+        raise InputError(f"--recalibrate {method} on CV run {cv_run_id}: {error}") from error
+    client.log_dict(cv_run_id, fitted.as_dict(), name)
+    return fitted
 
 
 def load_model(uri: str, tracking_uri: str, folder: Path):
@@ -232,9 +372,10 @@ def clear_outputs(out: Path, force: bool) -> None:
             target.unlink()
 
 
-def _explain(model, model_contract: dict, prepared, images: np.ndarray, volume, prediction: dict, methods,
+def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, prediction: dict, methods,
              out: Path, dicom: bool) -> Path:
-    """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path."""
+    """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
+    An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
     from explain import secondary_capture
     from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
     from explain.overlay import overlay_pair
@@ -242,11 +383,15 @@ def _explain(model, model_contract: dict, prepared, images: np.ndarray, volume, 
     from vfrac.crops import input_to_slice
     from vfrac.window import BONE_WINDOW
 
+    model_contract = members[0][1]
     size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
     bone = windowed_rgb(_network_inputs(prepared, model_contract, BONE_WINDOW))[..., 1]
     classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
-    explainer = Explainer(model, layer)  # its layer was checked when the model loaded
-    maps, attribution = explainer.explain(images, classes, methods)
+    maps, attribution = {}, 0.0
+    for (model, _), images in zip(members, inputs, strict=True):
+        found, shares = Explainer(model, layer).explain(images, classes, methods)  # layer checked at loading
+        maps = {m: maps.get(m, 0.0) + found[m] / len(members) for m in methods}
+        attribution = attribution + shares / len(members)
     shown, captures, cache_size = [], [], prepared.crops.shape[1]
     for k, entry in enumerate(prediction["slices"]):
         z, p = entry["slice"], entry["probability"]

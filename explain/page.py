@@ -17,6 +17,7 @@ from pathlib import Path
 STYLE = """
 body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px}
 h1{font-size:1.4em} h2{font-size:1.15em;margin-top:2em;border-top:1px solid #bbb;padding-top:.6em}
+.warn{background:#fdecea;border-left:4px solid #c0392b;padding:.4em .6em}
 table{border-collapse:collapse;margin:.4em 0;font-size:.85em} td,th{border:1px solid #ccc;padding:2px 6px}
 .wrong{color:#b00;font-weight:bold} .right{color:#070} .slice{margin:.8em 0 1.2em}
 .pair img{width:340px;margin-right:6px;vertical-align:top} .note{color:#555;font-size:.9em}
@@ -82,6 +83,7 @@ def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer
              + f". CT {' x '.join(map(str, geometry['ct_shape']))} voxels of "
              f"{' x '.join(f'{v:.2f}' for v in geometry['spacing_mm'])} mm; input {geometry['input_size']} px, "
              f"HU window {geometry['window'][0]:g} / {geometry['window'][1]:g}.</p>",
+             _uncertainty(prediction.get("uncertainty")),
              f"<p class='note'>Maps: {escape(', '.join(methods))} at layer {escape(layer)}, explaining the class "
              "each slice was called. Research use only, not for diagnosis.</p>"]
     parts += [_slice_section(shown, path.parent, path.parent, methods) for shown in slices]
@@ -89,6 +91,21 @@ def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _uncertainty(found: dict | None) -> str:
+    """The uncertain flag in words (and the fold models' spread for an ensemble); nothing for older predictions."""
+    if not found:
+        return ""
+    spread = "" if found["spread_sd"] is None else (
+        f" Fold models: {', '.join(f'{p:.2f}' for p in found['members'])} (SD {found['spread_sd']:.2f}).")
+    recalibrated = "" if not found["recalibration"] else (
+        f" Recalibrated risk ({escape(found['recalibration']['method'])}, fitted on the CV run's out-of-fold "
+        f"patients): {found['recalibration']['risk']:.2f}.")
+    if found["reasons"]:
+        return (f"<p class='warn'><b>Uncertain: a radiologist must look.</b> {escape('; '.join(found['reasons']))}."
+                f"{spread}{recalibrated}</p>")
+    return f"<p>Not flagged as uncertain.{spread}{recalibrated}</p>"
 
 
 def _slice_section(shown: dict, folder: Path, root: Path, methods) -> str:

@@ -19,6 +19,7 @@ from tests.mlflow_store import artifact_rows
 from tests.shared_run import final_model_store
 from vfrac.cohort import read_manifest
 from vfrac.crops import input_to_slice
+from vfrac.ensemble import UncertaintyRule, fit_recalibration, flagged_share
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate
 from vfrac.volume import load_mask, load_volume
@@ -117,10 +118,63 @@ def test_predict_with_a_fold_model_reproduces_its_slice_probabilities(store, tmp
     written = (out / "prediction.json").read_text() + (out / "sheet.html").read_text()
     for identity in (str(header.PatientName), header.PatientID, header.StudyInstanceUID, header.SOPInstanceUID):
         assert identity and identity not in written  # only --patient-id names the patient
-    line = capsys.readouterr().out.splitlines()[-1]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{patient_id}: "))
     call = "malignant" if mean >= 0.5 else "benign"
     assert line.startswith(f"{patient_id}: {call}, p = {mean:.2f} (threshold 0.50; model runs:/")
     assert "fold 0 AUC" in line
+
+
+def test_the_fold_ensemble_averages_its_members_and_flags_what_a_radiologist_must_see(store, tmp_path, capsys):
+    folder, _, _ = store
+    client = client_of(folder)
+    (cv_run,) = role(client, "cv")
+    folds = sorted(role(client, "fold"), key=lambda r: r.data.tags["vfrac.fold"])
+    patient = read_manifest(folder / "cohort" / "manifest.csv").patients[0]
+    where = ["--ct", str(patient.ct), "--roi", str(patient.roi), "--patient-id", patient.patient_id]
+    singles = []
+    for fold in folds:  # each member on its own, as predict gives it
+        out = tmp_path / f"fold{fold.data.tags['vfrac.fold']}"
+        assert run_predict(folder, "--model", f"runs:/{fold.info.run_id}/model", *where, "--out", str(out)) == 0
+        singles.append(json.loads((out / "prediction.json").read_text()))
+    assert run_predict(folder, "--ensemble", cv_run.info.run_id, *where, "--out", str(tmp_path / "e"),
+                       "--recalibrate", "platt", "--margin", "0.45") == 0
+    prediction = json.loads((tmp_path / "e" / "prediction.json").read_text())
+    members = [single["probability"] for single in singles]
+    found = prediction["uncertainty"]
+    assert found["members"] == pytest.approx(members, abs=1e-5)
+    assert prediction["probability"] == pytest.approx(np.mean(members), abs=1e-5)
+    assert found["spread_sd"] == pytest.approx(np.std(members, ddof=1), abs=1e-5)
+    for k, entry in enumerate(prediction["slices"]):  # slice probabilities: the members' mean
+        assert entry["probability"] == pytest.approx(np.mean([s["slices"][k]["probability"] for s in singles]),
+                                                     abs=1e-5)
+    assert prediction["uncertain"] and found["reasons"][0].startswith("probability")  # within 0.45 of 0.5
+    assert prediction["model"]["role"] == "ensemble" and len(prediction["model"]["members"]) == 2
+    oof = artifact_rows(client, cv_run.info.run_id, "predictions/patients.csv", tmp_path / "oof")
+    labels, probabilities = [int(r["label"]) for r in oof], [float(r["probability"]) for r in oof]
+    checked = flagged_share(labels, probabilities, 0.5, UncertaintyRule(margin=0.45))
+    assert {k: found["rule_checked"][k] for k in checked} == pytest.approx(checked, nan_ok=True)
+    stored = client.list_artifacts(cv_run.info.run_id, "recalibration")
+    assert [a.path for a in stored] == ["recalibration/platt.json"]  # fitted once, kept with the CV run
+    fitted = fit_recalibration(labels, probabilities, "platt")
+    assert found["recalibration"]["slope"] == pytest.approx(fitted.parameters["slope"])
+    assert found["recalibration"]["risk"] == pytest.approx(fitted.apply([prediction["probability"]])[0])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith(f"{patient.patient_id}: ") and f" +- {found['spread_sd']:.2f} " in lines[-2]
+    assert lines[-1].startswith("UNCERTAIN, a radiologist must look: probability")
+    assert "Uncertain: a radiologist must look." in (tmp_path / "e" / "sheet.html").read_text()
+
+
+def test_an_ensemble_needs_a_cv_run_and_sane_rule(store, capsys):
+    folder, _, _ = store
+    (final,) = role(client_of(folder), "final")
+    patient = read_manifest(folder / "cohort" / "manifest.csv").patients[0]
+    assert run_predict(folder, "--ensemble", final.info.run_id, "--ct", str(patient.ct), "--roi", str(patient.roi),
+                       "--out", str(folder / "never")) == 2
+    assert "not a vfrac CV run" in capsys.readouterr().err
+    for argv, message in ((["--margin", "0.7"], "margin must be in"), (["--model", "models:/m/1"], "not allowed")):
+        with pytest.raises(SystemExit):
+            predict(["--ensemble", final.info.run_id, "--ct", "c", "--roi", "r", *argv])
+        assert message in capsys.readouterr().err
 
 
 def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(store, tmp_path, capsys):
