@@ -7,6 +7,11 @@ the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and o
 whole slice, and a one-patient sheet (sheet.html) under --out; --dicom adds the
 overlays as a DICOM Secondary Capture series. Prints the one line a radiologist reads.
 The patient is named by --patient-id only: nothing from the DICOM headers is written.
+
+`--ensemble CV_RUN` uses the CV run's k fold models together (vfrac.ensemble): each slice's
+probability is their mean, the patient's aggregates those; the spread of their patient
+probabilities and the distance to the threshold raise the `uncertain` flag; the maps are
+their mean. `--recalibrate` adds a risk recalibrated on the CV run's out-of-fold patients.
 """
 
 from __future__ import annotations
@@ -147,10 +152,11 @@ def predict(args) -> dict:
     inputs = [_network_inputs(prepared, contract, contract["window"]) for _, contract in members]
     outputs = [_probabilities(model, images, model_contract["aggregation"])
                for (model, _), images in zip(members, inputs, strict=True)]
-    probabilities = np.mean([slices for slices, _ in outputs], axis=0)
+    probabilities = np.mean([slices for slices, _ in outputs], axis=0)  # an ensemble's: its members' mean
+    probability = _patient_probability(probabilities, model_contract["aggregation"])
     threshold = float(model_contract["threshold"])
-    uncertainty = _uncertainty(args, [patient for _, patient in outputs], threshold, model_info, tracking_uri)
-    probability = uncertainty.pop("probability")
+    uncertainty = _uncertainty(args, probability, [patient for _, patient in outputs], threshold, model_info,
+                               tracking_uri)
     seconds["predict"] = time.perf_counter() - started
     prediction = {
         "patient_id": args.patient_id, "probability": probability,
@@ -211,10 +217,10 @@ def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], di
                      "code_version": run.data.tags.get("vfrac.code_version"), "expected": expected}
 
 
-def _uncertainty(args, member_probabilities: list[float], threshold: float, model_info: dict,
+def _uncertainty(args, probability: float, member_probabilities: list[float], threshold: float, model_info: dict,
                  tracking_uri: str) -> dict:
-    """The patient's probability (the mean over members), its spread, the uncertain flag's reasons, how the
-    rule's distance part sorted the CV run's out-of-fold patients, and the recalibrated risk if asked.
+    """The spread of the members' patient probabilities, the uncertain flag's reasons, how the rule's distance
+    part sorted the CV run's out-of-fold patients, and the recalibrated risk if asked.
 
     The call and the flag stay on the model's own scale, the one its CV results and threshold were measured
     on; a recalibration changes the risk reported beside it, not the call.
@@ -223,7 +229,7 @@ def _uncertainty(args, member_probabilities: list[float], threshold: float, mode
 
     from vfrac.ensemble import combine, flagged_share
 
-    mean, spread = float(np.mean(member_probabilities)), None
+    spread = None
     if len(member_probabilities) > 1:
         spread = combine(member_probabilities, threshold, args.rule)["spread_sd"]
     cv_rows = _cv_patients(tracking_uri, model_info.get("cv_run_id"))
@@ -233,13 +239,13 @@ def _uncertainty(args, member_probabilities: list[float], threshold: float, mode
             raise InputError(f"--recalibrate: the CV run {model_info.get('cv_run_id')} has no out-of-fold "
                              f"predictions in {tracking_uri} to fit it on")
         fitted = _recalibration(tracking_uri, model_info["cv_run_id"], cv_rows, args.recalibrate)
-        recalibration = fitted.as_dict() | {"risk": float(fitted.apply([mean])[0])}
+        recalibration = fitted.as_dict() | {"risk": float(fitted.apply([probability])[0])}
     checked = None
     if cv_rows is not None:
         checked = flagged_share([r["label"] for r in cv_rows], [r["probability"] for r in cv_rows], threshold,
                                 args.rule) | {"on": f"out-of-fold predictions of CV run {model_info['cv_run_id']}"}
-    return {"probability": mean, "members": [float(p) for p in member_probabilities], "spread_sd": spread,
-            "reasons": args.rule.reasons(mean, spread, threshold), "rule": asdict(args.rule),
+    return {"members": [float(p) for p in member_probabilities], "spread_sd": spread,
+            "reasons": args.rule.reasons(probability, spread, threshold), "rule": asdict(args.rule),
             "rule_checked": checked, "recalibration": recalibration}
 
 
@@ -343,12 +349,16 @@ def _network_inputs(prepared, model_contract: dict, window) -> np.ndarray:
 
 def _probabilities(model, images: np.ndarray, aggregation: str) -> tuple[np.ndarray, float]:
     """Each slice's probability and the patient's, aggregated as the model's run did."""
+    probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
+    return probabilities, _patient_probability(probabilities, aggregation)
+
+
+def _patient_probability(probabilities, aggregation: str) -> float:
     from vfrac.metrics import aggregate
 
-    probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
     n = len(probabilities)
     _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, aggregation)
-    return probabilities, float(patient)
+    return float(patient)
 
 
 OUTPUTS = ("prediction.json", "sheet.html", "overlays", "dicom")

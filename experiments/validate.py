@@ -23,12 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from vfrac.ensemble import UncertaintyRule
 from vfrac.errors import InputError
 
 ROLE = "validation"
 N_BOOT = 1000
 SLICE_COLUMNS = ("patient_id", "slice", "label", "probability")
-PATIENT_COLUMNS = ("patient_id", "label", "probability", "prediction")
+PATIENT_COLUMNS = ("patient_id", "label", "probability", "prediction", "spread_sd", "uncertain")
 EXCLUDED_COLUMNS = ("patient_id", "label", "reason")
 LEVELS = (("slice", "per slice"), ("patient", "per patient"))
 REPORTED = ("sensitivity", "specificity", "accuracy", "auc")
@@ -37,8 +40,11 @@ SHOWN = {"sensitivity": "sensitivity", "specificity": "specificity", "accuracy":
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True,
-                        help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model",
+                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model")
+    which.add_argument("--ensemble", metavar="CV_RUN_ID", help="the k fold models of this CV run as one ensemble "
+                       "(as experiments.predict --ensemble)")
     parser.add_argument("--cohort", required=True, type=Path, help="the other cohort's manifest.csv")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out bad manifest rows and patients whose files cannot be read (listed on the "
@@ -52,9 +58,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="MLflow experiment of the validation run (default: the model's)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--out", type=Path, help="also keep the report, tables and plots in this folder")
+    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
+                        help="uncertain flag: probability closer than this to the threshold (default: %(default)s)")
+    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
+                        help="uncertain flag with --ensemble: SD of the fold models' patient probabilities above "
+                             "this (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    try:
+        args.rule = UncertaintyRule(args.margin, args.max_spread)
+    except ValueError as error:
+        parser.error(str(error))
+    args.recalibrate = None  # experiments.predict's load_members and flags, shared
     return args
 
 
@@ -77,7 +93,7 @@ def validate(args) -> dict:
     """Everything the command does; returns {"run_id", "table" (the console's), "browse" (lines)}."""
     from tqdm import tqdm
 
-    from experiments.predict import load_model
+    from experiments.predict import load_members
     from experiments.tracking import Tracker
     from explain.runs import default_tracking_uri
     from vfrac.cache import CropSettings, cohort_hash, prepare_cohort
@@ -89,7 +105,8 @@ def validate(args) -> dict:
         raise InputError(f"{args.cohort}: cohort manifest not found")
     cohort = read_manifest(manifest, skip_bad=args.skip_bad, allow_outside=args.allow_outside)  # before the model
     with tempfile.TemporaryDirectory() as scratch:
-        model, contract, label = load_model(args.model, tracking_uri, Path(scratch))
+        members, model_info = load_members(args, tracking_uri, Path(scratch))
+    contract, label, model_uri = members[0][1], model_info["label"], model_info["uri"]
     settings = CropSettings.from_values(contract["crop"])
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
         prepared = prepare_cohort(cohort.patients, settings, args.cache_dir, workers=args.workers,
@@ -107,7 +124,7 @@ def validate(args) -> dict:
     digest = cohort_hash(manifest, prepared.entries)
     tracker = Tracker(tracking_uri, args.experiment or _model_experiment(tracking_uri, contract))
     done = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`vfrac.role` = '{ROLE}' and tags.`vfrac.model` = '{args.model}' "
+        [tracker.experiment_id], f"tags.`vfrac.role` = '{ROLE}' and tags.`vfrac.model` = '{model_uri}' "
         f"and tags.`vfrac.cohort_hash` = '{digest}' and tags.`vfrac.done` = '1'")
     if done:
         run_id = done[0].info.run_id
@@ -115,20 +132,20 @@ def validate(args) -> dict:
         return {"run_id": run_id, "table": tracker.read_text(run_id, "report/summary.md"),
                 "browse": tracker.browse_lines(run_id)}
     run_id = tracker.client.create_run(tracker.experiment_id, run_name=f"validation {label} on {manifest.parent.name}",
-                                       tags=_tags(args.model, contract, digest)).info.run_id
+                                       tags=_tags(model_uri, model_info, digest)).info.run_id
     try:
         started = time.perf_counter()
         print(f"validation run {run_id}: {label} on {len(labels)} patients of {manifest}", flush=True)
-        slices = predict_cohort(model, contract, prepared.entries, labels)
+        slices, members_of = predict_cohort(members, prepared.entries, labels)
         seconds = time.perf_counter() - started
-        result = assess(slices, contract, _cv_predictions(tracker, contract))
+        result = assess(slices, members_of, contract, args.rule, _cv_predictions(tracker, model_info))
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(args.out) if args.out else Path(scratch)
             write_outputs(folder, result, excluded, context={
-                "model": args.model, "label": label, "contract": contract, "manifest": manifest,
-                "cohort_hash": digest, "excluded": len(excluded), "run_id": run_id})
+                "model": model_uri, "label": label, "contract": contract, "model_info": model_info,
+                "manifest": manifest, "cohort_hash": digest, "excluded": len(excluded), "run_id": run_id})
             tracker.artifacts(run_id, folder)
-        _log(tracker, run_id, args, contract, result, digest, manifest, seconds, len(excluded))
+        _log(tracker, run_id, args, model_uri, contract, result, digest, manifest, seconds, len(excluded))
         tracker.finish(run_id)
     except BaseException as error:
         tracker.fail(run_id, error)
@@ -138,19 +155,32 @@ def validate(args) -> dict:
     return {"run_id": run_id, "table": result["summary"], "browse": tracker.browse_lines(run_id)}
 
 
-def predict_cohort(model, contract: dict, entries: dict, labels: dict) -> list[dict]:
-    """Every kept crop's probability, made by the model's evaluation pipeline (vfrac.pipeline)."""
+def predict_cohort(members: list[tuple], entries: dict, labels: dict) -> tuple[list[dict], dict]:
+    """Every kept crop's probability (an ensemble's: its members' mean), each made by its model's evaluation
+    pipeline (vfrac.pipeline); and patient_id -> each member's patient probability, for the spread."""
+    from vfrac.metrics import aggregate
     from vfrac.pipeline import make_dataset
 
-    dataset, index = make_dataset(entries, labels, contract["input_size"], tuple(contract["window"]),
-                                  batch_size=64)
-    probabilities = model.predict(dataset, verbose=0)[:, 0]
-    return [{"patient_id": pid, "slice": int(z), "label": labels[pid], "probability": float(p)}
-            for (pid, z), p in zip(index, probabilities, strict=True)]
+    outputs = []
+    for model, contract in members:
+        dataset, index = make_dataset(entries, labels, contract["input_size"], tuple(contract["window"]),
+                                      batch_size=64)
+        outputs.append(model.predict(dataset, verbose=0)[:, 0].astype(float))
+    ids = [pid for pid, _ in index]
+    members_of = {}
+    for probabilities in outputs:
+        pids, _, patient_probabilities = aggregate(ids, probabilities, [0] * len(ids), members[0][1]["aggregation"])
+        for pid, probability in zip(pids, patient_probabilities, strict=True):
+            members_of.setdefault(pid, []).append(float(probability))
+    mean = np.mean(outputs, axis=0)
+    slices = [{"patient_id": pid, "slice": int(z), "label": labels[pid], "probability": float(p)}
+              for (pid, z), p in zip(index, mean, strict=True)]
+    return slices, members_of
 
 
-def assess(slices: list[dict], contract: dict, cv: dict | None) -> dict:
-    """The external metrics with CIs and calibration, the patients' table, and the CV estimate beside them."""
+def assess(slices: list[dict], members_of: dict, contract: dict, rule: UncertaintyRule, cv: dict | None) -> dict:
+    """The external metrics with CIs and calibration, the patients' table with the uncertain flag, and the CV
+    estimate beside them."""
     from experiments.report import to_markdown
     from vfrac.metrics import aggregate, calibration, evaluate
     from vfrac.statistics import unpaired_auc_difference
@@ -159,16 +189,25 @@ def assess(slices: list[dict], contract: dict, cv: dict | None) -> dict:
     ids, probabilities, labels = ([r[k] for r in slices] for k in ("patient_id", "probability", "label"))
     metrics = evaluate(ids, labels, probabilities, threshold, aggregation, n_boot=N_BOOT, seed=0)
     pids, patient_labels, patient_probabilities = aggregate(ids, probabilities, labels, aggregation)
-    patients = [{"patient_id": pid, "label": int(y), "probability": float(p), "prediction": int(p >= threshold)}
-                for pid, y, p in zip(pids, patient_labels, patient_probabilities, strict=True)]
+    patients = []
+    for pid, y, p in zip(pids, patient_labels, patient_probabilities, strict=True):
+        spread = float(np.std(members_of[pid], ddof=1)) if len(members_of[pid]) > 1 else None
+        patients.append({"patient_id": pid, "label": int(y), "probability": float(p), "prediction": int(p >= threshold),
+                         "spread_sd": "" if spread is None else spread,
+                         "uncertain": int(bool(rule.reasons(float(p), spread, threshold)))})
     calibrations = {"slice": calibration(labels, probabilities),
                     "patient": calibration(patient_labels, patient_probabilities)}
     difference = None
     if cv is not None and cv.get("labels"):
         difference = unpaired_auc_difference(patient_labels, patient_probabilities, cv["labels"],
                                              cv["probabilities"])
+    wrong = [p["prediction"] != p["label"] for p in patients]
+    flagged = {"patients": len(patients), "flagged": sum(p["uncertain"] for p in patients), "errors": sum(wrong),
+               "errors_flagged": sum(w and p["uncertain"] for w, p in zip(wrong, patients, strict=True)),
+               "rule": rule, "ensemble": len(next(iter(members_of.values()))) > 1}
     result = {"slices": slices, "patients": patients, "metrics": metrics, "calibration": calibrations,
-              "cv": cv, "difference": difference, "threshold": threshold, "aggregation": aggregation}
+              "cv": cv, "difference": difference, "threshold": threshold, "aggregation": aggregation,
+              "flagged": flagged}
     result["summary"] = to_markdown(comparison(result))
     return result
 
@@ -202,6 +241,7 @@ def _ci_text(value, interval) -> str:
 
 
 def _cv_predictions(tracker, contract: dict) -> dict | None:
+    """`contract`: the model's (or the ensemble's description, which names the same keys)."""
     """The model's CV run's pooled per-patient predictions and metrics; the contract's expected AUC when the
     run cannot be read (a model copied from another store)."""
     from mlflow.exceptions import MlflowException
@@ -258,13 +298,14 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
     """The report's headings, paragraphs, tables and figures (experiments.report's block format)."""
     from vfrac.metrics import confusion
 
-    contract, metrics, patients = context["contract"], result["metrics"], result["patients"]
+    contract, info = context["contract"], context["model_info"]
+    metrics, patients = result["metrics"], result["patients"]
     malignant = sum(p["label"] for p in patients)
     cells = confusion([p["label"] for p in patients], [p["probability"] for p in patients], result["threshold"])
     blocks = [
         ("h1", f"vfrac external validation: {context['label']} on {context['manifest'].parent.name}"),
-        ("p", f"Validation run {context['run_id']}. Model {context['model']} (role {contract.get('role')}, "
-              f"trained on cohort {contract.get('cohort_hash')}, CV run {contract.get('cv_run_id')}). "
+        ("p", f"Validation run {context['run_id']}. Model {context['model']} (role {info.get('role')}, "
+              f"trained on cohort {info.get('cohort_hash')}, CV run {info.get('cv_run_id')}). "
               f"Cohort {context['manifest']} (hash {context['cohort_hash']}): {len(patients)} patients analysed "
               f"({malignant} malignant, {len(patients) - malignant} benign), {len(result['slices'])} slices, "
               f"{context['excluded']} left out (excluded.csv). Applied as the model's contract fixes it: "
@@ -284,6 +325,7 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
         ("h2", "Cross-validation estimate against this cohort"),
     ]
     blocks += comparison(result)
+    blocks += _flag_blocks(result["flagged"])
     blocks.append(("p", "The CV estimate describes the method trained on the development cohort's folds; a "
                         "--final model was trained on all of it. A drop here is what another site's patients and "
                         "scanner cost."))
@@ -292,16 +334,27 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
     return blocks
 
 
+def _flag_blocks(flagged: dict) -> list[tuple]:
+    rule = flagged["rule"]
+    parts = [f"probability within {rule.margin:.2f} of the threshold"]
+    if flagged["ensemble"]:
+        parts.append(f"SD of the fold models' patient probabilities above {rule.max_spread:.2f}")
+    return [("h2", "The uncertain flag"),
+            ("p", f"Rule: uncertain when {' or '.join(parts)}. It flagged {flagged['flagged']} of "
+                  f"{flagged['patients']} patients; they hold {flagged['errors_flagged']} of the "
+                  f"{flagged['errors']} wrong calls.")]
+
+
 def _number(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
 
 
-def _tags(model_uri: str, contract: dict, digest: str) -> dict:
+def _tags(model_uri: str, model_info: dict, digest: str) -> dict:
     from experiments.runner import code_version, git_commit
 
-    return {"vfrac.role": ROLE, "vfrac.model": model_uri, "vfrac.model_run_id": str(contract.get("run_id")),
-            "vfrac.cv_run_id": str(contract.get("cv_run_id")), "vfrac.cohort_hash": digest,
-            "vfrac.trained_cohort_hash": str(contract.get("cohort_hash")), "vfrac.git_commit": git_commit(),
+    return {"vfrac.role": ROLE, "vfrac.model": model_uri, "vfrac.model_run_id": str(model_info.get("run_id")),
+            "vfrac.cv_run_id": str(model_info.get("cv_run_id")), "vfrac.cohort_hash": digest,
+            "vfrac.trained_cohort_hash": str(model_info.get("cohort_hash")), "vfrac.git_commit": git_commit(),
             "vfrac.code_version": code_version()}
 
 
@@ -317,13 +370,13 @@ def _model_experiment(tracking_uri: str, contract: dict) -> str:
         return "vfrac"
 
 
-def _log(tracker, run_id: str, args, contract: dict, result: dict, digest: str, manifest: Path, seconds: float,
-         excluded: int) -> None:
+def _log(tracker, run_id: str, args, model_uri: str, contract: dict, result: dict, digest: str, manifest: Path,
+         seconds: float, excluded: int) -> None:
     """Params, metrics (a CV run's names, so the UI compares them), the cohort as dataset, the registry link."""
     from experiments.model_package import log_cohort
     from experiments.results import cv_metrics
 
-    tracker.params(run_id, {"model": args.model, "cohort": str(manifest), "threshold": result["threshold"],
+    tracker.params(run_id, {"model": model_uri, "cohort": str(manifest), "threshold": result["threshold"],
                             "aggregation": result["aggregation"], "input_size": contract["input_size"],
                             "window": contract["window"], **contract["crop"], "patients": len(result["patients"]),
                             "excluded": excluded, "skip_bad": args.skip_bad})
@@ -332,6 +385,9 @@ def _log(tracker, run_id: str, args, contract: dict, result: dict, digest: str, 
         found = result["calibration"][level]
         metrics |= {f"{level}_calibration_slope": found["slope"],
                     f"{level}_calibration_in_the_large": found["in_the_large"], f"{level}_brier": found["brier"]}
+    flagged = result["flagged"]
+    metrics |= {"uncertain_patients": flagged["flagged"], "errors": flagged["errors"],
+                "errors_flagged_uncertain": flagged["errors_flagged"]}
     if result["cv"]:
         metrics["cv_patient_auc"] = result["cv"]["metrics"].get("auc")
     if result["difference"]:
@@ -340,7 +396,7 @@ def _log(tracker, run_id: str, args, contract: dict, result: dict, digest: str, 
                     "auc_difference_ci_high": high, "auc_difference_p": result["difference"]["p"]}
     tracker.metrics(run_id, metrics)
     log_cohort(tracker.client, run_id, manifest, digest, context="validation")
-    _tag_model_version(tracker.client, args.model, run_id, digest)
+    _tag_model_version(tracker.client, model_uri, run_id, digest)
 
 
 def _tag_model_version(client, uri: str, run_id: str, digest: str) -> None:

@@ -5,6 +5,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -32,9 +33,9 @@ def shifted(tmp_path_factory) -> Path:
                            site=Site(noise_scale=2.0, slice_thickness=3.0, hu_offset=40.0))
 
 
-def run_validate(store, *argv) -> int:
+def run_validate(store, *argv, model: str | None = MODEL) -> int:
     folder = store[0]
-    return validate(["--model", MODEL, "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+    return validate([*(["--model", model] if model else []), "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
                      "--cache-dir", str(folder / "cache"), *argv])
 
 
@@ -138,7 +139,7 @@ def test_bad_rows_stop_the_run_or_are_listed_with_skip_bad(store, shifted, tmp_p
     (["--cohort", "/nonexistent/manifest.csv"], "cohort manifest not found"),
 ])
 def test_unknown_models_and_cohorts_are_refused(store, shifted, argv, message, capsys):
-    assert run_validate(store, "--cohort", str(shifted), *argv) == 2  # the last --model or --cohort counts
+    assert run_validate(store, "--cohort", str(shifted), *argv, model=None if argv[0] == "--model" else MODEL) == 2
     assert message in capsys.readouterr().err
 
 
@@ -152,3 +153,34 @@ def test_a_cohort_of_one_class_is_refused(store, shifted, tmp_path, capsys):
         writer.writerows(rows)
     assert run_validate(store, "--cohort", str(cohort / "manifest.csv")) == 2
     assert "not both classes" in capsys.readouterr().err
+
+
+def test_the_fold_ensemble_on_the_other_site_gives_each_patients_spread_and_flag(store, shifted, tmp_path):
+    folder = store[0]
+    client = client_of(folder)
+    (cv_run,) = client.search_runs([client.get_experiment_by_name("vfrac").experiment_id], "tags.`vfrac.role` = 'cv'")
+    folds = client.search_runs([cv_run.info.experiment_id], "tags.`vfrac.role` = 'fold'")
+    members = []
+    for fold in sorted(folds, key=lambda r: r.data.tags["vfrac.fold"]):  # each member validated on its own
+        out = tmp_path / f"fold{fold.data.tags['vfrac.fold']}"
+        assert run_validate(store, "--cohort", str(shifted), "--out", str(out),
+                            model=f"runs:/{fold.info.run_id}/model") == 0
+        members.append({r["patient_id"]: float(r["probability"]) for r in read(out / "predictions" / "patients.csv")})
+    assert run_validate(store, "--cohort", str(shifted), "--ensemble", cv_run.info.run_id, "--margin", "0.05",
+                        "--max-spread", "0.02", "--out", str(tmp_path / "e"), model=None) == 0
+    patients = read(tmp_path / "e" / "predictions" / "patients.csv")
+    flagged = errors = errors_flagged = 0
+    for row in patients:
+        values = [member[row["patient_id"]] for member in members]
+        probability = float(row["probability"])
+        assert probability == pytest.approx(np.mean(values), abs=1e-5)  # the contract's mean rule: linear
+        assert float(row["spread_sd"]) == pytest.approx(np.std(values, ddof=1), abs=1e-5)
+        uncertain = abs(probability - 0.5) < 0.05 or np.std(values, ddof=1) > 0.02
+        assert int(row["uncertain"]) == uncertain
+        wrong = int(row["prediction"]) != int(row["label"])
+        flagged, errors, errors_flagged = flagged + uncertain, errors + wrong, errors_flagged + (wrong and uncertain)
+    (run,) = [r for r in validations(client) if r.data.tags["vfrac.model"] == f"ensemble:{cv_run.info.run_id}"]
+    assert (run.data.metrics["uncertain_patients"], run.data.metrics["errors"],
+            run.data.metrics["errors_flagged_uncertain"]) == (flagged, errors, errors_flagged)
+    report = (tmp_path / "e" / "report" / "report.md").read_text()
+    assert f"It flagged {flagged} of {len(patients)} patients; they hold {errors_flagged} of the {errors}" in report
