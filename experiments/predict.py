@@ -4,7 +4,8 @@ The CT and ROI are read and cropped by the training code with the settings the m
 carries (experiments.model_package: crop settings and slice rule, HU window, input
 size, aggregation, threshold), so a slice gets the probability it would have had in
 the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and on the
-whole slice, and a one-patient sheet (sheet.html) under --out; --dicom adds the
+whole slice, each method's maps as a NIfTI volume on the CT's grid (maps/, to lay over the
+CT in 3D Slicer), and a one-patient sheet (sheet.html) under --out; --dicom adds the
 overlays as a DICOM Secondary Capture series. Prints the one line a radiologist reads.
 The patient is named by --patient-id only: nothing from the DICOM headers is written.
 
@@ -361,7 +362,7 @@ def _patient_probability(probabilities, aggregation: str) -> float:
     return float(patient)
 
 
-OUTPUTS = ("prediction.json", "sheet.html", "overlays", "dicom")
+OUTPUTS = ("prediction.json", "sheet.html", "overlays", "maps", "dicom")
 
 
 def clear_outputs(out: Path, force: bool) -> None:
@@ -390,6 +391,7 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
     from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
     from explain.overlay import overlay_pair
     from explain.page import write_sheet
+    from explain.volumes import map_volume, write_nifti
     from vfrac.crops import input_to_slice
     from vfrac.window import BONE_WINDOW
 
@@ -403,9 +405,13 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
         maps = {m: maps.get(m, 0.0) + found[m] / len(members) for m in methods}
         attribution = attribution + shares / len(members)
     shown, captures, cache_size = [], [], prepared.crops.shape[1]
+    transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
+    zs = [entry["slice"] for entry in prediction["slices"]]
+    prediction["maps"] = {m: str(write_nifti(out / "maps" / f"{m}.nii.gz", map_volume(volume.shape, zs, maps[m],
+                                                                                      transforms), volume.affine)
+                                 .relative_to(out)) for m in methods}
     for k, entry in enumerate(prediction["slices"]):
-        z, p = entry["slice"], entry["probability"]
-        transform = input_to_slice(prepared.boxes[k], prepared.context, cache_size, size)
+        z, p, transform = entry["slice"], entry["probability"], transforms[k]
         item = {"slice": z, "probability": p, "images": {}, "attention": None,
                 "attribution": slice_shares(attribution[k])}
         for method in methods:

@@ -16,6 +16,7 @@ import numpy as np
 
 from explain.attention import attention, mask_on_input
 from explain.overlay import overlay_pair
+from explain.volumes import map_volume, write_nifti
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,12 @@ def render(job: RenderJob) -> tuple[list[dict], list[dict]]:
     volume = load_volume(job.patient.ct)
     masks = {name: load_mask(path, volume) != 0 for name, path in job.patient.masks.items()}
     rows, shown_slices, captures = [], [], []
+    transforms = [input_to_slice(box, job.context, job.cache_size, job.size) for box in job.boxes]
+    for method, method_maps in job.maps.items():  # each method's maps on the CT's grid, to open over it
+        write_nifti(Path(job.out) / "explain" / "maps" / pid / f"{method}.nii.gz",
+                    map_volume(volume.shape, [z for z, _ in job.chosen], method_maps, transforms), volume.affine)
     for k, (z, p) in enumerate(job.chosen):
-        transform = input_to_slice(job.boxes[k], job.context, job.cache_size, job.size)
+        transform = transforms[k]
         shown = {"slice": z, "probability": p, "images": {}, "attention": {}, "attribution": job.shares[k]}
         for method, method_maps in job.maps.items():
             cam = method_maps[k]

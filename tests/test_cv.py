@@ -27,8 +27,10 @@ from bench.bench_faults import TINY, studies
 from explain.review import main as review
 from tests.mlflow_store import artifact_rows, runs
 from tests.shared_run import tiny_cohort, uninterrupted_run
+from vfrac.cohort import read_manifest
 from vfrac.metrics import evaluate
 from vfrac.statistics import delong_test
+from vfrac.volume import load_volume, read_nifti
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +234,13 @@ def test_the_review_is_logged_with_every_image_it_shows(cohort, finished, tmp_pa
     sources = re.findall(r"<img src='([^']+)'", page)
     assert len(sources) == 12 * 3 * 2 * 2  # patients x top slices x methods x (crop, slice)
     assert all((local / "review" / source).is_file() for source in sources)
+    maps = sorted((local / "explain" / "maps").glob("*/*.nii.gz"))  # each patient's maps on its CT's grid
+    assert len(maps) == 12 * 2
+    patient = next(p for p in read_manifest(cohort[0]).patients if p.patient_id == maps[0].parent.name)
+    ct = load_volume(patient.ct)
+    data, affine = read_nifti(maps[0], np.float32)
+    assert data.shape == ct.shape and np.allclose(affine, ct.affine, atol=1e-4)
+    assert 0 < np.count_nonzero(data.any(axis=(1, 2))) <= 3 and data.max() <= 1  # its top slices only
     with open(local / "explain" / "attention.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert set(rows[0]) == {"patient_id", "fold", "slice", "method", "feature", "energy_fraction",

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -200,8 +201,30 @@ def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(stor
         near = cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # bilinear fringe: 2 px
         assert coloured[covered].any() and not coloured[~near].any()
     assert len(list((out / "dicom").glob("*.dcm"))) == len(prediction["slices"])
+    assert_maps_land_on_the_crops(out / prediction["maps"]["gradcam"], volume, prediction["slices"])
     sheet = (out / "sheet.html").read_text()
     assert "VF-NEW: " in sheet and all(s["overlays"]["gradcam"]["crop"] in sheet for s in prediction["slices"])
+
+
+def assert_maps_land_on_the_crops(path: Path, volume, slices) -> None:
+    """The NIfTI map, read by nibabel with its own affine, is non-zero only on the crops' voxels of the CT."""
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)  # (i, j, k) in the file's own order
+    assert data.shape == tuple(reversed(volume.shape)) and data.dtype == np.float32 and data.max() <= 1.0
+    to_ct = np.linalg.inv(volume.affine) @ np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine  # (i,j,k) -> (z,y,x)
+    crops = np.zeros(volume.shape, bool)
+    for entry in slices:
+        covered = cam_on_slice(np.ones((32, 32)), input_to_slice(entry["box"], 0.2, 192, 32),
+                               volume.shape[1:])[1]
+        # bilinear fringe: 2 px along the edges, 3 at the corners
+        crops[entry["slice"]] = cv2.dilate(covered.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    ijk = np.argwhere(data > 0)
+    assert len(ijk) > 100
+    zyx = to_ct @ np.c_[ijk, np.ones(len(ijk))].T
+    indices = np.round(zyx[:3]).astype(int)
+    assert np.allclose(zyx[:3], indices, atol=1e-3)  # the map's voxels are the CT's voxels
+    assert crops[tuple(indices)].all()  # and each lies in its slice's crop
+    assert {int(z) for z in indices[0]} == {entry["slice"] for entry in slices}
 
 
 def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path, capsys):
