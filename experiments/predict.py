@@ -58,11 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--roi", type=Path,
-                       help="mask of the vertebra to classify (NIfTI, NRRD such as 3D Slicer's .seg.nrrd, or .npy)")
+                       help="mask of the vertebra to classify: NIfTI, NRRD (3D Slicer's .seg.nrrd), DICOM SEG or "
+                            "RTSTRUCT (.dcm; --roi-label picks the segment or ROI number), or .npy")
     where.add_argument("--segmentation", type=Path,
                        help="TotalSegmentator (v2) output: its multi-label map (total-task ids, 31 = L1) or its "
                             "folder of per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
-    parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi")
+    parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi (the "
+                        "segment number of a DICOM SEG, the ROI number of an RTSTRUCT)")
     parser.add_argument("--vertebra", help="the level to classify in --segmentation, e.g. L1")
     parser.add_argument("--patient-id", type=patient_id, default="VF-NEW",
                         help="pseudonymous id shown in the outputs (default: %(default)s)")
@@ -332,7 +334,7 @@ def read_patient(args):
         roi_path, roi_label = totalsegmentator_roi(args.segmentation, args.vertebra)
     volume = load_volume(args.ct)
     patient = Patient(args.patient_id, "benign", args.ct, roi_path, roi_label)  # the label is not used
-    return volume, roi_voxels(load_mask(roi_path, volume), patient), roi_label
+    return volume, roi_voxels(load_mask(roi_path, volume, roi_label), patient), roi_label
 
 
 def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):

@@ -93,7 +93,8 @@ class PrepareResult:
 def build_entry(patient: Patient, settings: CropSettings) -> Prepared:
     """Load the CT and ROI and cut every crop (the expensive part)."""
     volume = load_volume(patient.ct)
-    return cut_crops(patient.patient_id, volume, roi_voxels(load_mask(patient.roi, volume), patient), settings)
+    roi = roi_voxels(load_mask(patient.roi, volume, patient.roi_label), patient)
+    return cut_crops(patient.patient_id, volume, roi, settings)
 
 
 def cut_crops(patient_id: str, volume, roi: np.ndarray, settings: CropSettings) -> Prepared:

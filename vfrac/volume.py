@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Voxel data is streamed in pieces of about this size, so reading needs little beyond the volume.
 READ_CHUNK_BYTES = 16 * 2**20
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-MASK_SUFFIXES = NIFTI_SUFFIXES + (".npy", ".nrrd")  # .nrrd: also 3D Slicer's .seg.nrrd
+MASK_SUFFIXES = NIFTI_SUFFIXES + (".npy", ".nrrd", ".dcm")  # .nrrd: also 3D Slicer's .seg.nrrd; .dcm: SEG, RTSTRUCT
 # Grids whose voxel centres agree within this fraction of a voxel are the same grid.
 GRID_TOLERANCE = 0.05
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -76,10 +76,12 @@ def load_volume(path, series=None) -> Volume:
     return Volume(hu=hu, affine=affine)
 
 
-def load_mask(path, reference: Volume) -> np.ndarray:
-    """Read a NIfTI, NRRD (3D Slicer's `.seg.nrrd` or labelmap) or .npy mask and return it on the reference CT's grid.
+def load_mask(path, reference: Volume, label: int | None = None) -> np.ndarray:
+    """Read a NIfTI, NRRD (3D Slicer's `.seg.nrrd` or labelmap), DICOM SEG or RTSTRUCT (`.dcm`) or .npy mask and
+    return it on the reference CT's grid.
 
-    Label values are kept (a multi-label file stays multi-label). A `.npy` file has
+    Label values are kept (a multi-label file stays multi-label); in a DICOM SEG or RTSTRUCT
+    `label` picks the segment or ROI number (vfrac.dicom_roi), which the voxels then carry. A `.npy` file has
     no geometry, so it must already have the reference's (z, y, x) shape. A NIfTI or
     NRRD mask may differ by axis order, flips and a whole-voxel offset (a cropped mask);
     anything else means the two grids do not describe the same voxels and is an
@@ -95,8 +97,13 @@ def load_mask(path, reference: Volume) -> np.ndarray:
 
         mask, affine = read_nrrd_mask(path)
         return place_on_grid(mask, affine, reference, source=path)
+    if str(path).lower().endswith(".dcm"):
+        from vfrac.dicom_roi import read_dicom_roi  # it places SEG voxels with this module's place_on_grid
+
+        return read_dicom_roi(path, reference, label)
     if not is_nifti(path):
-        raise InputError(f"{path}: a mask must be .nii, .nii.gz, .nrrd (.seg.nrrd) or .npy")
+        raise InputError(f"{path}: a mask must be .nii, .nii.gz, .nrrd (.seg.nrrd), .dcm (DICOM SEG or RTSTRUCT) "
+                         "or .npy")
     mask, affine = read_nifti(path, dtype=None)
     return place_on_grid(mask, affine, reference, source=path)
 

@@ -151,7 +151,8 @@ def _path_errors(column: str, value: str, folder: Path, allow_outside: bool,
     if ct and not (path.is_dir() or is_nifti(path) or path.suffix.lower() in ("", ".dcm")):
         return [(column, f"{value} should be a DICOM series folder, a DICOM file or .nii/.nii.gz")]
     if not ct and not str(path).lower().endswith(MASK_SUFFIXES):
-        return [(column, f"{value} should be a .nii, .nii.gz, .nrrd (.seg.nrrd) or .npy mask")]
+        return [(column, f"{value} should be a .nii, .nii.gz, .nrrd (.seg.nrrd), .dcm (DICOM SEG or RTSTRUCT) "
+                         "or .npy mask")]
     return []
 
 
