@@ -214,6 +214,8 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
 
 def comparison(result: dict) -> list[tuple]:
     """The CV estimate and the external one side by side, per patient, and the AUC difference (report blocks)."""
+    from experiments.results import p_value
+
     external, cv = result["metrics"]["patient"], result["cv"]
     header = ["per patient", f"CV estimate ({cv['what'] if cv else 'not available'})",
               f"external ({len(result['patients'])} patients)", "external - CV"]
@@ -226,7 +228,7 @@ def comparison(result: dict) -> list[tuple]:
     if difference is not None:
         low, high = difference["ci"]
         note = (f"AUC difference (external - CV) {difference['difference']:+.2f}, 95% CI {low:+.2f} to "
-                f"{high:+.2f} (DeLong, unpaired), p = {difference['p']:.3f}.")
+                f"{high:+.2f} (DeLong, unpaired), {p_value(difference['p'])}.")
     elif cv is None:
         note = "The model's CV run is not in this store: no CV estimate to compare with."
     else:
