@@ -59,7 +59,8 @@ BAD = [
     ("missing roi", dict(rows=["P001,benign,ct/P001,nowhere.nii.gz,,,,"]),
      r"column roi: nowhere.nii.gz does not exist"),
     ("roi not a mask", dict(rows=["P001,benign,ct/P001,ct/P001,,,,"]),
-     r"column roi: ct/P001 should be a .nii, .nii.gz, .nrrd \(.seg.nrrd\), .dcm \(DICOM SEG or RTSTRUCT\) or .npy mask"),
+     r"column roi: ct/P001 should be a .nii, .nii.gz, .nrrd \(.seg.nrrd\), .dcm \(DICOM SEG or RTSTRUCT\) "
+     r"or .npy mask"),
     ("bad feature", dict(rows=["P001,benign,ct/P001,P001_roi.npy,,yes,,"]),
      r"column feature_soft_tissue_mass: 'yes' should be 0, 1 or empty"),
     ("bad reader", dict(rows=["P001,benign,ct/P001,P001_roi.npy,,,,maybe"]),

@@ -7,7 +7,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from vfrac.metrics import wilson_interval
-from vfrac.statistics import delong_test, fisher_p, unpaired_auc_difference, holm, mcnemar, odds_ratio, sign_table, youden_threshold
+from vfrac.statistics import (
+    delong_test,
+    fisher_p,
+    holm,
+    mcnemar,
+    odds_ratio,
+    sign_table,
+    unpaired_auc_difference,
+    youden_threshold,
+)
 
 
 def test_odds_ratio_and_woolf_interval():
