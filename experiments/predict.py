@@ -168,7 +168,8 @@ def predict(args) -> dict:
         "uncertainty": uncertainty, "model": model_info,
         "input": {"ct_shape": list(volume.shape), "spacing_mm": [float(v) for v in volume.spacing],
                   "roi_label": roi_label, "vertebra": args.vertebra, "input_size": model_contract["input_size"],
-                  "window": model_contract["window"], "crop": model_contract["crop"],
+                  "window": model_contract["window"] if len(members) == 1 else [c["window"] for _, c in members],
+                  "crop": model_contract["crop"],
                   "slices_dropped_by_rule": [int(z) for z in prepared.dropped]},
         "slices": [{"slice": int(z), "probability": float(p), "box": [int(v) for v in box]}
                    for z, p, box in zip(prepared.slices, probabilities, prepared.boxes, strict=True)],
@@ -196,9 +197,10 @@ def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], di
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = cv_run(client, args.ensemble)
-    folds = finished_folds(client, run)
-    if len(folds) < 2:
-        raise InputError(f"CV run {args.ensemble} has {len(folds)} finished fold model(s); an ensemble needs 2 or more")
+    folds, planned = finished_folds(client, run), int(run.data.params.get("folds", 0))
+    if len(folds) < max(planned, 2):
+        raise InputError(f"CV run {args.ensemble} has {len(folds)} of its {planned} fold models finished; an ensemble "
+                         "needs every fold's (finish the CV run first, or use one fold's model with --model)")
     members, uris = [], []
     for fold, fold_run in sorted(folds.items()):
         uris.append(f"runs:/{fold_run.info.run_id}/model")
@@ -230,11 +232,9 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     """
     from dataclasses import asdict
 
-    from vfrac.ensemble import combine, flagged_share
+    from vfrac.ensemble import flagged_share, member_spread
 
-    spread = None
-    if len(member_probabilities) > 1:
-        spread = combine(member_probabilities, threshold, args.rule)["spread_sd"]
+    spread = member_spread(member_probabilities) if len(member_probabilities) > 1 else None
     cv_rows = _cv_patients(tracking_uri, model_info.get("cv_run_id"))
     recalibration = None
     if args.recalibrate:

@@ -17,7 +17,10 @@ reuses the finished run. Only the manifest's patient_id is written.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,6 +32,7 @@ from vfrac.ensemble import UncertaintyRule
 from vfrac.errors import InputError
 
 ROLE = "validation"
+KEY_TAG = "vfrac.validation_key"  # the model's run(s) and the flag's rule, hashed: what a rerun may reuse
 N_BOOT = 1000
 SLICE_COLUMNS = ("patient_id", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "label", "probability", "prediction", "spread_sd", "uncertain")
@@ -70,7 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.rule = UncertaintyRule(args.margin, args.max_spread)
     except ValueError as error:
         parser.error(str(error))
-    args.recalibrate = None  # experiments.predict's load_members and flags, shared
     return args
 
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(outcome["table"])
+    if args.out:
+        print(f"report: {Path(args.out) / 'report' / 'report.md'}")
     for line in outcome["browse"]:
         print(line)
     return 0
@@ -118,41 +123,61 @@ def validate(args) -> dict:
     for row in excluded:
         print(f"--skip-bad: left out {row['patient_id'] or '(row)'}: {row['reason']}")
     labels = {p.patient_id: int(p.is_malignant) for p in cohort.patients if p.patient_id in prepared.entries}
-    if len(set(labels.values())) < 2:
-        raise InputError(f"{manifest}: {len(labels)} patient(s) left, not both classes; an AUC needs benign and "
-                         "malignant patients")
+    malignant = sum(labels.values())
+    if min(malignant, len(labels) - malignant) < 2:
+        raise InputError(f"{manifest}: {malignant} malignant and {len(labels) - malignant} benign patient(s) left; "
+                         "an AUC and its CI need at least 2 of each")
     digest = cohort_hash(manifest, prepared.entries)
     tracker = Tracker(tracking_uri, args.experiment or _model_experiment(tracking_uri, contract))
-    done = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`vfrac.role` = '{ROLE}' and tags.`vfrac.model` = '{model_uri}' "
-        f"and tags.`vfrac.cohort_hash` = '{digest}' and tags.`vfrac.done` = '1'")
+    key = _validation_key(model_info, args.rule)
+    done = [r for r in tracker.client.search_runs([tracker.experiment_id], f"tags.`vfrac.role` = '{ROLE}' and "
+                                                  f"tags.`vfrac.cohort_hash` = '{digest}' and tags.`vfrac.done` = '1'")
+            if r.data.tags.get(KEY_TAG) == key]
     if done:
         run_id = done[0].info.run_id
         print(f"validation of {label} on this cohort already done (run {run_id}); reused")
+        if args.out:
+            _copy_artifacts(tracker, run_id, Path(args.out))
         return {"run_id": run_id, "table": tracker.read_text(run_id, "report/summary.md"),
                 "browse": tracker.browse_lines(run_id)}
     run_id = tracker.client.create_run(tracker.experiment_id, run_name=f"validation {label} on {manifest.parent.name}",
-                                       tags=_tags(model_uri, model_info, digest)).info.run_id
+                                       tags=_tags(model_uri, model_info, digest) | {KEY_TAG: key}).info.run_id
     try:
         started = time.perf_counter()
         print(f"validation run {run_id}: {label} on {len(labels)} patients of {manifest}", flush=True)
         slices, members_of = predict_cohort(members, prepared.entries, labels)
         seconds = time.perf_counter() - started
         result = assess(slices, members_of, contract, args.rule, _cv_predictions(tracker, model_info))
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(args.out) if args.out else Path(scratch)
-            write_outputs(folder, result, excluded, context={
+        with tempfile.TemporaryDirectory() as scratch:  # only what this run wrote is logged, never --out's files
+            write_outputs(Path(scratch), result, excluded, context={
                 "model": model_uri, "label": label, "contract": contract, "model_info": model_info,
-                "manifest": manifest, "cohort_hash": digest, "excluded": len(excluded), "run_id": run_id})
-            tracker.artifacts(run_id, folder)
-        _log(tracker, run_id, args, model_uri, contract, result, digest, manifest, seconds, len(excluded))
+                "manifest": manifest, "cohort_hash": digest, "excluded": len(excluded), "run_id": run_id,
+                "windows": [c["window"] for _, c in members]})
+            tracker.artifacts(run_id, Path(scratch))
+            if args.out:
+                shutil.copytree(scratch, args.out, dirs_exist_ok=True)
+        _log(tracker, run_id, args, model_uri, contract | {"window": [c["window"] for _, c in members]}, result,
+             digest, manifest, seconds, len(excluded))
         tracker.finish(run_id)
     except BaseException as error:
         tracker.fail(run_id, error)
         raise
-    if args.out:
-        print(f"report: {Path(args.out) / 'report' / 'report.md'}")
     return {"run_id": run_id, "table": result["summary"], "browse": tracker.browse_lines(run_id)}
+
+
+def _validation_key(model_info: dict, rule: UncertaintyRule) -> str:
+    """What makes two validations on one cohort the same: the very model (its run, or the ensemble's fold runs;
+    an alias that moved names another run) and the flag's rule."""
+    from dataclasses import asdict
+
+    found = {"run_id": model_info.get("run_id"), "members": model_info.get("members"), "rule": asdict(rule)}
+    return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _copy_artifacts(tracker, run_id: str, out: Path) -> None:
+    """A finished validation run's files into --out, as a new run would have written them."""
+    for artifact in tracker.client.list_artifacts(run_id):
+        tracker.download(run_id, artifact.path, out)
 
 
 def predict_cohort(members: list[tuple], entries: dict, labels: dict) -> tuple[list[dict], dict]:
@@ -232,7 +257,8 @@ def comparison(result: dict) -> list[tuple]:
     elif cv is None:
         note = "The model's CV run is not in this store: no CV estimate to compare with."
     else:
-        note = "The model's CV run could not be read: its AUC comes from the model's contract, without a CI."
+        note = ("The model's CV run could not be read: its AUC comes from the model's contract, and the difference "
+                "has no CI (that needs the CV's predictions).")
     return [("table", header, rows), ("p", note)]
 
 
@@ -243,9 +269,9 @@ def _ci_text(value, interval) -> str:
 
 
 def _cv_predictions(tracker, contract: dict) -> dict | None:
-    """`contract`: the model's (or the ensemble's description, which names the same keys)."""
     """The model's CV run's pooled per-patient predictions and metrics; the contract's expected AUC when the
-    run cannot be read (a model copied from another store)."""
+    run cannot be read (a model copied from another store). `contract`: the model's, or an ensemble's
+    description (experiments.predict.load_members), which names the same keys."""
     from mlflow.exceptions import MlflowException
 
     from experiments.results import read_rows
@@ -312,7 +338,8 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
               f"({malignant} malignant, {len(patients) - malignant} benign), {len(result['slices'])} slices, "
               f"{context['excluded']} left out (excluded.csv). Applied as the model's contract fixes it: "
               f"{result['aggregation']} of the slice probabilities, threshold {result['threshold']}, HU window "
-              f"{contract['window']}, input {contract['input_size']} px; nothing was tuned on this cohort."),
+              f"{' and '.join(map(str, context['windows']))}, input {contract['input_size']} px; nothing was tuned "
+              "on this cohort."),
         ("h2", "2 x 2 table, per patient"),
         ("table", ["", "called malignant", "called benign"],
          [["malignant", cells["tp"], cells["fn"]], ["benign", cells["fp"], cells["tn"]]]),

@@ -82,7 +82,7 @@ def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer
              + (f"; expected patient AUC {auc:.2f} ({escape(expected.get('measured_on', ''))})" if auc else "")
              + f". CT {' x '.join(map(str, geometry['ct_shape']))} voxels of "
              f"{' x '.join(f'{v:.2f}' for v in geometry['spacing_mm'])} mm; input {geometry['input_size']} px, "
-             f"HU window {geometry['window'][0]:g} / {geometry['window'][1]:g}.</p>",
+             f"{_windows(geometry['window'])}.</p>",
              _uncertainty(prediction.get("uncertainty")),
              f"<p class='note'>Maps: {escape(', '.join(methods))} at layer {escape(layer)}, explaining the class "
              "each slice was called. Research use only, not for diagnosis.</p>"]
@@ -91,6 +91,12 @@ def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def _windows(window) -> str:
+    """`HU window 400 / 1800`, or an ensemble's windows, one per fold model."""
+    windows = window if isinstance(window[0], list) else [window]
+    return ("HU window " if len(windows) == 1 else "HU windows ") + ", ".join(f"{w[0]:g} / {w[1]:g}" for w in windows)
 
 
 def _uncertainty(found: dict | None) -> str:

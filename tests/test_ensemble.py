@@ -1,4 +1,4 @@
-"""The fold ensemble's arithmetic: mean, spread and the uncertain flag on hand-made fold outputs, the flag's
+"""The fold ensemble's arithmetic: spread and the uncertain flag on hand-made fold outputs, the flag's
 check on out-of-fold predictions, and recalibration recovering a known miscalibration."""
 
 import json
@@ -8,33 +8,33 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from vfrac.ensemble import Recalibration, UncertaintyRule, combine, fit_recalibration, flagged_share
+from vfrac.ensemble import Recalibration, UncertaintyRule, fit_recalibration, flagged_share, member_spread
 
 
 def test_agreeing_models_far_from_the_threshold_are_certain():
-    result = combine([0.8, 0.85, 0.9], 0.5)
-    assert result["mean"] == pytest.approx(0.85) and result["spread_sd"] == pytest.approx(0.05)
-    assert (result["call"], result["uncertain"], result["reasons"]) == ("malignant", False, [])
-    assert (result["min"], result["max"]) == (0.8, 0.9)
+    spread = member_spread([0.8, 0.85, 0.9])
+    assert spread == pytest.approx(0.05)
+    assert UncertaintyRule().reasons(0.85, spread, 0.5) == []
 
 
-def test_a_mean_near_the_threshold_and_disagreeing_models_are_each_flagged():
+def test_a_probability_near_the_threshold_and_disagreeing_models_are_each_flagged():
     # mean 0.5; deviations -0.3 -0.1 0.4 -> SD sqrt(0.26 / 2) = 0.3606
-    both = combine([0.2, 0.4, 0.9], 0.5)
-    assert both["spread_sd"] == pytest.approx(math.sqrt(0.13)) and both["call"] == "malignant"
-    assert both["uncertain"] and len(both["reasons"]) == 2
-    spread_only = combine([0.05, 0.65], 0.5)  # mean 0.35, SD 0.6 / sqrt(2) = 0.424
-    assert spread_only["call"] == "benign" and spread_only["reasons"] == ["fold models disagree: SD 0.42 > 0.15"]
-    near_only = combine([0.56, 0.58], 0.5)  # mean 0.57, SD 0.014
-    assert near_only["reasons"] == ["probability 0.57 within 0.10 of the threshold 0.50"]
-    assert not combine([0.56, 0.58], 0.5, UncertaintyRule(margin=0.05))["uncertain"]
+    spread = member_spread([0.2, 0.4, 0.9])
+    assert spread == pytest.approx(math.sqrt(0.13))
+    assert len(UncertaintyRule().reasons(0.5, spread, 0.5)) == 2
+    disagreeing = member_spread([0.05, 0.65])  # SD 0.6 / sqrt(2) = 0.424
+    assert UncertaintyRule().reasons(0.35, disagreeing, 0.5) == ["fold models disagree: SD 0.42 > 0.15"]
+    assert UncertaintyRule().reasons(0.57, member_spread([0.56, 0.58]), 0.5) == [
+        "probability 0.57 within 0.10 of the threshold 0.50"]
+    assert UncertaintyRule(margin=0.05).reasons(0.57, member_spread([0.56, 0.58]), 0.5) == []
+    assert UncertaintyRule().reasons(0.45, None, 0.5) == ["probability 0.45 within 0.10 of the threshold 0.50"]
 
 
 @pytest.mark.parametrize(("values", "message"), [([0.7], "at least 2"), ([0.2, 1.2], "each in"),
                                                  ([[0.1, 0.2]], "at least 2")])
 def test_bad_fold_outputs_are_refused(values, message):
     with pytest.raises(ValueError, match=message):
-        combine(values, 0.5)
+        member_spread(values)
 
 
 def test_bad_rules_are_refused():

@@ -107,13 +107,22 @@ def test_validation_run_numbers_equal_those_recomputed_from_its_predictions(stor
     assert {"report/report.md", "report/report.html", "report/summary.md"} <= artifacts
 
 
-def test_a_rerun_reuses_the_finished_validation(store, shifted, capsys):
+def test_a_rerun_reuses_the_finished_validation_unless_the_rule_changed(store, shifted, tmp_path, capsys):
     client = client_of(store[0])
     assert run_validate(store, "--cohort", str(shifted)) == 0
     before = validations(client)
-    assert run_validate(store, "--cohort", str(shifted)) == 0
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine, not the run's")
+    assert run_validate(store, "--cohort", str(shifted), "--out", str(out)) == 0
     assert "already done" in capsys.readouterr().out
     assert len(validations(client)) == len(before)
+    assert (out / "report" / "report.md").is_file()  # the reused run's files, as a new run would write them
+    assert run_validate(store, "--cohort", str(shifted), "--margin", "0.2", "--out", str(out)) == 0
+    assert "already done" not in capsys.readouterr().out
+    (newest,) = [r for r in validations(client) if r.info.run_id not in {b.info.run_id for b in before}]
+    logged = {a.path for a in client.list_artifacts(newest.info.run_id)}
+    assert logged == {"predictions", "plots", "report"}  # --out's own files are not logged
 
 
 def test_bad_rows_stop_the_run_or_are_listed_with_skip_bad(store, shifted, tmp_path, capsys):
@@ -152,7 +161,8 @@ def test_a_cohort_of_one_class_is_refused(store, shifted, tmp_path, capsys):
         writer.writeheader()
         writer.writerows(rows)
     assert run_validate(store, "--cohort", str(cohort / "manifest.csv")) == 2
-    assert "not both classes" in capsys.readouterr().err
+    assert f"{len(rows)} malignant and 0 benign patient(s) left; an AUC and its CI need at least 2 of each" in \
+        capsys.readouterr().err
 
 
 def test_the_fold_ensemble_on_the_other_site_gives_each_patients_spread_and_flag(store, shifted, tmp_path):

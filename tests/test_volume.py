@@ -118,8 +118,11 @@ def test_npy_mask_must_have_the_ct_shape(tmp_path, ct):
     (tmp_path / "junk.npy").write_text("not numpy")
     with pytest.raises(InputError, match="junk.npy: cannot be read"):
         load_mask(tmp_path / "junk.npy", ct)
-    with pytest.raises(InputError, match=r"must be .nii, .nii.gz, .nrrd \(.seg.nrrd\) or .npy"):
-        load_mask(tmp_path / "ct" / "IM0000.dcm", ct)
+    with pytest.raises(InputError, match=r"a DICOM ROI must be a SEG or an RTSTRUCT, this file's Modality is 'CT'"):
+        load_mask(tmp_path / "ct" / "IM0000.dcm", ct)  # a CT image given as the mask
+    (tmp_path / "mask.txt").write_text("1 0 1")
+    with pytest.raises(InputError, match=r"mask.txt: a mask must be .nii, .nii.gz, .nrrd \(.seg.nrrd\), .dcm"):
+        load_mask(tmp_path / "mask.txt", ct)
 
 
 def test_broken_nifti_is_an_input_error(tmp_path):

@@ -12,6 +12,8 @@ result carries that number in its voxels, as a multi-label NIfTI would.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,27 +55,46 @@ def _segmentation(path: Path, reference, label: int | None) -> np.ndarray:
     from vfrac.volume import place_on_grid
 
     try:
-        seg = hd.seg.segread(path)
+        with _quiet_highdicom():  # its warnings quote the file's UIDs
+            seg = hd.seg.segread(path)
     except Exception as error:  # highdicom raises many types for malformed objects
-        raise InputError(f"{path}: cannot be read as a DICOM SEG ({error})") from error
+        raise InputError(f"{path}: cannot be read as a DICOM SEG ({type(error).__name__})") from error
     numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
     listed = ", ".join(f"{n} {name!r}" for n, name in sorted(numbers.items()))
     if label is not None and label not in numbers:
         raise InputError(f"{path}: no segment number {label}; it holds {listed}")
     chosen = [label] if label is not None else sorted(numbers)
-    check_voxel_budget(path, (int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns)))
+    with _quiet_highdicom():
+        geometry = seg.get_volume_geometry()
+    if geometry is None:
+        raise InputError(f"{path}: its frames do not form one regular volume (uneven or missing positions)")
+    # what get_volume allocates: every position of the volume, once per chosen segment
+    check_voxel_budget(path, (*geometry.spatial_shape, len(chosen)))
     try:
-        volume = seg.get_volume(segment_numbers=chosen, combine_segments=False, dtype=np.float32)
+        with _quiet_highdicom():
+            volume = seg.get_volume(segment_numbers=chosen, combine_segments=False, dtype=np.float32)
     except (ValueError, RuntimeError) as error:
         raise InputError(f"{path}: its frames do not form one regular volume ({error})") from error
     present = np.asarray(volume.array) >= 0.5  # binary: 0/1; fractional: half or more of the voxel
     if present.ndim == 3:
         present = present[..., None]
     if label is None and np.any(present.sum(axis=-1) > 1):
-        raise InputError(f"{path}: its segments overlap; say which to use with a roi_label column "
-                         f"(experiments.predict: --roi-label): {listed}")
+        raise InputError(f"{path}: its segments overlap; as the roi, say which with a roi_label column "
+                         f"(experiments.predict: --roi-label); as a feature mask, export one segment: {listed}")
     labels = (present * np.asarray(chosen, np.uint16)).sum(axis=-1, dtype=np.uint16)
     return place_on_grid(labels, np.asarray(volume.affine, float), reference, source=path)
+
+
+@contextmanager
+def _quiet_highdicom():
+    """highdicom's log lines quote SOP Instance UIDs: none may reach the console (DESIGN.md, privacy)."""
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # -- RTSTRUCT -------------------------------------------------------------------------------
@@ -90,8 +111,9 @@ def _structure_set(path: Path, reference, label: int | None) -> np.ndarray:
     listed = ", ".join(f"{n} {names.get(n, '')!r}" for n in sorted(areas)) or "none"
     if label is None:
         if len(areas) != 1:
-            raise InputError(f"{path}: {len(areas)} ROIs with closed contours ({listed}); say which with a "
-                             "roi_label column (experiments.predict: --roi-label), its ROI number")
+            raise InputError(f"{path}: {len(areas)} ROIs with closed contours ({listed}); as the roi, say which with "
+                             "a roi_label column (experiments.predict: --roi-label), its ROI number; as a feature "
+                             "mask, export that ROI alone")
         (label,) = areas
     if label not in areas:
         raise InputError(f"{path}: ROI number {label} has no closed planar contour; ROIs with one: {listed}")

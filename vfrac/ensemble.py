@@ -1,12 +1,15 @@
-"""The k fold models of a cross-validation as one ensemble: mean probability, spread, an `uncertain` flag,
-and optional recalibration fitted on the out-of-fold predictions.
+"""The k fold models of a cross-validation as one ensemble: their spread, an `uncertain` flag, and optional
+recalibration fitted on the out-of-fold predictions.
 
-Each fold model saw a different 1 - 1/k of the cohort, so where they disagree on a patient
-the data did not settle the call; where their mean lies close to the threshold the call
-is a coin toss. Either way a radiologist should look, and that is what `uncertain` says.
+The ensemble's slice probability is its members' mean and its patient probability
+aggregates those slices as the model's contract says (experiments.predict and validate),
+so its slice and patient tables read as one model's. Each fold model saw a different
+1 - 1/k of the cohort, so where their own patient probabilities disagree the data did
+not settle the call; where the probability lies close to the threshold the call is a
+coin toss. Either way a radiologist should look, and that is what `uncertain` says.
 
-The rule (UncertaintyRule): uncertain when |mean - threshold| < margin, or when the SD of
-the fold models' patient probabilities exceeds max_spread. `flagged_share` checks the
+The rule (UncertaintyRule): uncertain when |probability - threshold| < margin, or when the
+SD of the fold models' patient probabilities exceeds max_spread. `flagged_share` checks the
 distance part on the CV run's out-of-fold predictions (each patient predicted by the one
 model that did not train on it, so there is no spread to use there): how many patients
 are flagged and how many of the errors fall among them.
@@ -46,15 +49,12 @@ class UncertaintyRule:
         return found
 
 
-def combine(member_probabilities, threshold: float, rule: UncertaintyRule = UncertaintyRule()) -> dict:
-    """One patient's ensemble call from its probability under each fold model."""
+def member_spread(member_probabilities) -> float:
+    """The SD (n - 1) of one patient's probabilities under each fold model."""
     values = np.asarray(member_probabilities, dtype=float)
     if values.ndim != 1 or values.size < 2 or np.any((values < 0) | (values > 1)):
         raise ValueError(f"need the probabilities of at least 2 models, each in [0, 1], received {values.tolist()}")
-    mean, spread = float(values.mean()), float(values.std(ddof=1))
-    reasons = rule.reasons(mean, spread, threshold)
-    return {"mean": mean, "spread_sd": spread, "min": float(values.min()), "max": float(values.max()),
-            "call": "malignant" if mean >= threshold else "benign", "uncertain": bool(reasons), "reasons": reasons}
+    return float(values.std(ddof=1))
 
 
 def flagged_share(labels, probabilities, threshold: float, rule: UncertaintyRule = UncertaintyRule()) -> dict:
