@@ -6,7 +6,8 @@ size, aggregation, threshold), so a slice gets the probability it would have had
 the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and on the
 whole slice, each method's maps as a NIfTI volume on the CT's grid (maps/, to lay over the
 CT in 3D Slicer), and a one-patient sheet (sheet.html) under --out; --dicom adds the
-overlays as a DICOM Secondary Capture series. Prints the one line a radiologist reads.
+overlays as a DICOM Secondary Capture series and the maps as DICOM Parametric Maps.
+Prints the one line a radiologist reads.
 The patient is named by --patient-id only: nothing from the DICOM headers is written.
 
 `--ensemble CV_RUN` uses the CV run's k fold models together (vfrac.ensemble): each slice's
@@ -73,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="replace the outputs of an earlier prediction in --out (its files of other patients "
                              "would otherwise mix with this one's)")
-    parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture")
+    parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture "
+                        "and each method's maps as a DICOM Parametric Map (dicom/maps/METHOD.dcm)")
     parser.add_argument("--method", action="append", choices=MAP_METHODS,
                         help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
     parser.add_argument("--recalibrate", choices=METHODS,
@@ -393,7 +395,7 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
     from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
     from explain.overlay import overlay_pair
     from explain.page import write_sheet
-    from explain.volumes import map_volume, write_nifti
+    from explain.volumes import map_volume, write_nifti, write_parametric_map
     from vfrac.crops import input_to_slice
     from vfrac.window import BONE_WINDOW
 
@@ -409,9 +411,15 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
     shown, captures, cache_size = [], [], prepared.crops.shape[1]
     transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
     zs = [entry["slice"] for entry in prediction["slices"]]
-    prediction["maps"] = {m: str(write_nifti(out / "maps" / f"{m}.nii.gz", map_volume(volume.shape, zs, maps[m],
-                                                                                      transforms), volume.affine)
-                                 .relative_to(out)) for m in methods}
+    prediction["maps"] = {}
+    for method in methods:
+        placed = map_volume(volume.shape, zs, maps[method], transforms)
+        prediction["maps"][method] = str(write_nifti(out / "maps" / f"{method}.nii.gz", placed, volume.affine)
+                                         .relative_to(out))
+        if dicom and placed.any():
+            written = write_parametric_map(out / "dicom" / "maps" / f"{method}.dcm", prediction["patient_id"], placed,
+                                           volume.affine, method)
+            prediction["maps"][f"{method}_dicom"] = str(written.relative_to(out))
     for k, entry in enumerate(prediction["slices"]):
         z, p, transform = entry["slice"], entry["probability"], transforms[k]
         item = {"slice": z, "probability": p, "images": {}, "attention": None,

@@ -16,7 +16,7 @@ import numpy as np
 
 from explain.attention import attention, mask_on_input
 from explain.overlay import overlay_pair
-from explain.volumes import map_volume, write_nifti
+from explain.volumes import map_volume, write_nifti, write_parametric_map
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,11 @@ def render(job: RenderJob) -> tuple[list[dict], list[dict]]:
     rows, shown_slices, captures = [], [], []
     transforms = [input_to_slice(box, job.context, job.cache_size, job.size) for box in job.boxes]
     for method, method_maps in job.maps.items():  # each method's maps on the CT's grid, to open over it
-        write_nifti(Path(job.out) / "explain" / "maps" / pid / f"{method}.nii.gz",
-                    map_volume(volume.shape, [z for z, _ in job.chosen], method_maps, transforms), volume.affine)
+        placed = map_volume(volume.shape, [z for z, _ in job.chosen], method_maps, transforms)
+        write_nifti(Path(job.out) / "explain" / "maps" / pid / f"{method}.nii.gz", placed, volume.affine)
+        if job.dicom and placed.any():
+            write_parametric_map(Path(job.out) / "explain" / "dicom" / pid / "maps" / f"{method}.dcm", pid, placed,
+                                 volume.affine, method)
     for k, (z, p) in enumerate(job.chosen):
         transform = transforms[k]
         shown = {"slice": z, "probability": p, "images": {}, "attention": {}, "attribution": job.shares[k]}

@@ -276,7 +276,7 @@ def test_overlays_export_as_a_secondary_capture_series(cohort, finished, tmp_pat
     monkeypatch.chdir(store)  # in process: the command's code is the same, without a second TensorFlow start-up
     assert review(["--run-id", cv_run_id(store), "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--out", str(out),
                    "--dicom", "--no-log", "--method", "hirescam", "--top-slices", "1"]) == 0
-    files = sorted((out / "explain" / "dicom").rglob("*.dcm"))
+    files = sorted((out / "explain" / "dicom").glob("*/*.dcm"))
     assert len(files) == 12  # one overlay per patient: one slice, one method
     uids = set()
     for path in files:
@@ -287,6 +287,12 @@ def test_overlays_export_as_a_secondary_capture_series(cohort, finished, tmp_pat
         assert ds.pixel_array.shape == png.shape and np.array_equal(ds.pixel_array, png[..., ::-1])
         uids |= {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
     assert not uids & identities and len(uids) == 3 * 12
+    maps = sorted((out / "explain" / "dicom").glob("*/maps/hirescam.dcm"))  # the map as a Parametric Map
+    assert len(maps) == 12
+    for path in maps:
+        ds = pydicom.dcmread(path)
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and ds.PatientID == path.parent.parent.name
+        assert not {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID} & identities
     capsys.readouterr()
     assert review(["--run-id", "0" * 32, "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 2
     assert "no MLflow run" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from vfrac.crops import input_to_slice
 from vfrac.ensemble import UncertaintyRule, fit_recalibration, flagged_share
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate
-from vfrac.volume import load_mask, load_volume
+from vfrac.volume import load_mask, load_volume, place_on_grid, read_nifti
 
 pytestmark = [pytest.mark.slow]
 REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
@@ -202,6 +202,8 @@ def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(stor
         assert coloured[covered].any() and not coloured[~near].any()
     assert len(list((out / "dicom").glob("*.dcm"))) == len(prediction["slices"])
     assert_maps_land_on_the_crops(out / prediction["maps"]["gradcam"], volume, prediction["slices"])
+    maps = prediction["maps"]
+    assert_parametric_map_equals_the_nifti(out / maps["gradcam_dicom"], out / maps["gradcam"], volume)
     sheet = (out / "sheet.html").read_text()
     assert "VF-NEW: " in sheet and all(s["overlays"]["gradcam"]["crop"] in sheet for s in prediction["slices"])
 
@@ -225,6 +227,22 @@ def assert_maps_land_on_the_crops(path: Path, volume, slices) -> None:
     assert np.allclose(zyx[:3], indices, atol=1e-3)  # the map's voxels are the CT's voxels
     assert crops[tuple(indices)].all()  # and each lies in its slice's crop
     assert {int(z) for z in indices[0]} == {entry["slice"] for entry in slices}
+
+
+def assert_parametric_map_equals_the_nifti(path: Path, nifti: Path, volume) -> None:
+    """The --dicom Parametric Map, read back by highdicom and placed by its own geometry, is the NIfTI map; it
+    names the patient by the pseudonymous id only and links to nothing of the CT's headers."""
+    import highdicom as hd
+
+    dataset = pydicom.dcmread(path)
+    assert dataset.PatientID == "VF-NEW" and str(dataset.PatientName) == "VF-NEW"
+    header = pydicom.dcmread(next((REAL / "abdomen-t11-t12-dicom").iterdir()), stop_before_pixels=True)
+    for uid in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert getattr(dataset, uid) != header.get(uid)
+    found = hd.pm.ParametricMap.from_dataset(dataset).get_volume()
+    placed = place_on_grid(np.asarray(found.array), np.asarray(found.affine), volume, source=path)
+    expected, _ = read_nifti(nifti, np.float32)
+    np.testing.assert_allclose(placed, expected, atol=1e-6)
 
 
 def test_predict_picks_a_level_from_a_totalsegmentator_map(store, tmp_path, capsys):
