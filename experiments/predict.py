@@ -41,7 +41,7 @@ REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 def parse_args(argv=None) -> argparse.Namespace:
     from explain.cam import METHODS as MAP_METHODS
     from vfrac.cohort import PATIENT_ID
-    from vfrac.ensemble import METHODS, UncertaintyRule
+    from vfrac.ensemble import METHODS
 
     def patient_id(value: str) -> str:
         if not PATIENT_ID.fullmatch(value):
@@ -49,13 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         return value
 
     parser = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model",
-                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
-                            "(a fold's model)")
-    which.add_argument("--ensemble", metavar="CV_RUN_ID",
-                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
-                            "and Grad-CAM maps averaged over them")
+    add_model_arguments(parser)
     parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--roi", type=Path,
@@ -82,18 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also report the risk recalibrated (Platt or isotonic) on the CV run's out-of-fold "
                              "patient predictions (fitted once, stored on that run); the call keeps the model's "
                              "threshold")
-    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
-                        help="uncertain when the probability lies closer than this to the threshold "
-                             "(default: %(default)s)")
-    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
-                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
-                             "(default: %(default)s)")
+    add_rule_arguments(parser)
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     args = parser.parse_args(argv)
-    try:
-        args.rule = UncertaintyRule(args.margin, args.max_spread)
-    except ValueError as error:
-        parser.error(str(error))
+    args.rule = uncertainty_rule(args, parser)
     if args.segmentation and not args.vertebra:
         parser.error("--segmentation needs --vertebra (the level to classify, e.g. L1)")
     if args.vertebra and not args.segmentation:
@@ -101,6 +87,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.roi_label is not None and (args.segmentation or args.roi_label < 1):
         parser.error("--roi-label goes with --roi and must be >= 1")
     return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model or --ensemble, one of them required (predict and validate)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model",
+                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
+                            "(a fold's model)")
+    which.add_argument("--ensemble", metavar="CV_RUN_ID",
+                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
+                            "and Grad-CAM maps averaged over them")
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The uncertain flag's --margin and --max-spread (vfrac.ensemble.UncertaintyRule)."""
+    from vfrac.ensemble import UncertaintyRule
+
+    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
+                        help="uncertain when the probability lies closer than this to the threshold "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
+                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
+                             "(default: %(default)s)")
+
+
+def uncertainty_rule(args, parser: argparse.ArgumentParser):
+    """The rule the flags give, or the parser's error (exit 2) for values it refuses."""
+    from vfrac.ensemble import UncertaintyRule
+
+    try:
+        return UncertaintyRule(args.margin, args.max_spread)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def main(argv=None) -> int:
@@ -237,7 +256,7 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     from vfrac.ensemble import flagged_share, member_spread
 
     spread = member_spread(member_probabilities) if len(member_probabilities) > 1 else None
-    cv_rows = _cv_patients(tracking_uri, model_info.get("cv_run_id"))
+    cv_rows = cv_patients(tracking_uri, model_info.get("cv_run_id"))
     recalibration = None
     if args.recalibrate:
         if cv_rows is None:
@@ -254,7 +273,7 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
             "rule_checked": checked, "recalibration": recalibration}
 
 
-def _cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
+def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
     """The CV run's pooled out-of-fold patient rows, None where the run is not in this store."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

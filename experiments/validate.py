@@ -43,12 +43,10 @@ SHOWN = {"sensitivity": "sensitivity", "specificity": "specificity", "accuracy":
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from experiments.predict import add_model_arguments, add_rule_arguments, uncertainty_rule
+
     parser = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model",
-                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model")
-    which.add_argument("--ensemble", metavar="CV_RUN_ID", help="the k fold models of this CV run as one ensemble "
-                       "(as experiments.predict --ensemble)")
+    add_model_arguments(parser)
     parser.add_argument("--cohort", required=True, type=Path, help="the other cohort's manifest.csv")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out bad manifest rows and patients whose files cannot be read (listed on the "
@@ -62,18 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="MLflow experiment of the validation run (default: the model's)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--out", type=Path, help="also keep the report, tables and plots in this folder")
-    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
-                        help="uncertain flag: probability closer than this to the threshold (default: %(default)s)")
-    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
-                        help="uncertain flag with --ensemble: SD of the fold models' patient probabilities above "
-                             "this (default: %(default)s)")
+    add_rule_arguments(parser)
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
-    try:
-        args.rule = UncertaintyRule(args.margin, args.max_spread)
-    except ValueError as error:
-        parser.error(str(error))
+    args.rule = uncertainty_rule(args, parser)
     return args
 
 
@@ -207,6 +198,7 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
     """The external metrics with CIs and calibration, the patients' table with the uncertain flag, and the CV
     estimate beside them."""
     from experiments.report import to_markdown
+    from vfrac.ensemble import flag_counts
     from vfrac.metrics import aggregate, calibration, evaluate
     from vfrac.statistics import unpaired_auc_difference
 
@@ -226,10 +218,8 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
     if cv is not None and cv.get("labels"):
         difference = unpaired_auc_difference(patient_labels, patient_probabilities, cv["labels"],
                                              cv["probabilities"])
-    wrong = [p["prediction"] != p["label"] for p in patients]
-    flagged = {"patients": len(patients), "flagged": sum(p["uncertain"] for p in patients), "errors": sum(wrong),
-               "errors_flagged": sum(w and p["uncertain"] for w, p in zip(wrong, patients, strict=True)),
-               "rule": rule, "ensemble": len(next(iter(members_of.values()))) > 1}
+    flagged = flag_counts(patient_labels, patient_probabilities, threshold, [p["uncertain"] for p in patients])
+    flagged |= {"rule": rule, "ensemble": len(next(iter(members_of.values()))) > 1}
     result = {"slices": slices, "patients": patients, "metrics": metrics, "calibration": calibrations,
               "cv": cv, "difference": difference, "threshold": threshold, "aggregation": aggregation,
               "flagged": flagged}
@@ -272,27 +262,23 @@ def _cv_predictions(tracker, contract: dict) -> dict | None:
     """The model's CV run's pooled per-patient predictions and metrics; the contract's expected AUC when the
     run cannot be read (a model copied from another store). `contract`: the model's, or an ensemble's
     description (experiments.predict.load_members), which names the same keys."""
-    from mlflow.exceptions import MlflowException
-
-    from experiments.results import read_rows
+    from experiments.predict import cv_patients
 
     expected = contract.get("expected") or {}
-    try:
-        run = tracker.client.get_run(contract["cv_run_id"])
-        with tempfile.TemporaryDirectory() as scratch:
-            rows = read_rows(tracker.download(run.info.run_id, "predictions/patients.csv", Path(scratch)))
-    except (MlflowException, OSError, KeyError, TypeError):
+    rows = cv_patients(tracker.uri, contract.get("cv_run_id"))
+    if rows is None:
         if expected.get("patient_auc") is None:
             return None
         return {"what": expected.get("measured_on", "the model's contract"), "labels": None, "probabilities": None,
                 "metrics": {"auc": expected["patient_auc"], "auc_ci": expected.get("patient_auc_ci")}}
-    pooled = run.data.metrics
+    run_id = contract["cv_run_id"]
+    pooled = tracker.client.get_run(run_id).data.metrics
     metrics = {name: pooled.get(f"patient_{name}") for name in REPORTED}
     metrics |= {f"{name}_ci": (pooled.get(f"patient_{name}_ci_low"), pooled.get(f"patient_{name}_ci_high"))
                 for name in REPORTED if f"patient_{name}_ci_low" in pooled}
-    return {"what": f"pooled out-of-fold, {len(rows)} patients, run {run.info.run_id[:8]}",
-            "run_id": run.info.run_id, "labels": [r["label"] for r in rows],
-            "probabilities": [r["probability"] for r in rows], "metrics": metrics}
+    return {"what": f"pooled out-of-fold, {len(rows)} patients, run {run_id[:8]}", "run_id": run_id,
+            "labels": [r["label"] for r in rows], "probabilities": [r["probability"] for r in rows],
+            "metrics": metrics}
 
 
 def write_outputs(folder: Path, result: dict, excluded: list[dict], context: dict) -> None:

@@ -26,19 +26,11 @@ def map_volume(shape, slices, maps, transforms) -> np.ndarray:
 
 
 def write_nifti(path: Path, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
-    """A (z, y, x) array with a (z, y, x) -> LPS affine (vfrac.volume.Volume's) as a NIfTI-1 file."""
-    import nibabel as nib
+    """The map volume as a NIfTI file (vfrac.volume.write_nifti), its folder made first."""
+    from vfrac.volume import write_nifti as save
 
-    from vfrac.volume import IJK_FROM_ZYX, RAS_TO_LPS
-
-    image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(volume_zyx, (2, 1, 0))),
-                            RAS_TO_LPS @ np.asarray(affine_lps_zyx, float) @ IJK_FROM_ZYX)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
-    return Path(path)
+    return save(path, volume_zyx, affine_lps_zyx)
 
 
 def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray,

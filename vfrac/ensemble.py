@@ -58,9 +58,14 @@ def member_spread(member_probabilities) -> float:
 
 
 def flagged_share(labels, probabilities, threshold: float, rule: UncertaintyRule = UncertaintyRule()) -> dict:
-    """How the distance part of the rule sorts a set of predictions: patients flagged, errors, errors flagged."""
-    y, p = np.asarray(labels).astype(int), np.asarray(probabilities, dtype=float)
-    flagged = np.abs(p - threshold) < rule.margin
+    """How the distance part of the rule sorts a set of predictions (see flag_counts)."""
+    p = np.asarray(probabilities, dtype=float)
+    return flag_counts(labels, p, threshold, np.abs(p - threshold) < rule.margin)
+
+
+def flag_counts(labels, probabilities, threshold: float, flagged) -> dict:
+    """Patients, flagged, errors, errors among the flagged, and the accuracy of the calls left unflagged."""
+    y, p, flagged = np.asarray(labels).astype(int), np.asarray(probabilities, dtype=float), np.asarray(flagged, bool)
     wrong = (p >= threshold).astype(int) != y
     return {"patients": int(y.size), "flagged": int(flagged.sum()), "errors": int(wrong.sum()),
             "errors_flagged": int((wrong & flagged).sum()),

@@ -197,6 +197,19 @@ def read_nifti(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     return data, RAS_TO_LPS @ ras @ IJK_FROM_ZYX
 
 
+def write_nifti(path, data_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
+    """A (z, y, x) array with its (z, y, x) -> LPS affine as a NIfTI-1 file: read_nifti's inverse."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(data_zyx, (2, 1, 0))),
+                            RAS_TO_LPS @ np.asarray(affine_lps_zyx, float) @ IJK_FROM_ZYX)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    nib.save(image, str(path))
+    return Path(path)
+
+
 def _nifti_header(path: Path):
     """The NIfTI-1 or -2 header from the file's first bytes.
 

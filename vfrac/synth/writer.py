@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from vfrac.synth.anatomy import Rendered
 from vfrac.synth.params import Scan
-from vfrac.volume import IJK_FROM_ZYX, RAS_TO_LPS
+from vfrac.volume import write_nifti
 from vfrac.window import BONE_WINDOW
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
@@ -110,19 +109,11 @@ def write_masks(folder: Path, scan: Scan, rendered: Rendered) -> dict[str, Path]
     row, col = rendered.origin
     h, w = rendered.roi.shape[1:]
     full[:, row:row + h, col:col + w] = rendered.roi
-    paths = {"roi": _save_nifti(folder / "roi.nii.gz", full, affine)}
+    paths = {"roi": write_nifti(folder / "roi.nii.gz", full, affine)}
     shift = np.eye(4)
     shift[1, 3], shift[2, 3] = row, col
     for name, mask in rendered.masks.items():
-        paths[name] = _save_nifti(folder / f"mask_{name}.nii.gz", mask, affine @ shift)
+        paths[name] = write_nifti(folder / f"mask_{name}.nii.gz", mask, affine @ shift)
     return paths
 
 
-def _save_nifti(path: Path, mask_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
-    image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(mask_zyx, (2, 1, 0))),
-                            RAS_TO_LPS @ affine_lps_zyx @ IJK_FROM_ZYX)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    nib.save(image, str(path))
-    return path
