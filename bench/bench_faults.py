@@ -348,11 +348,11 @@ def studies(store: Path) -> dict[str, list[tuple]]:
     return found
 
 
-def pooled(store: Path, folder: Path) -> tuple[dict[str, float], list[tuple]]:
+def pooled(store: Path | str, folder: Path, experiment: str = "vfrac") -> tuple[dict[str, float], list[tuple]]:
     """The CV run's pooled metrics, and its slice predictions (patient, slice, fold, probability), sorted."""
     from tests.mlflow_store import artifact_rows, runs
 
-    client, by_role = runs(store)
+    client, by_role = runs(store, experiment)
     (cv_run,) = by_role["cv"]
     rows = artifact_rows(client, cv_run.info.run_id, "predictions/slices.csv", folder)
     return dict(cv_run.data.metrics), sorted(

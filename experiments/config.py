@@ -9,16 +9,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from explain.runs import DEFAULT_STORE, default_tracking_uri
+from explain.runs import DEFAULT_STORE, default_tracking_uri, masked
 from vfrac.cache import CropSettings
 from vfrac.errors import InputError
 from vfrac.prepare import crop_settings
 
 DEMO_COHORT = Path("data/demo/manifest.csv")
+DEFAULT_HEARTBEAT_TIMEOUT = 120  # s without a heartbeat after which another machine's claim is dead
+DEFAULT_STORE_TIMEOUT = 120  # s a store that stopped answering is retried before the run stops
 DEFAULT_MODEL_NAME = "vfrac-resnet50"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # it becomes part of models:/NAME/VERSION
 PRESETS = {
@@ -39,7 +42,7 @@ PRESETS = {
 # Fields that say where or how a run executes, or what it adds after the CV, not what the CV computes: not in
 # the run key. (skip_bad: the patients it leaves out change the cohort hash.)
 NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir",
-              "allow_outside", "skip_bad", "final", "model_name")
+              "allow_outside", "skip_bad", "final", "model_name", "heartbeat_timeout", "store_timeout")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class RunConfig:
     skip_bad: bool = False  # leave out bad rows and patients (listed in the run's excluded.csv) instead of stopping
     final: bool = False  # also train, log and register the model to use (experiments.final)
     model_name: str = DEFAULT_MODEL_NAME  # its name in the MLflow Model Registry
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT  # s without a heartbeat before another machine's work is free
+    store_timeout: float = DEFAULT_STORE_TIMEOUT  # s a store that stopped answering is retried before the run stops
 
     def key(self, cohort_hash: str) -> str:
         """What identifies this run's results: the settings that change them, and the cohort."""
@@ -90,7 +95,9 @@ class RunConfig:
         return CropSettings.from_values(dataclasses.asdict(self))
 
     def as_params(self) -> dict[str, str]:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        """Every field as text, for MLflow params and config.json: store URLs without their password."""
+        values = dataclasses.asdict(self) | {"tracking_uri": masked(self.tracking_uri), "storage": masked(self.storage)}
+        return {k: str(v) for k, v in values.items()}
 
 
 def resolve(args) -> RunConfig:
@@ -103,7 +110,7 @@ def resolve(args) -> RunConfig:
         return preset[name] if value is None else value
 
     tracking = args.tracking_uri or default_tracking_uri()
-    storage = args.storage or f"sqlite:///{store / 'optuna.db'}"
+    storage = args.storage or os.environ.get("VFRAC_STORAGE") or f"sqlite:///{store / 'optuna.db'}"
     if not (args.tracking_uri and args.storage):
         store.mkdir(exist_ok=True)  # the default stores' folder
     cohort = args.cohort or (DEMO_COHORT if args.preset == "demo" else None)
@@ -119,6 +126,7 @@ def resolve(args) -> RunConfig:
         inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),
         allow_outside=args.allow_outside, skip_bad=args.skip_bad, final=args.final, model_name=args.model_name,
+        heartbeat_timeout=args.heartbeat_timeout, store_timeout=args.store_timeout,
     )
     _check(config)
     return config
@@ -139,5 +147,8 @@ def _check(config: RunConfig) -> None:
         raise InputError(f"--weights imagenet exists for --arch resnet50 only, received --arch {config.arch}")
     if not MODEL_NAME.fullmatch(config.model_name):
         raise InputError(f"--model-name must be letters, digits, '.', '_' or '-', received {config.model_name!r}")
+    if config.heartbeat_timeout < 4 or config.store_timeout < 0:
+        raise InputError(f"--heartbeat-timeout must be >= 4 s and --store-timeout >= 0 s, received "
+                         f"{config.heartbeat_timeout:g}, {config.store_timeout:g}")
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise InputError(f"--fold must be in 0..{config.folds - 1}, received {config.fold}")

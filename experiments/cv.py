@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from experiments.config import DEFAULT_MODEL_NAME, PRESETS, resolve
+from experiments.config import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MODEL_NAME, DEFAULT_STORE_TIMEOUT, PRESETS, resolve
 from experiments.tuning import PRUNERS
 from vfrac.errors import InputError
 from vfrac.metrics import AGGREGATIONS
@@ -53,8 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "stopping at the first")
     parser.add_argument("--experiment", default="vfrac", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
-    parser.add_argument("--storage", help="Optuna RDB URL (default: sqlite in mlruns/)")
-    parser.add_argument("--fold", type=int, help="run this outer fold only")
+    parser.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://USER@HOST/DB with the password in "
+                                           "~/.pgpass or $PGPASSWORD (default: $VFRAC_STORAGE or sqlite in mlruns/)")
+    parser.add_argument("--fold", type=int, help="run this outer fold only (a job array's task; a later run "
+                                                 "without --fold pools the folds)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT, metavar="SECONDS",
+                        help="a worker on another machine whose heartbeats stop for this long is taken for dead and "
+                             "its trial or fold is done again by another (default: %(default)g)")
+    parser.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT, metavar="SECONDS",
+                        help="how long to retry the Optuna storage or the MLflow tracking store when it stops "
+                             "answering before stopping with exit code 75; a rerun continues (default: %(default)g)")
     parser.add_argument("--weights", help="'imagenet' (downloads) or a ResNet50 weights file; default: none")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="compute type of training and prediction; bfloat16 pays on GPUs and CPUs with AMX "

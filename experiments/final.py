@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from experiments.claims import POLL_SECONDS, Claims
+from experiments.claims import Claims
 from experiments.config import RunConfig
 from experiments.model_package import contract, log_cohort, log_model, provenance, register
 from experiments.protocol import FoldData, chosen_settings, epoch_lines, fit, tune
+from experiments.stores import masked
 from experiments.tracking import Tracker
 from vfrac.splits import Split
 
@@ -31,19 +32,19 @@ def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: 
     if tracker.is_done(final_run):
         print("final: already trained, reused")
     claims.once("final", lambda: tracker.is_done(final_run),
-                lambda: _train(config, data, storage, tracker, cv_run, final_run, key, timings))
+                lambda: _train(config, data, storage, tracker, claims, cv_run, final_run, key, timings))
     if not tracker.tag(final_run, REGISTERED_TAG).startswith(f"{config.model_name}/"):  # asked under another name
         version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, "summary.md"))
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
     uri = f"models:/{tracker.tag(final_run, REGISTERED_TAG)}"
     print(f"final model: {uri} (run {final_run}); use it with\n"
           f"  python -m experiments.predict --model {uri} --ct CT --roi ROI --out DIR"
-          + ("" if config.tracking_uri.startswith("http") else f" --tracking-uri {config.tracking_uri}"))
+          + ("" if config.tracking_uri.startswith("http") else f" --tracking-uri {masked(config.tracking_uri)}"))
     return uri
 
 
-def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, cv_run: str, final_run: str, key: str,
-           timings: dict) -> None:
+def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims, cv_run: str, final_run: str,
+           key: str, timings: dict) -> None:
     try:
         tracker.restart(final_run)
         patients = tuple(sorted(data.labels))
@@ -51,7 +52,7 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, cv_run:
         if config.trials:
             while (study := tune(config, config.folds, Split(train=patients, test=()), data, storage, tracker,
                                  final_run, key)) is None:  # trials of other processes still run
-                time.sleep(POLL_SECONDS)
+                claims.wait()
         params, epochs, best_value = chosen_settings(config, study)
         started = time.perf_counter()
         print(f"final: model on all {len(patients)} patients, {epochs} epoch(s)"

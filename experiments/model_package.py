@@ -105,7 +105,7 @@ def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str, context: s
     Dataset column, digest = the cohort hash."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.types.schema import ColSpec, DataType, Schema
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them a local file
@@ -114,7 +114,7 @@ def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str, context: s
     schema = Schema([ColSpec(DataType.string, "patient_id"), ColSpec(DataType.string, "label")])
     dataset = MetaDataset(source, name=f"{manifest.parent.name}/{manifest.name}",
                           digest=cohort_hash, schema=schema)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+    client.log_inputs(run_id, datasets=[DatasetInput(Dataset(**dataset.to_dict()),
                                                      tags=[InputTag("mlflow.data.context", context)])])
 
 

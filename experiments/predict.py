@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.runs import masked
 from vfrac.errors import InputError
 
 DEFAULT_METHODS = ("gradcam",)
@@ -261,7 +262,7 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     if args.recalibrate:
         if cv_rows is None:
             raise InputError(f"--recalibrate: the CV run {model_info.get('cv_run_id')} has no out-of-fold "
-                             f"predictions in {tracking_uri} to fit it on")
+                             f"predictions in {masked(tracking_uri)} to fit it on")
         fitted = _recalibration(tracking_uri, model_info["cv_run_id"], cv_rows, args.recalibrate)
         recalibration = fitted.as_dict() | {"risk": float(fitted.apply([probability])[0])}
     checked = None
@@ -326,7 +327,7 @@ def load_model(uri: str, tracking_uri: str, folder: Path):
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     except (MlflowException, OSError) as error:
-        raise InputError(f"{uri}: no such model in {tracking_uri}: {str(error).splitlines()[0]}") from error
+        raise InputError(f"{uri}: no such model in {masked(tracking_uri)}: {str(error).splitlines()[0]}") from error
     if not (local / "MLmodel").is_file() or not (local / "data" / "model.keras").is_file():
         raise InputError(f"{uri}: not an MLflow Keras model logged by vfrac (no MLmodel and data/model.keras)")
     model = load_classifier(local / "data" / "model.keras")

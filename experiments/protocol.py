@@ -25,6 +25,7 @@ from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
 from experiments.config import RunConfig
 from experiments.model_package import contract, log_model, provenance
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
+from experiments.stores import lost
 from experiments.tracking import Tracker
 from experiments.tuning import (
     DEFAULTS,
@@ -132,7 +133,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
     inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.inner_folds,
                          seed=config.seed + fold)
     study = fold_study(storage, f"vfrac-{key}-{unit.replace(' ', '')}", pruner=config.pruner)
-    for dead in fail_dead(study):
+    for dead in fail_dead(storage, study):
         _close_dead_trial_run(tracker, fold_run, dead)
 
     def objective(trial: optuna.Trial, position: int) -> float:
@@ -170,16 +171,17 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
 
     if to_run := remaining(study, config.trials):
         print(f"{unit}: tuning, {to_run} of {config.trials} trial(s) to run", flush=True)
-    while claimed := claim_trial(study, config.trials, seed=config.seed + 1000 * fold):
-        trial, position = claimed
+    while claimed := claim_trial(storage, study, config.trials, seed=config.seed + 1000 * fold):
+        trial, trial_id, position = claimed
         try:
-            with heartbeat(storage, trial._trial_id):
+            with heartbeat(storage, trial_id):
                 value = objective(trial, position)
             study.tell(trial, value)
         except optuna.TrialPruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except BaseException as error:
+            if not lost(error, storage.store):  # else its heartbeats stop, and it is failed as stale
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         _report_trial(unit, position, study.trials[trial.number])
     return None if others_running(study) else study

@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from experiments.claims import POLL_SECONDS, Claims
+from experiments.claims import Claims
 from experiments.config import DEMO_COHORT, RunConfig
 from experiments.protocol import FoldData, final_model, tune
 from experiments.results import (
@@ -32,11 +33,12 @@ from experiments.results import (
     summary_markdown,
     write_rows,
 )
+from experiments.stores import StoreUnavailable, masked, open_storage
 from experiments.tracking import Tracker
-from experiments.tuning import open_storage
 from vfrac.errors import InputError
 
 POOLED_TAG = "vfrac.pooled"  # set once the pooled results are all logged
+TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL: a store was lost; the same command later continues the run
 
 
 def quiet() -> None:
@@ -45,7 +47,8 @@ def quiet() -> None:
     import tensorflow as tf
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server fails fast
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # experiments.stores retries, at start not at all
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # vfrac prints the links that matter
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
@@ -56,27 +59,31 @@ def quiet() -> None:
 
 
 def run(config: RunConfig) -> int:
+    """The whole run; 0 when this process's part is done, 75 when a store was lost (the same command continues)."""
+    try:
+        return cross_validation(config)
+    except StoreUnavailable as error:
+        print(f"error: {error}\nfinished folds and trials are kept; run the same command again to continue",
+              file=sys.stderr)
+        return TEMPORARY_FAILURE
+
+
+def cross_validation(config: RunConfig) -> int:
     quiet()
     started, timings = time.perf_counter(), {}
     print(f"vfrac cross-validation, preset {config.preset}: {config.folds} folds, {config.trials} trials, "
           f"{config.epochs} epochs, input {config.input_size}, seed {config.seed}")
-    print(f"cohort {config.cohort}\ntracking {config.tracking_uri}\noptuna {config.storage}")
+    print(f"cohort {config.cohort}\ntracking {masked(config.tracking_uri)}\noptuna {masked(config.storage)}")
+    # Both stores first: a wrong address or password stops the run before minutes of preparation.
+    tracker = Tracker(config.tracking_uri, config.experiment, patience=config.store_timeout)
+    storage = open_storage(config.storage, config.heartbeat_timeout, patience=config.store_timeout)
     t = time.perf_counter()
     data, cohort_hash = prepare(config)
     timings["preparation"] = time.perf_counter() - t
     code, settings = code_version(), config.key(cohort_hash)
     key = hashlib.sha256(f"{settings} {code}".encode()).hexdigest()[:16]
-    tracker = Tracker(config.tracking_uri, config.experiment)
-    storage = open_storage(config.storage)
-    cv_run, resumed = tracker.cv_run(key, {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(),
-                                           "vfrac.code_version": code, "vfrac.settings_key": settings,
-                                           "vfrac.preset": config.preset}, name=f"cv {config.preset} {key[:6]}")
-    print(("resuming" if resumed else "new") + f" CV run {cv_run}")
-    if not resumed:
-        for other in tracker.cv_runs_of_other_code(settings, key):
-            print(f"note: CV run {other.info.run_id} has these settings and this cohort but ran other code "
-                  f"({other.data.tags.get('vfrac.code_version', 'unknown version')}); its folds are not reused")
     claims = Claims(storage, key)
+    cv_run, resumed = the_cv_run(config, tracker, claims, key, cohort_hash, code, settings)
     try:
         finished = cross_validate(config, data, tracker, claims, storage, cv_run, key, timings)
     except BaseException as error:
@@ -90,10 +97,30 @@ def run(config: RunConfig) -> int:
         from experiments.final import registered_final_model  # TensorFlow-free runs never load it
 
         registered_final_model(config, data, storage, tracker, claims, cv_run, key, timings)
+    if claims.waited:
+        timings["waiting"] = claims.waited
     timings["total"] = time.perf_counter() - started
     print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
     print("\n".join(tracker.browse_lines(cv_run)))
     return 0
+
+
+def the_cv_run(config: RunConfig, tracker: Tracker, claims: Claims, key: str, cohort_hash: str, code: str,
+               settings: str) -> tuple[str, bool]:
+    """The CV run of this key: (its id, whether it existed). Made under a claim, so workers starting together
+    make one."""
+    resumed = tracker.find_cv_run(key) is not None
+    tags = {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(), "vfrac.code_version": code,
+            "vfrac.settings_key": settings, "vfrac.preset": config.preset}
+    claims.once("cv-run", lambda: tracker.find_cv_run(key) is not None,
+                lambda: tracker.create_cv_run(key, tags, name=f"cv {config.preset} {key[:6]}"))
+    cv_run = tracker.find_cv_run(key)
+    print(("resuming" if resumed else "new") + f" CV run {cv_run}")
+    if not resumed:
+        for other in tracker.cv_runs_of_other_code(settings, key):
+            print(f"note: CV run {other.info.run_id} has these settings and this cohort but ran other code "
+                  f"({other.data.tags.get('vfrac.code_version', 'unknown version')}); its folds are not reused")
+    return cv_run, resumed
 
 
 def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, storage, cv_run: str,
@@ -120,7 +147,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
             if busy != waiting:
                 print(f"fold(s) {', '.join(map(str, busy))}: other processes are working on them; waiting",
                       flush=True)
-            time.sleep(POLL_SECONDS)
+            claims.wait()
         pending, waiting = busy, busy
     if config.trials:
         pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]

@@ -2,20 +2,23 @@
 
 Parents are set explicitly (`mlflow.parentRunId`) through the client, never through
 the fluent API's active-run stack, so several processes can add folds and trials to
-one CV run. Only what vfrac computed is logged: the config, metrics, and files it
-wrote from the manifest's pseudonymous ids; nothing read from DICOM headers.
+one CV run. Every call is retried while the store is unreachable (experiments.stores);
+tag values are strings, as MLflow's REST API requires. Only what vfrac computed is
+logged: the config, metrics, and files it wrote from the manifest's pseudonymous ids;
+nothing read from DICOM headers.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
+from experiments.config import DEFAULT_STORE_TIMEOUT
 from experiments.locks import database_lock
+from experiments.stores import Retrying, engine_options, first_line, lost, masked, scrubbed
 from vfrac.errors import InputError
 
 PARENT = "mlflow.parentRunId"
@@ -29,14 +32,17 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, experiment: str):
+    def __init__(self, tracking_uri: str, experiment: str, patience: float = DEFAULT_STORE_TIMEOUT):
+        """Open the store at once (an unreachable one is an InputError), then retry its calls for `patience` s."""
         self.uri = tracking_uri
+        self.store = store = f"the MLflow tracking store {masked(tracking_uri)}"
         try:
-            with database_lock(tracking_uri):  # processes starting together create tables once
-                self.client = MlflowClient(tracking_uri=tracking_uri)
+            with database_lock(tracking_uri, engine_options(tracking_uri)):  # processes starting together
+                self.client = MlflowClient(tracking_uri=tracking_uri)      # create the tables once
                 self.experiment_id = self._experiment(experiment)
         except Exception as error:  # MLflow raises many types for unreachable stores
-            raise InputError(f"cannot reach the MLflow tracking store {tracking_uri!r}: {error}") from error
+            raise InputError(f"cannot reach {store}: {scrubbed(first_line(error), tracking_uri)}") from error
+        self.client = Retrying(self.client, store, patience)
 
     def _experiment(self, name: str) -> str:
         """The experiment's id, created if needed, tagged as model training for MLflow 3."""
@@ -52,23 +58,14 @@ class Tracker:
                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
     # -- the tree -------------------------------------------------------------------
-    def cv_run(self, key: str, tags: dict, name: str) -> tuple[str, bool]:
-        """The CV run with this key, created if none exists; returns (run_id, resumed).
+    def find_cv_run(self, key: str) -> str | None:
+        """The CV run with this key, if one was made (experiments.runner makes it under a claim)."""
+        found = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
+        return found[0].info.run_id if found else None
 
-        Processes that start together may each create one; all then settle on the
-        oldest, and the others' empty runs are deleted.
-        """
-        existing = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
-        if existing:
-            return existing[0].info.run_id, True
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={"vfrac.role": "cv", "vfrac.run_key": key, **tags})
-        time.sleep(0.5)
-        runs = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
-        chosen = runs[0].info.run_id
-        if chosen != run.info.run_id:
-            self.client.delete_run(run.info.run_id)
-        return chosen, chosen != run.info.run_id
+    def create_cv_run(self, key: str, tags: dict, name: str) -> str:
+        return self.client.create_run(self.experiment_id, run_name=name,
+                                      tags=_strings({"vfrac.role": "cv", "vfrac.run_key": key, **tags})).info.run_id
 
     def child_run(self, parent_id: str, role: str, tags: dict, name: str) -> str:
         """The child of `parent_id` with this role and tags, found or created."""
@@ -78,7 +75,7 @@ class Tracker:
         if existing:
             return existing[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={PARENT: parent_id, "vfrac.role": role, **tags})
+                                     tags=_strings({PARENT: parent_id, "vfrac.role": role, **tags}))
         return run.info.run_id
 
     def children(self, parent_id: str, role: str):
@@ -94,7 +91,12 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def fail(self, run_id: str, error: BaseException | str, status: str | None = None) -> None:
-        """End a run that did not finish: KILLED when interrupted, else FAILED; the reason as a tag."""
+        """End a run that did not finish: KILLED when interrupted, else FAILED; the reason as a tag.
+
+        Not when the failure is this store's loss: the run stays RUNNING, and a rerun takes it up.
+        """
+        if lost(error, self.store):
+            return
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         reason = "interrupted" if interrupted else str(error) or type(error).__name__
         self.client.set_tag(run_id, FAILURE_TAG, reason[:5000])
@@ -127,8 +129,8 @@ class Tracker:
             if value is not None and value == value:  # skip NaN
                 self.client.log_metric(run_id, name, float(value), step=step)
 
-    def set_tag(self, run_id: str, name: str, value: str) -> None:
-        self.client.set_tag(run_id, name, value)
+    def set_tag(self, run_id: str, name: str, value) -> None:
+        self.client.set_tag(run_id, name, str(value))
 
     def tag(self, run_id: str, name: str) -> str | None:
         return self.client.get_run(run_id).data.tags.get(name)
@@ -156,9 +158,13 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             address, start = self.uri.rstrip("/"), []
         else:
-            address, start = UI_ADDRESS, [f"to browse the runs: mlflow ui --backend-store-uri {self.uri}"]
+            address, start = UI_ADDRESS, [f"to browse the runs: mlflow ui --backend-store-uri {masked(self.uri)}"]
         return start + [f"this run: {address}/#/experiments/{self.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"]
 
     def _find(self, query: str):
         return self.client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"],
                                        max_results=1000)
+
+
+def _strings(tags: dict) -> dict[str, str]:
+    return {name: str(value) for name, value in tags.items()}

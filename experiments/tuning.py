@@ -9,13 +9,12 @@ the budget holds across processes, and a trial whose process died is failed
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import optuna
 from optuna.trial import TrialState
 
-from experiments.claims import GRACE_SECONDS, HEARTBEAT_SECONDS, new_trial
-from experiments.locks import database_lock
-from vfrac.errors import InputError
+from experiments.claims import new_trial
 from vfrac.window import BONE_WINDOW
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -81,16 +80,6 @@ def suggest(trial: optuna.Trial, pretrained: bool) -> TrialParams:
     )
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats (so dead trials are failed), or a clear error."""
-    try:
-        with database_lock(url):  # processes starting together create the tables once
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=GRACE_SECONDS)
-    except Exception as error:  # SQLAlchemy and drivers raise many types
-        raise InputError(f"cannot open the Optuna storage {url!r}: {error}") from error
-
-
 def fold_study(storage, name: str, pruner: str) -> optuna.Study:
     """The fold's study, created once and shared by every process that works on the fold."""
     if pruner not in PRUNERS:
@@ -101,7 +90,13 @@ def fold_study(storage, name: str, pruner: str) -> optuna.Study:
                                pruner=chosen)
 
 
-def claim_trial(study: optuna.Study, budget: int, seed: int) -> tuple[optuna.Trial, int] | None:
+class Claimed(NamedTuple):
+    trial: optuna.Trial
+    trial_id: int  # the storage's id, for its heartbeats
+    position: int  # its place in the fold's sequence of trials
+
+
+def claim_trial(storage, study: optuna.Study, budget: int, seed: int) -> Claimed | None:
     """This process's next trial and its position in the fold's sequence; None once the budget is claimed.
 
     Live trials (running or done, in any process) count against the budget. A trial's
@@ -111,17 +106,16 @@ def claim_trial(study: optuna.Study, budget: int, seed: int) -> tuple[optuna.Tri
     """
     if len(_live(study)) >= budget:
         return None
-    frozen = new_trial(study, {})
+    trial_id, frozen = new_trial(storage, study, {})
     position = sum(t.number < frozen.number for t in _live(study))
-    storage = study._storage
     if position >= budget:  # another process claimed the last one first
-        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
         return None
-    storage.set_trial_user_attr(frozen._trial_id, POSITION_ATTR, position)
+    storage.set_trial_user_attr(trial_id, POSITION_ATTR, position)
     if position == 0:
-        storage.set_trial_system_attr(frozen._trial_id, "fixed_params", DEFAULTS.as_dict())
+        storage.set_trial_system_attr(trial_id, "fixed_params", DEFAULTS.as_dict())
     study.sampler = optuna.samplers.TPESampler(seed=seed + position)
-    return optuna.trial.Trial(study, frozen._trial_id), position
+    return Claimed(optuna.trial.Trial(study, trial_id), trial_id, position)
 
 
 def remaining(study: optuna.Study, budget: int) -> int:

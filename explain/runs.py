@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_STORE = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "vfrac.role"
 DONE_TAG = "vfrac.done"  # "1" once a run's work is complete
+MASK = "***"
 
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI, else the sqlite store in mlruns/."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve() / 'mlflow.db'}"
+
+
+def masked(url: str) -> str:
+    """The store's URL with its password, if any, replaced by ***: how vfrac shows and logs it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return url
+    return url.replace(f":{password}@", f":{MASK}@", 1) if password else url
 
 
 def cv_run(client, run_id: str):
@@ -28,7 +39,7 @@ def cv_run(client, run_id: str):
     try:
         run = client.get_run(run_id)
     except Exception as error:  # MLflow raises several types for unknown ids and stores
-        raise InputError(f"no MLflow run {run_id!r} in {client.tracking_uri}: {error}") from error
+        raise InputError(f"no MLflow run {run_id!r} in {masked(client.tracking_uri)}: {error}") from error
     if run.data.tags.get(ROLE_TAG) != "cv":
         raise InputError(f"run {run_id} is not a vfrac CV run (tag {ROLE_TAG} is "
                          f"{run.data.tags.get(ROLE_TAG)!r}); pass the CV run's id")

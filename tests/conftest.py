@@ -1,6 +1,8 @@
-"""Quiet TensorFlow's start-up chatter in test output (set before any test imports it)."""
+"""Quiet TensorFlow's start-up chatter in test output (set before any test imports it); the servers' fixture."""
 
 import os
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -13,7 +15,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # workers take files in collection order, so the two long poles (test_faults.py: five processes of the command;
 # test_cv.py) start at once, one on each worker, while the rest follows, instead of starting minutes late behind
 # files with many quick tests.
-LONGEST_FIRST = ("test_faults.py", "test_cv.py", "test_predict.py", "test_model.py", "test_explain.py",
+LONGEST_FIRST = ("test_servers.py", "test_faults.py", "test_cluster.py", "test_cv.py", "test_predict.py",
+                 "test_model.py", "test_explain.py",
                  "test_cv_options.py")
 
 
@@ -23,3 +26,14 @@ def pytest_collection_modifyitems(items):
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: tests keep their order within a file
+
+
+@pytest.fixture(scope="session")
+def servers():
+    """The PostgreSQL and MLflow servers of `python -m tests.servers start DIR` (.ci/run starts them)."""
+    from tests.servers import ENV, Servers
+
+    folder = os.environ.get(ENV)
+    if not folder:
+        pytest.skip(f"needs the test servers: python -m tests.servers start DIR, then export {ENV}=DIR")
+    return Servers.load(folder)

@@ -1,7 +1,9 @@
 """Claims and trial positions in the Optuna storage: one process per unit, dead owners freed, re-runs identical."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -9,7 +11,8 @@ from optuna.trial import TrialState
 
 from experiments import claims
 from experiments.claims import OWNER_ATTR, Claims, fail_dead, new_trial, owner_is_dead, this_process
-from experiments.tuning import DEFAULTS, POSITION_ATTR, claim_trial, fold_study, open_storage, suggest
+from experiments.stores import open_storage
+from experiments.tuning import DEFAULTS, POSITION_ATTR, claim_trial, fold_study, suggest
 
 
 @pytest.fixture
@@ -45,11 +48,11 @@ def test_a_unit_is_held_by_one_process_at_a_time(storage):
 
 def test_a_unit_whose_owner_died_is_free_again(storage):
     ours = Claims(storage, "k")
-    held = new_trial(ours.study, {claims.UNIT_ATTR: "pooled"})
-    storage.set_trial_user_attr(held._trial_id, OWNER_ATTR, dead_process())
+    held, _ = new_trial(storage, ours.study, {claims.UNIT_ATTR: "pooled"})
+    storage.set_trial_user_attr(held, OWNER_ATTR, dead_process())
     with ours.hold("pooled") as mine:
         assert mine
-    assert storage.get_trial(held._trial_id).state == TrialState.FAIL
+    assert storage.get_trial(held).state == TrialState.FAIL
 
 
 def test_once_does_the_work_once_and_waits_for_a_live_owner(storage, monkeypatch):
@@ -81,27 +84,47 @@ def test_once_does_the_work_once_and_waits_for_a_live_owner(storage, monkeypatch
 
 def test_trials_take_positions_within_the_budget_and_the_first_is_the_defaults(storage):
     study = fold_study(storage, "fold", pruner="median")
-    trial, position = claim_trial(study, budget=2, seed=7)
+    trial, _, position = claim_trial(storage, study, budget=2, seed=7)
     params = suggest(trial, pretrained=False)
     assert position == 0 and params == DEFAULTS
     study.tell(trial, 0.7)
-    second, position = claim_trial(study, budget=2, seed=7)
+    _, second, position = claim_trial(storage, study, budget=2, seed=7)
     assert position == 1
-    assert claim_trial(study, budget=2, seed=7) is None  # the running trial counts against the budget
-    assert storage.get_trial(second._trial_id).user_attrs[POSITION_ATTR] == 1
+    assert claim_trial(storage, study, budget=2, seed=7) is None  # the running trial counts against the budget
+    assert storage.get_trial(second).user_attrs[POSITION_ATTR] == 1
 
 
 def test_a_trial_killed_with_its_process_is_rerun_with_the_same_settings(storage):
     study = fold_study(storage, "fold", pruner="median")
-    first, _ = claim_trial(study, budget=3, seed=7)
+    first, _, _ = claim_trial(storage, study, budget=3, seed=7)
     suggest(first, pretrained=False)
     study.tell(first, 0.7)
-    killed, position = claim_trial(study, budget=3, seed=7)
+    killed, killed_id, position = claim_trial(storage, study, budget=3, seed=7)
     drawn = suggest(killed, pretrained=False)
     assert drawn != DEFAULTS
-    storage.set_trial_user_attr(killed._trial_id, OWNER_ATTR, dead_process())
-    assert claim_trial(study, budget=2, seed=7) is None  # still counted while thought alive
-    assert [t.number for t in fail_dead(study)] == [killed.number]
-    again, again_position = claim_trial(study, budget=3, seed=7)
+    storage.set_trial_user_attr(killed_id, OWNER_ATTR, dead_process())
+    assert claim_trial(storage, study, budget=2, seed=7) is None  # still counted while thought alive
+    assert [t.number for t in fail_dead(storage, study)] == [killed.number]
+    again, _, again_position = claim_trial(storage, study, budget=3, seed=7)
     assert again_position == position == 1 and again.number != killed.number
     assert suggest(again, pretrained=False) == drawn
+
+
+def test_no_private_name_of_optuna_mlflow_or_keras_is_used():
+    """Their private names change without notice: the project reaches them only through public APIs.
+
+    An attribute with a leading underscore, read off anything but self or cls, must be one the project defines;
+    a module path with a private part must not be imported from those libraries.
+    """
+    root = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("experiments", "explain", "vfrac", "bench", "tests", "examples")
+             for p in (root / folder).rglob("*.py")]
+    text = {path: path.read_text() for path in files}
+    ours = {name for source in text.values() for name in re.findall(r"(?:def |class |self\.|cls\.|^\s*)(_[a-z]\w*)",
+                                                                    source, re.M)}
+    used = {(path.name, name) for path, source in text.items()
+            for name in re.findall(r"(?<!\bself)(?<!\bcls)(?<![\w.])\w+(?:\.\w+)*\.(_[a-z]\w*)", source)}
+    assert {(file, name) for file, name in used if name not in ours | {"_asdict"}} == set()
+    imports = [(path.name, line) for path, source in text.items() for line in source.splitlines()
+               if re.match(r"\s*(from|import) (optuna|mlflow|keras|tensorflow|tf_keras_vis)\S*\._", line)]
+    assert imports == []

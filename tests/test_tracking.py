@@ -23,9 +23,10 @@ def test_the_experiment_opens_on_the_runs_table_even_when_it_existed_untagged(tm
 
 
 def test_a_cv_run_is_found_again_by_its_key_and_its_children_by_role_and_tags(tracker):
-    first, resumed = tracker.cv_run("key1", {"vfrac.cohort_hash": "abc"}, name="cv demo")
-    assert not resumed and tracker.cv_run("key1", {}, name="cv demo") == (first, True)
-    assert tracker.cv_run("key2", {}, name="cv other")[0] != first
+    assert tracker.find_cv_run("key1") is None
+    first = tracker.create_cv_run("key1", {"vfrac.cohort_hash": "abc", "vfrac.folds": 2}, name="cv demo")
+    assert tracker.find_cv_run("key1") == first and tracker.find_cv_run("key2") is None
+    assert tracker.client.get_run(first).data.tags["vfrac.folds"] == "2"  # a string, as MLflow's REST API needs
     fold0 = tracker.child_run(first, "fold", {"vfrac.fold": 0}, name="fold 0")
     assert tracker.child_run(first, "fold", {"vfrac.fold": 0}, name="fold 0") == fold0
     fold1 = tracker.child_run(first, "fold", {"vfrac.fold": 1}, name="fold 1")
@@ -42,7 +43,7 @@ def test_a_cv_run_is_found_again_by_its_key_and_its_children_by_role_and_tags(tr
 
 
 def test_params_are_write_once_nan_metrics_are_skipped_and_failures_say_why(tracker):
-    run, _ = tracker.cv_run("key", {}, name="cv")
+    run = tracker.create_cv_run("key", {}, name="cv")
     tracker.params(run, {"epochs": 10})
     tracker.params(run, {"epochs": 12, "folds": 2})  # a resumed run keeps what it logged
     tracker.metrics(run, {"auc": 0.9, "nan": float("nan"), "none": None})
@@ -59,7 +60,7 @@ def test_params_are_write_once_nan_metrics_are_skipped_and_failures_say_why(trac
 
 
 def test_the_browse_lines_give_the_ui_command_and_then_the_runs_own_page_in_the_training_view(tracker, tmp_path):
-    run, _ = tracker.cv_run("key", {}, name="cv")
+    run = tracker.create_cv_run("key", {}, name="cv")
     page = f"#/experiments/{tracker.experiment_id}/runs/{run}?workflowType=machine_learning"
     command = f"to browse the runs: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
     assert tracker.browse_lines(run) == [command, f"this run: http://127.0.0.1:5000/{page}"]

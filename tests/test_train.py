@@ -82,7 +82,7 @@ def test_a_trainer_reuses_its_graph_restarts_from_the_same_weights_and_keeps_the
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(weights, trainer.model.get_weights(), strict=True))
     assert int(trainer.optimizer.iterations) == 6 * 4
     assert first["val_auc"][-1] > 0.9 and 1 <= first["best_epoch"] <= 6
-    averages = [np.asarray(v) for v in trainer.optimizer._model_variables_moving_average]
+    averages = [np.asarray(v) for v in trainer.optimizer.variables if v.path.endswith("_average")]  # EMA copies
     assert all(np.allclose(a, np.asarray(w)) for a, w in zip(averages, trainer.model.trainable_weights, strict=True))
 
 
