@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from experiments.results import (
     summary_markdown,
     write_rows,
 )
-from experiments.stores import StoreUnavailable, masked, open_storage
+from experiments.stores import StoreUnavailable, masked, retried
 from experiments.tracking import Tracker
 from vfrac.errors import InputError
 
@@ -46,10 +45,6 @@ def quiet() -> None:
     import optuna
     import tensorflow as tf
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # experiments.stores retries, at start not at all
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # vfrac prints the links that matter
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -58,25 +53,23 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def run(config: RunConfig) -> int:
-    """The whole run; 0 when this process's part is done, 75 when a store was lost (the same command continues)."""
+def run(config: RunConfig, tracker: Tracker, storage) -> int:
+    """The whole run on its open stores (experiments.tracking.open_stores); 0 when this process's part is done,
+    75 when a store was lost (the same command continues)."""
     try:
-        return cross_validation(config)
+        return cross_validation(config, tracker, storage)
     except StoreUnavailable as error:
         print(f"error: {error}\nfinished folds and trials are kept; run the same command again to continue",
               file=sys.stderr)
         return TEMPORARY_FAILURE
 
 
-def cross_validation(config: RunConfig) -> int:
+def cross_validation(config: RunConfig, tracker: Tracker, storage) -> int:
     quiet()
     started, timings = time.perf_counter(), {}
     print(f"vfrac cross-validation, preset {config.preset}: {config.folds} folds, {config.trials} trials, "
           f"{config.epochs} epochs, input {config.input_size}, seed {config.seed}")
     print(f"cohort {config.cohort}\ntracking {masked(config.tracking_uri)}\noptuna {masked(config.storage)}")
-    # Both stores first: a wrong address or password stops the run before minutes of preparation.
-    tracker = Tracker(config.tracking_uri, config.experiment, patience=config.store_timeout)
-    storage = open_storage(config.storage, config.heartbeat_timeout, patience=config.store_timeout)
     t = time.perf_counter()
     data, cohort_hash = prepare(config)
     timings["preparation"] = time.perf_counter() - t
@@ -295,11 +288,16 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
 
 
 def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str, timings: dict) -> None:
-    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report."""
+    """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report.
+
+    Each reads and writes the store through its own client: done again from the start while the store is lost.
+    """
+    again = {"store": tracker.store, "patience": config.store_timeout}
     if config.explain:
         claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
-                    lambda: explain(config, cv_run, timings))
-    claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"), lambda: report(config, cv_run))
+                    lambda: retried(explain, config, cv_run, timings, **again))
+    claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"),
+                lambda: retried(report, config, cv_run, **again))
 
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:

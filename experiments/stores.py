@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 from urllib.parse import unquote, urlsplit
 
 import optuna
@@ -160,7 +161,8 @@ def open_storage(url: str, heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     """The Optuna storage at `url`, with heartbeats every quarter of `heartbeat_timeout`, or a clear error."""
     store = f"the Optuna storage {masked(url)}"
     try:
-        with database_lock(url, engine_options(url)):  # processes starting together create the tables once
+        with database_lock(url, engine_options(url)), warnings.catch_warnings():  # processes starting together
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # create the tables once
             return RetryingStorage(url, store, patience, engine_kwargs=engine_options(url),
                                    heartbeat_interval=max(1, int(heartbeat_timeout // 4)),
                                    grace_period=int(heartbeat_timeout))

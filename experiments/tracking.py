@@ -10,15 +10,25 @@ nothing read from DICOM headers.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from experiments.config import DEFAULT_STORE_TIMEOUT
+from experiments.config import DEFAULT_STORE_TIMEOUT, RunConfig
 from experiments.locks import database_lock
-from experiments.stores import Retrying, engine_options, first_line, lost, masked, scrubbed
+from experiments.stores import (
+    Retrying,
+    RetryingStorage,
+    engine_options,
+    first_line,
+    lost,
+    masked,
+    open_storage,
+    scrubbed,
+)
 from vfrac.errors import InputError
 
 PARENT = "mlflow.parentRunId"
@@ -28,12 +38,27 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # MLflow 3.17's UI picks its GenAI or model-training view from this query (else the browser's last
 # choice, GenAI at first), not from the tag: the links vfrac prints carry it.
 TRAINING_VIEW = "workflowType=machine_learning"
-UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its --host and --port)
+UI_ADDRESS = "http://127.0.0.1:5000"
+MLFLOW_SETTINGS = {  # MLflow's client reads these from the environment (a user's own values stand)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",  # the Tracker retries (experiments.stores); its first call fails fast
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # vfrac prints the links that matter
+}  # where `mlflow ui` serves by default (its --host and --port)
+
+
+def open_stores(config: RunConfig) -> tuple[Tracker, RetryingStorage]:
+    """The run's MLflow tracking store and Optuna storage, opened before the command loads TensorFlow: a wrong
+    address or password is an InputError within seconds."""
+    tracker = Tracker(config.tracking_uri, config.experiment, patience=config.store_timeout)
+    return tracker, open_storage(config.storage, config.heartbeat_timeout, patience=config.store_timeout)
 
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, patience: float = DEFAULT_STORE_TIMEOUT):
         """Open the store at once (an unreachable one is an InputError), then retry its calls for `patience` s."""
+        for name, value in MLFLOW_SETTINGS.items():
+            os.environ.setdefault(name, value)
         self.uri = tracking_uri
         self.store = store = f"the MLflow tracking store {masked(tracking_uri)}"
         try:

@@ -10,8 +10,9 @@ with MemoryError or asked for 8 GB and more; each case must now end in `error: .
 naming the file and the reason, exit code 2, peak resident memory under 1 GiB.
 
 The faults of `python -m experiments.cv` (slow): a run killed with SIGKILL inside a
-trial of its second fold and run again, and two processes started together on one
-store, each giving the numbers of an uninterrupted run (tests/test_cv.py's, made once for both files).
+trial of its second fold and run again, giving the numbers of an uninterrupted run
+(tests/test_cv.py's, made once for both files). Workers sharing one run, and their
+faults, are tests/test_servers.py's, on PostgreSQL and an MLflow server.
 """
 
 import math
@@ -124,30 +125,6 @@ def test_a_run_killed_inside_a_trial_resumes_and_gives_the_uninterrupted_numbers
     client, by_role = runs(store)
     for run in sum(by_role.values(), []):
         assert run.info.status == "FINISHED" and "vfrac.failure" not in run.data.tags, run.data.tags
-    reference = uninterrupted_numbers(tmp_path_factory)
-    assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), reference) == []
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_two_processes_started_together_share_the_work_and_give_the_uninterrupted_numbers(cohort, tmp_path_factory,
-                                                                                          tmp_path):
-    store = tmp_path / "store"
-    outcomes = faults.started_together(cohort, store, "--no-explain")
-    assert all(o.code == 0 for o in outcomes), [o.output for o in outcomes]
-    assert all(100 < o.peak_mb < 16 * 1024 for o in outcomes)
-    client, by_role = runs(store)
-    assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
-    (cv_run,) = by_role["cv"]
-    assert cv_run.data.tags.get("vfrac.done") == "1"
-    for fold, rows in faults.studies(store).items():
-        assert sorted(r[2] for r in rows if r[1] == "COMPLETE") == [0, 1], (fold, rows)  # 2 trials, not 4
-    assert faults.trials_once(store)
-    assert len(client.get_metric_history(cv_run.info.run_id, "patient_auc")) == 1  # pooled once
-    for fold in by_role["fold"]:
-        assert len(client.get_metric_history(fold.info.run_id, "train_loss")) == 1  # one final model, 1 epoch
-        assert len(client.get_metric_history(fold.info.run_id, "patient_auc")) == 1
-    assert sum(o.output.count("final model on all") for o in outcomes) == 2
     reference = uninterrupted_numbers(tmp_path_factory)
     assert faults.differences(faults.pooled(store, tmp_path / "artifacts"), reference) == []
 

@@ -33,19 +33,20 @@ def fresh_name(prefix: str) -> str:
 # ---------------------------------------------------------------- the storage alone
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_processes_opening_a_new_database_together_create_its_tables_once(servers, tmp_path, kind):
-    url = servers.new_database(fresh_name("race")) if kind == "postgresql" else f"sqlite:///{tmp_path}/optuna.db"
-    start = time.time() + 6  # after every process has imported Optuna
+def test_processes_opening_a_new_database_together_create_its_tables_once(servers, tmp_path):
+    urls = [servers.new_database(fresh_name("race")), f"sqlite:///{tmp_path}/optuna.db"]
+    start = time.time() + 8  # after every process has imported Optuna
     code = ("import sys, time; from experiments.stores import open_storage; import optuna\n"
             f"time.sleep(max(0, {start} - time.time()))\n"
-            "storage = open_storage(sys.argv[1])\n"
-            "optuna.create_study(study_name='s', storage=storage, load_if_exists=True)\nprint('opened')")
-    processes = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env=faults.child_env()) for _ in range(3)]
+            "for url in sys.argv[1:]:\n"
+            "    optuna.create_study(study_name='s', storage=open_storage(url), load_if_exists=True)\n"
+            "print('opened')")
+    processes = [subprocess.Popen([sys.executable, "-c", code, *urls], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=faults.child_env()) for _ in range(3)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert all(p.returncode == 0 and "opened" in out for p, out in zip(processes, outputs, strict=True)), outputs
-    assert len(optuna.get_all_study_summaries(open_storage(url))) == 1
+    for url in urls:
+        assert len(optuna.get_all_study_summaries(open_storage(url))) == 1
 
 
 def test_a_claim_from_another_machine_is_free_once_its_heartbeat_is_stale(servers):

@@ -70,11 +70,11 @@ def test_a_lost_store_is_retried_with_backoff_then_given_up_naming_it(monkeypatc
 
 
 def test_the_command_stops_with_exit_code_75_when_a_store_is_lost(monkeypatch, capsys):
-    def lose(config):
+    def lose(config, tracker, storage):
         raise StoreUnavailable("the MLflow tracking store http://m", "the MLflow tracking store http://m stopped "
                                                                      "answering (120 s of retries): refused")
 
     monkeypatch.setattr(runner, "cross_validation", lose)
-    assert runner.run(None) == runner.TEMPORARY_FAILURE == 75
+    assert runner.run(None, None, None) == runner.TEMPORARY_FAILURE == 75
     error = capsys.readouterr().err
     assert error.startswith("error: the MLflow tracking store http://m stopped answering") and "run the same" in error
