@@ -45,9 +45,7 @@ def quiet() -> None:
     import optuna
     import tensorflow as tf
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     for message in ("`shuffle=True` was passed", "Your input ran out of data", "fail_stale_trials"):
         warnings.filterwarnings("ignore", message=f".*{message}.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -10,12 +10,15 @@ nothing read from DICOM headers.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
+import optuna
 from mlflow import MlflowClient
-from mlflow.entities import RunStatus
+from mlflow.entities import Param, RunStatus
+from mlflow.exceptions import MlflowException
 
 from experiments.config import DEFAULT_STORE_TIMEOUT, RunConfig
 from experiments.locks import database_lock
@@ -49,7 +52,10 @@ MLFLOW_SETTINGS = {  # MLflow's client reads these from the environment (a user'
 
 def open_stores(config: RunConfig) -> tuple[Tracker, RetryingStorage]:
     """The run's MLflow tracking store and Optuna storage, opened before the command loads TensorFlow: a wrong
-    address or password is an InputError within seconds."""
+    address or password is an InputError within seconds. Their INFO lines (tables created, studies made) are kept
+    off the console."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracker = Tracker(config.tracking_uri, config.experiment, patience=config.store_timeout)
     return tracker, open_storage(config.storage, config.heartbeat_timeout, patience=config.store_timeout)
 
@@ -144,10 +150,21 @@ class Tracker:
 
     # -- logging --------------------------------------------------------------------
     def params(self, run_id: str, params: dict) -> None:
+        """Log the params the run lacks: MLflow's are write-once, so a resumed run keeps its own, and of two
+        processes logging at once (fold workers on one CV run) the first wins."""
         logged = self.client.get_run(run_id).data.params
-        for name, value in params.items():
-            if name not in logged:  # params are write-once in MLflow; a resumed run keeps its own
-                self.client.log_param(run_id, name, str(value)[:6000])
+        missing = [Param(name, str(value)[:6000]) for name, value in params.items() if name not in logged]
+        for start in range(0, len(missing), 100):  # MLflow takes at most 100 params a batch
+            batch = missing[start:start + 100]
+            while batch:
+                try:
+                    self.client.log_batch(run_id, params=batch)
+                    break
+                except MlflowException:  # another process logged some of them first: log the rest
+                    logged = self.client.get_run(run_id).data.params
+                    if all(p.key not in logged for p in batch):
+                        raise
+                    batch = [p for p in batch if p.key not in logged]
 
     def metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         for name, value in metrics.items():

@@ -51,12 +51,12 @@ def test_bad_flags_give_a_clear_error_and_exit_code_before_any_work(tmp_path, ca
     import experiments.runner
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(experiments.runner, "run", lambda config: 0)  # a good config goes no further here
+    monkeypatch.setattr(experiments.runner, "run", lambda config, *stores: 0)  # a good config goes no further here
     argv = ["--cohort", str(tmp_path / "manifest.csv"), "--folds", "2", "--tracking-uri",
             f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
     assert main(argv) == (0 if message is None else 2)
     error = capsys.readouterr().err
-    assert (message in error and error.startswith("error: ")) if message else error == ""
+    assert (message in error and error.startswith("error: ")) if message else error == "", error
 
 
 @pytest.mark.parametrize("flag, value", [("--pruner", "none"), ("--aggregation", "median"), ("--preset", "x"),
@@ -73,11 +73,11 @@ def test_a_bug_keeps_its_traceback_and_an_input_error_does_not(tmp_path, capsys,
     monkeypatch.chdir(tmp_path)
     argv = ["--cohort", str(tmp_path / "manifest.csv"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--storage", f"sqlite:///{tmp_path}/optuna.db"]
-    monkeypatch.setattr(experiments.runner, "run", lambda config: int("a bug"))  # a ValueError deep in a run
+    monkeypatch.setattr(experiments.runner, "run", lambda config, *stores: int("a bug"))  # a ValueError deep in a run
     with pytest.raises(ValueError, match="invalid literal"):
         main(argv)
 
-    def bad_input(config):
+    def bad_input(config, *stores):
         raise InputError("VF0001: the ROI is empty")
 
     monkeypatch.setattr(experiments.runner, "run", bad_input)

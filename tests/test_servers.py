@@ -150,6 +150,23 @@ def wait_for_running_trial(storage, suffix: str, processes, timeout: float = 600
     raise TimeoutError(f"no running trial in {suffix}")
 
 
+def completed_trials(storage) -> list[tuple[str, int]]:
+    return [(s.study_name, t.number) for s in optuna.get_all_study_summaries(storage) if "-fold" in s.study_name
+            for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def wait_for_new_complete_trial(storage, seen: set, processes, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.poll() is not None for p in processes):
+            raise RuntimeError("every worker ended:\n" + "\n".join(faults.finish(p).output for p in processes))
+        if set(completed_trials(storage)) - seen:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("no trial completed")
+
+
 def fold_studies(storage) -> dict[str, list[tuple]]:
     """(state, position) of every trial, by fold."""
     return {s.study_name.rsplit("-", 1)[1]: [(t.state.name, t.user_attrs.get(POSITION_ATTR))
@@ -186,7 +203,8 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     (killed,) = [w for w in workers if w.pid == owner]
     killed.kill()
     servers.restart_postgres()
-    time.sleep(2)
+    # The MLflow server goes down as a trial is told complete: its worker logs to MLflow next, within the outage.
+    wait_for_new_complete_trial(storage, set(completed_trials(storage)), workers)
     servers.stop_mlflow()
     time.sleep(10)
     servers.start_mlflow()

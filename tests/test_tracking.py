@@ -59,6 +59,19 @@ def test_params_are_write_once_nan_metrics_are_skipped_and_failures_say_why(trac
     assert tracker.client.get_run(run).info.status == "KILLED" and tracker.tag(run, FAILURE_TAG) == "interrupted"
 
 
+def test_of_two_processes_logging_a_param_at_once_the_first_value_stands(tracker, monkeypatch):
+    run = tracker.create_cv_run("key", {}, name="cv")
+    before = tracker.client.get_run(run)  # what the second process read, before the first logged
+    tracker.params(run, {"fold": 1, "folds": 2})
+    reads = iter([before])
+    real = tracker.client.get_run
+    monkeypatch.setattr(tracker, "client", type("Late", (), {
+        "get_run": lambda self, run_id: next(reads, None) or real(run_id),
+        "log_batch": tracker.client.log_batch})())
+    tracker.params(run, {"fold": 0, "folds": 2, "seed": 3})  # MLflow refuses the batch for 'fold'; 'seed' is new
+    assert real(run).data.params == {"fold": "1", "folds": "2", "seed": "3"}
+
+
 def test_the_browse_lines_give_the_ui_command_and_then_the_runs_own_page_in_the_training_view(tracker, tmp_path):
     run = tracker.create_cv_run("key", {}, name="cv")
     page = f"#/experiments/{tracker.experiment_id}/runs/{run}?workflowType=machine_learning"
