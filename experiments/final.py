@@ -16,8 +16,9 @@ from pathlib import Path
 
 from experiments.claims import Claims
 from experiments.config import RunConfig
+from experiments.fold_data import FoldData
 from experiments.model_package import contract, log_cohort, log_model, provenance, register
-from experiments.protocol import FoldData, chosen_settings, epoch_lines, fit, tune
+from experiments.protocol import chosen_settings, epoch_lines, fit, tune
 from experiments.stores import masked
 from experiments.tracking import Tracker
 from vfrac.splits import Split

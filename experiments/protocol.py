@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -23,6 +23,7 @@ from optuna_integration import KerasPruningCallback
 
 from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
 from experiments.config import RunConfig
+from experiments.fold_data import FoldData
 from experiments.model_package import contract, log_model, provenance
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
 from experiments.stores import lost
@@ -46,17 +47,6 @@ from vfrac.splits import Split, inner_splits
 from vfrac.train import Trainer
 
 _TRAINERS: dict[tuple, Trainer] = {}  # the one compiled model of this process, by what its graph bakes in
-
-
-@dataclass
-class FoldData:
-    """What a fold needs from the cohort: cache files and labels per patient id."""
-
-    entries: dict  # patient_id -> cache file
-    labels: dict  # patient_id -> 0/1
-    slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
-    excluded: list = field(default_factory=list)  # {patient_id, label, reason} left out by --skip-bad
-    cohort_hash: str = ""  # vfrac.cache.cohort_hash of the manifest and these entries
 
 
 def trainer(config: RunConfig, params: TrialParams) -> Trainer:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.claims import Claims
 from experiments.config import DEMO_COHORT, RunConfig
-from experiments.protocol import FoldData, final_model, tune
+from experiments.fold_data import FoldData
 from experiments.results import (
     BASELINE_COLUMNS,
     EXCLUDED_COLUMNS,
@@ -43,9 +43,8 @@ TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL: a store was lost; the same comm
 def quiet() -> None:
     """Keep the console to what a user needs: our progress lines, warnings that matter."""
     import optuna
-    import tensorflow as tf
 
-    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TensorFlow's own logger, whenever it loads
     for message in ("`shuffle=True` was passed", "Your input ran out of data", "fail_stale_trials"):
         warnings.filterwarnings("ignore", message=f".*{message}.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -157,6 +156,8 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
 def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, tracker: Tracker, claims: Claims,
                  cv_run: str, key: str, timings: dict, first_visit: bool) -> bool:
     """Tune and train this fold as far as this process can; returns whether the fold is done."""
+    from experiments.protocol import final_model, tune  # TensorFlow loads here: a finished run never needs it
+
     fold_run = tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
     if tracker.is_done(fold_run):
         if first_visit:

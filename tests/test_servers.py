@@ -35,7 +35,7 @@ def fresh_name(prefix: str) -> str:
 
 def test_processes_opening_a_new_database_together_create_its_tables_once(servers, tmp_path):
     urls = [servers.new_database(fresh_name("race")), f"sqlite:///{tmp_path}/optuna.db"]
-    start = time.time() + 8  # after every process has imported Optuna
+    start = time.time() + 6  # after every process has imported Optuna
     code = ("import sys, time; from experiments.stores import open_storage; import optuna\n"
             f"time.sleep(max(0, {start} - time.time()))\n"
             "for url in sys.argv[1:]:\n"
