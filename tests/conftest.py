@@ -12,9 +12,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(name, "1")
 
 # The files that train networks, longest first: with `--dist loadfile --no-loadscope-reorder` (pyproject.toml) the
-# workers take files in collection order, so the two long poles (test_faults.py: five processes of the command;
-# test_cv.py) start at once, one on each worker, while the rest follows, instead of starting minutes late behind
-# files with many quick tests.
+# workers take files in collection order, so the long poles (test_servers.py: three workers on the servers and their
+# faults; test_faults.py: a killed run and its rerun; test_cluster.py: the job array) start at once, one on each
+# worker, while the rest follows, instead of starting minutes late behind files with many quick tests.
 LONGEST_FIRST = ("test_servers.py", "test_faults.py", "test_cluster.py", "test_cv.py", "test_predict.py",
                  "test_model.py", "test_explain.py",
                  "test_cv_options.py")

@@ -115,7 +115,7 @@ def test_a_failed_start_leaves_no_run_running_and_a_rerun_by_other_code_says_so(
 
 
 def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(cohort, tmp_path, monkeypatch):
-    from experiments import runner
+    from experiments import protocol
 
     manifest = cohort
     monkeypatch.chdir(tmp_path)
@@ -123,7 +123,7 @@ def test_an_interrupted_run_leaves_its_runs_killed_or_scheduled_never_running(co
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # what SIGTERM and Ctrl-C raise
 
-    monkeypatch.setattr(runner, "tune", interrupted)
+    monkeypatch.setattr(protocol, "tune", interrupted)
     assert main(["--cohort", str(manifest), *TINY, "--trials", "2", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
                  "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 130
     _, by_role = runs(tmp_path)

@@ -223,7 +223,7 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     assert len(client.get_metric_history(cv_run.info.run_id, "patient_auc")) == 1  # pooled once
     for fold, trials in fold_studies(storage).items():
         assert sorted(p for state, p in trials if state == "COMPLETE") == [0, 1], (fold, trials)  # each trial once
-        assert ("RUNNING", running.user_attrs.get(POSITION_ATTR)) not in trials
+        assert all(state in ("COMPLETE", "FAIL") for state, _ in trials), (fold, trials)  # none left running
     assert ("FAIL", running.user_attrs[POSITION_ATTR]) in fold_studies(storage)["fold1"]  # the killed one
     assert_no_password_anywhere(servers, [o.output for o in outcomes.values()], [database, "mlflow"], experiment)
 
