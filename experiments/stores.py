@@ -71,7 +71,8 @@ def connection_lost(error: BaseException) -> bool:
             return True
         if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
             return True
-        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                              requests.exceptions.RetryError)):  # RetryError: the server kept answering 5xx
             return True
         if isinstance(error, requests.exceptions.HTTPError) and error.response is not None \
                 and error.response.status_code in TRANSIENT_HTTP:

@@ -13,9 +13,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The files that train networks, longest first: with `--dist loadfile --no-loadscope-reorder` (pyproject.toml) the
 # workers take files in collection order, so the long poles (test_servers.py: three workers on the servers and their
-# faults; test_faults.py: a killed run and its rerun; test_cluster.py: the job array) start at once, one on each
-# worker, while the rest follows, instead of starting minutes late behind files with many quick tests.
-LONGEST_FIRST = ("test_servers.py", "test_faults.py", "test_cluster.py", "test_cv.py", "test_predict.py",
+# faults, the job array; test_faults.py: a killed run and its rerun; test_cv.py: the shared run) start at once, one
+# on each worker, while the rest follows, instead of starting minutes late behind files with many quick tests.
+LONGEST_FIRST = ("test_servers.py", "test_faults.py", "test_cv.py", "test_predict.py",
                  "test_model.py", "test_explain.py",
                  "test_cv_options.py")
 

@@ -1,16 +1,19 @@
 """vfrac on the servers a lab runs: a PostgreSQL Optuna storage and an MLflow tracking server, with faults.
 
 The servers are tests/servers.py's (.ci/run starts them; the `servers` fixture skips
-these tests without them). One file, so no other test runs while these restart
-PostgreSQL or stop the MLflow server.
+these tests without them). Every test that uses them is here, in one file, so none runs
+while another restarts PostgreSQL or stops the MLflow server. The commands share one
+crop cache of the tiny cohort.
 """
 
+import os
 import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -21,7 +24,7 @@ from experiments.claims import OWNER_ATTR, UNIT_ATTR, Claims, new_trial
 from experiments.stores import StoreUnavailable, open_storage
 from experiments.tuning import POSITION_ATTR, SEARCHED
 from tests.mlflow_store import runs
-from tests.shared_run import tiny_cohort, uninterrupted_run
+from tests.shared_run import shared_root, tiny_cohort, uninterrupted_run
 
 pytestmark = pytest.mark.servers
 
@@ -129,9 +132,14 @@ def free_port() -> int:
 # ---------------------------------------------------------------- three workers, one run, faults on each server
 
 
-def server_args(servers, storage_url: str, experiment: str) -> list[str]:
+def shared_cache(tmp_path_factory):
+    return shared_root(tmp_path_factory) / "shared-cache"
+
+
+
+def server_args(servers, storage_url: str, experiment: str, cache) -> list[str]:
     return ["--storage", storage_url, "--tracking-uri", servers.mlflow_url, "--experiment", experiment,
-            "--heartbeat-timeout", "8", "--no-explain"]
+            "--heartbeat-timeout", "8", "--no-explain", "--cache-dir", cache]
 
 
 def wait_for_running_trial(storage, suffix: str, processes, timeout: float = 600) -> optuna.trial.FrozenTrial:
@@ -195,7 +203,8 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     manifest = tiny_cohort(tmp_path_factory)
     database, experiment = fresh_name("three"), fresh_name("three")
     url = servers.new_database(database)
-    args = ["experiments.cv", "--cohort", manifest, *faults.TINY, *server_args(servers, url, experiment)]
+    args = ["experiments.cv", "--cohort", manifest, *faults.TINY,
+            *server_args(servers, url, experiment, shared_cache(tmp_path_factory))]
     workers = [faults.start_case(args, tmp_path, faults.CV_LIMIT) for _ in range(3)]
     storage = open_storage(url)
     running = wait_for_running_trial(storage, "-fold1", workers)
@@ -227,6 +236,65 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     assert ("FAIL", running.user_attrs[POSITION_ATTR]) in fold_studies(storage)["fold1"]  # the killed one
     assert_no_password_anywhere(servers, [o.output for o in outcomes.values()], [database, "mlflow"], experiment)
 
+    reference_store, reference = uninterrupted_run(tmp_path_factory)
+    assert reference.code == 0, reference.output
+    ours = faults.pooled(servers.mlflow_url, tmp_path / "ours", experiment)
+    assert faults.differences(ours, faults.pooled(reference_store, tmp_path / "reference")) == []
+
+
+# ---------------------------------------------------------------- the SLURM job array of examples/slurm/
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "slurm"
+
+
+def task(script: str, env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=log.parent, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_job_array_scripts_run_one_fold_per_task_then_pool(servers, tmp_path, tmp_path_factory):
+    """examples/slurm/ run as SLURM would: a task per fold with the array variables set, then the pooling job.
+
+    The password comes from a PGPASSFILE (~/.pgpass's format), not the storage URL.
+    """
+    manifest = tiny_cohort(tmp_path_factory)
+    database, experiment = f"array_{uuid.uuid4().hex[:8]}", f"array-{uuid.uuid4().hex[:8]}"
+    servers.new_database(database)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{servers.postgres_port}:{database}:vfrac:{servers.password}\n")
+    passfile.chmod(0o600)
+    storage = f"postgresql://vfrac@127.0.0.1:{servers.postgres_port}/{database}"  # no password in the URL
+    env = faults.child_env({
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PGPASSFILE": str(passfile),
+        "VFRAC_COHORT": str(manifest), "VFRAC_STORAGE": storage, "MLFLOW_TRACKING_URI": servers.mlflow_url,
+        "VFRAC_CV_ARGS": " ".join([*faults.TINY, "--experiment", experiment, "--no-explain", "--cache-dir",
+                                   str(shared_cache(tmp_path_factory))]),
+        "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_COUNT": "2"})
+    tasks = [task("cv-folds.sbatch", env | {"SLURM_ARRAY_TASK_ID": str(fold)}, tmp_path / f"fold{fold}.log")
+             for fold in (0, 1)]
+    for number, process in enumerate(tasks):
+        assert process.wait(timeout=900) == 0, (tmp_path / f"fold{number}.log").read_text()
+    logs = [(tmp_path / f"fold{fold}.log").read_text() for fold in (0, 1)]
+    for fold, log in enumerate(logs):
+        assert f"fold {fold}: done" in log and f"fold {1 - fold}: tuning" not in log, log
+    pool = task("cv-pool.sbatch", env, tmp_path / "pool.log")
+    assert pool.wait(timeout=600) == 0, (tmp_path / "pool.log").read_text()
+    pooling = (tmp_path / "pool.log").read_text()
+    # The last fold task to finish pooled already; the pooling job finds it done (and adds what is missing: the
+    # review, where the fold tasks ran with --no-explain and it does not).
+    assert "every fold and the pooled results are already done" in pooling, pooling
+    assert sum("pooled out-of-fold results, 12 patients" in log for log in logs) >= 1
+
+    client, by_role = runs(servers.mlflow_url, experiment)
+    assert len(client.get_metric_history(by_role["cv"][0].info.run_id, "patient_auc")) == 1  # pooled once
+    assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
+    assert all(r.info.status == "FINISHED" for r in sum(by_role.values(), []))
+    studies = optuna.get_all_study_summaries(open_storage(servers.postgres_url(database)))
+    assert sorted(s.n_trials for s in studies if "-fold" in s.study_name) == [2, 2]  # nothing run twice
+    for log in [*logs, pooling]:
+        assert servers.password not in log
     reference_store, reference = uninterrupted_run(tmp_path_factory)
     assert reference.code == 0, reference.output
     ours = faults.pooled(servers.mlflow_url, tmp_path / "ours", experiment)

@@ -34,6 +34,13 @@ def test_only_errors_of_an_unreachable_server_count_as_a_lost_store():
             raise MlflowException("API request to http://mlflow:5000 failed") from error
     except MlflowException as wrapped:
         assert connection_lost(wrapped)  # MLflow's REST client wraps the refusal
+    try:
+        try:
+            raise requests.exceptions.RetryError("too many 503 error responses")  # a server shutting down
+        except requests.exceptions.RetryError as error:
+            raise MlflowException("API request to http://mlflow:5000 failed") from error
+    except MlflowException as wrapped:
+        assert connection_lost(wrapped)
     assert connection_lost(RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "database down"}))
     assert connection_lost(RestException({"error_code": "INTERNAL_ERROR", "message": "connection reset"}))
     assert not connection_lost(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run 'x'"}))

@@ -178,9 +178,21 @@ def current_cohort_hash(manifest: Path, patients, settings: CropSettings, cache_
 
 def _entry_path(patient: Patient, settings: CropSettings, cache_dir: Path) -> tuple[Path, Path, str]:
     """(entry path, memo path, content key); the memo spares hashing unchanged files again."""
-    memo = cache_dir / "keys" / f"{patient.patient_id}-{_stat_key(patient, settings)[:24]}"
+    memo = _memo(patient, settings, cache_dir)
     key = memo.read_text().strip() if memo.is_file() else _content_key(patient, settings)
     return cache_dir / f"{patient.patient_id}-{key[:24]}.npz", memo, key
+
+
+def _known_entry(patient: Patient, settings: CropSettings, cache_dir: Path) -> Path | None:
+    """The patient's entry when its memo names one that exists (files unchanged since): no hashing, no reading."""
+    if not _memo(patient, settings, cache_dir).is_file():
+        return None
+    path, _, _ = _entry_path(patient, settings, cache_dir)
+    return path if path.is_file() else None
+
+
+def _memo(patient: Patient, settings: CropSettings, cache_dir: Path) -> Path:
+    return cache_dir / "keys" / f"{patient.patient_id}-{_stat_key(patient, settings)[:24]}"
 
 
 def write_entry(path: Path, prepared: Prepared) -> None:
@@ -239,13 +251,20 @@ def prepare_cohort(patients, settings: CropSettings, cache_dir, workers: int = 1
         if on_progress:
             on_progress(patient.patient_id, isinstance(outcome, tuple) and outcome[1])
 
-    if workers <= 1:
-        for patient in patients:
+    todo = []
+    for patient in patients:  # entries known from their memo need no worker (a rerun starts none)
+        known = _known_entry(patient, settings, cache_dir)
+        if known:
+            record(patient, (known, False))
+        else:
+            todo.append(patient)
+    if workers <= 1 or len(todo) <= 1:
+        for patient in todo:
             record(patient, _attempt(patient, settings, cache_dir))
         return result
     # spawn, not fork: a parent that already runs TensorFlow threads must not fork.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_attempt, p, settings, cache_dir): p for p in patients}
+        futures = {pool.submit(_attempt, p, settings, cache_dir): p for p in todo}
         try:
             for future in as_completed(futures):
                 record(futures[future], future.result())
