@@ -132,14 +132,17 @@ def free_port() -> int:
 # ---------------------------------------------------------------- three workers, one run, faults on each server
 
 
-def shared_cache(tmp_path_factory):
-    return shared_root(tmp_path_factory) / "shared-cache"
+def shared_folder(tmp_path_factory) -> Path:
+    """The working folder of every command here: one crop cache (data/cache/) of the tiny cohort for all."""
+    folder = shared_root(tmp_path_factory) / "server-commands"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 
-def server_args(servers, storage_url: str, experiment: str, cache) -> list[str]:
+def server_args(servers, storage_url: str, experiment: str) -> list[str]:
     return ["--storage", storage_url, "--tracking-uri", servers.mlflow_url, "--experiment", experiment,
-            "--heartbeat-timeout", "8", "--no-explain", "--cache-dir", cache]
+            "--heartbeat-timeout", "8", "--no-explain"]
 
 
 def wait_for_running_trial(storage, suffix: str, processes, timeout: float = 600) -> optuna.trial.FrozenTrial:
@@ -203,9 +206,8 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     manifest = tiny_cohort(tmp_path_factory)
     database, experiment = fresh_name("three"), fresh_name("three")
     url = servers.new_database(database)
-    args = ["experiments.cv", "--cohort", manifest, *faults.TINY,
-            *server_args(servers, url, experiment, shared_cache(tmp_path_factory))]
-    workers = [faults.start_case(args, tmp_path, faults.CV_LIMIT) for _ in range(3)]
+    args = ["experiments.cv", "--cohort", manifest, *faults.TINY, *server_args(servers, url, experiment)]
+    workers = [faults.start_case(args, shared_folder(tmp_path_factory), faults.CV_LIMIT) for _ in range(3)]
     storage = open_storage(url)
     running = wait_for_running_trial(storage, "-fold1", workers)
     owner = int(running.user_attrs[OWNER_ATTR].split(":")[1])
@@ -247,8 +249,8 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
 SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "slurm"
 
 
-def task(script: str, env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=log.parent, env=env, stdout=log.open("w"),
+def task(script: str, env: dict, log: Path, folder: Path) -> subprocess.Popen:
+    return subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=folder, env=env, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 
 
@@ -269,17 +271,17 @@ def test_the_job_array_scripts_run_one_fold_per_task_then_pool(servers, tmp_path
     env = faults.child_env({
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PGPASSFILE": str(passfile),
         "VFRAC_COHORT": str(manifest), "VFRAC_STORAGE": storage, "MLFLOW_TRACKING_URI": servers.mlflow_url,
-        "VFRAC_CV_ARGS": " ".join([*faults.TINY, "--experiment", experiment, "--no-explain", "--cache-dir",
-                                   str(shared_cache(tmp_path_factory))]),
+        "VFRAC_CV_ARGS": " ".join([*faults.TINY, "--experiment", experiment, "--no-explain"]),
         "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_COUNT": "2"})
-    tasks = [task("cv-folds.sbatch", env | {"SLURM_ARRAY_TASK_ID": str(fold)}, tmp_path / f"fold{fold}.log")
+    folder = shared_folder(tmp_path_factory)
+    tasks = [task("cv-folds.sbatch", env | {"SLURM_ARRAY_TASK_ID": str(fold)}, tmp_path / f"fold{fold}.log", folder)
              for fold in (0, 1)]
     for number, process in enumerate(tasks):
         assert process.wait(timeout=900) == 0, (tmp_path / f"fold{number}.log").read_text()
     logs = [(tmp_path / f"fold{fold}.log").read_text() for fold in (0, 1)]
     for fold, log in enumerate(logs):
         assert f"fold {fold}: done" in log and f"fold {1 - fold}: tuning" not in log, log
-    pool = task("cv-pool.sbatch", env, tmp_path / "pool.log")
+    pool = task("cv-pool.sbatch", env, tmp_path / "pool.log", folder)
     assert pool.wait(timeout=600) == 0, (tmp_path / "pool.log").read_text()
     pooling = (tmp_path / "pool.log").read_text()
     # The last fold task to finish pooled already; the pooling job finds it done (and adds what is missing: the
