@@ -129,7 +129,7 @@ def free_port() -> int:
     return port()
 
 
-# ---------------------------------------------------------------- three workers, one run, faults on each server
+# ---------------------------------------------------------------- three workers and the job array on one run, faults
 
 
 def shared_folder(tmp_path_factory) -> Path:
@@ -140,17 +140,12 @@ def shared_folder(tmp_path_factory) -> Path:
 
 
 
-def server_args(servers, storage_url: str, experiment: str) -> list[str]:
-    return ["--storage", storage_url, "--tracking-uri", servers.mlflow_url, "--experiment", experiment,
-            "--heartbeat-timeout", "8", "--no-explain"]
-
-
 def wait_for_running_trial(storage, suffix: str, processes, timeout: float = 600) -> optuna.trial.FrozenTrial:
     """A RUNNING trial, all its settings drawn, in the study whose name ends with `suffix`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(p.poll() is not None for p in processes):
-            raise RuntimeError("every worker ended:\n" + "\n".join(faults.finish(p).output for p in processes))
+            raise RuntimeError("every worker ended:\n" + "\n".join(outcome_of(p).output for p in processes))
         for summary in optuna.get_all_study_summaries(storage):
             if summary.study_name.endswith(suffix):
                 study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -171,7 +166,7 @@ def wait_for_new_complete_trial(storage, seen: set, processes, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(p.poll() is not None for p in processes):
-            raise RuntimeError("every worker ended:\n" + "\n".join(faults.finish(p).output for p in processes))
+            raise RuntimeError("every worker ended:\n" + "\n".join(outcome_of(p).output for p in processes))
         if set(completed_trials(storage)) - seen:
             return
         time.sleep(0.2)
@@ -199,15 +194,48 @@ def assert_no_password_anywhere(servers, outputs, databases, experiment):
     assert stored.stdout == "", stored.stdout
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "slurm"
+
+
+def array_task(script: str, env: dict, log: Path, folder: Path) -> subprocess.Popen:
+    """One of examples/slurm/'s scripts, run as SLURM runs a job: bash, its environment, its output to a file."""
+    process = subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=folder, env=env, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    process.log = log
+    return process
+
+
+def outcome_of(process) -> faults.Outcome:
+    if hasattr(process, "log"):
+        return faults.Outcome(process.wait(timeout=900), process.log.read_text(), float("nan"), 0.0)
+    return faults.finish(process)
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_mlflow_outage(
+def test_three_workers_two_of_them_array_tasks_share_one_run_through_a_kill_a_restart_and_an_outage(
         servers, tmp_path, tmp_path_factory):
-    manifest = tiny_cohort(tmp_path_factory)
+    """Three processes start together on one CV run: a worker given the whole run (its storage URL with the
+    password in it) and examples/slurm/cv-folds.sbatch's two array tasks (one fold each; the password in a
+    PGPASSFILE, as ~/.pgpass). The one running a trial of fold 1 is killed (SIGKILL), PostgreSQL restarts, the
+    MLflow server is down for 10 s; cv-pool.sbatch comes last. Every trial and fold once, nothing left running,
+    no password anywhere, and the numbers of one uninterrupted process on SQLite files."""
+    manifest, folder = tiny_cohort(tmp_path_factory), shared_folder(tmp_path_factory)
     database, experiment = fresh_name("three"), fresh_name("three")
     url = servers.new_database(database)
-    args = ["experiments.cv", "--cohort", manifest, *faults.TINY, *server_args(servers, url, experiment)]
-    workers = [faults.start_case(args, shared_folder(tmp_path_factory), faults.CV_LIMIT) for _ in range(3)]
+    settings = [*faults.TINY, "--experiment", experiment, "--heartbeat-timeout", "8", "--no-explain"]
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{servers.postgres_port}:{database}:vfrac:{servers.password}\n")
+    passfile.chmod(0o600)
+    env = faults.child_env({
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PGPASSFILE": str(passfile),
+        "VFRAC_COHORT": str(manifest), "MLFLOW_TRACKING_URI": servers.mlflow_url, "VFRAC_CV_ARGS": " ".join(settings),
+        "VFRAC_STORAGE": f"postgresql://vfrac@127.0.0.1:{servers.postgres_port}/{database}",  # no password
+        "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_COUNT": "2"})
+    workers = [faults.start_case(["experiments.cv", "--cohort", manifest, "--storage", url, "--tracking-uri",
+                                  servers.mlflow_url, *settings], folder, faults.CV_LIMIT)]
+    workers += [array_task("cv-folds.sbatch", env | {"SLURM_ARRAY_TASK_ID": str(fold)}, tmp_path / f"fold{fold}.log",
+                           folder) for fold in (0, 1)]
     storage = open_storage(url)
     running = wait_for_running_trial(storage, "-fold1", workers)
     owner = int(running.user_attrs[OWNER_ATTR].split(":")[1])
@@ -219,12 +247,14 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
     servers.stop_mlflow()
     time.sleep(10)
     servers.start_mlflow()
-    outcomes = {w.pid: faults.finish(w) for w in workers}
+    outcomes = {w.pid: outcome_of(w) for w in workers}
     survivors = [o for pid, o in outcomes.items() if pid != owner]
     assert outcomes[owner].code == -9
     assert all(o.code == 0 for o in survivors), [o.output for o in survivors]
     notes = "".join(o.output for o in survivors)
     assert "the MLflow tracking store http://127.0.0.1" in notes and "answers again" in notes, notes
+    pool = outcome_of(array_task("cv-pool.sbatch", env, tmp_path / "pool.log", folder))
+    assert pool.code == 0 and "every fold and the pooled results are already done" in pool.output, pool.output
 
     client, by_role = runs(servers.mlflow_url, experiment)
     assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
@@ -236,67 +266,9 @@ def test_three_workers_share_one_run_through_a_kill_a_postgres_restart_and_an_ml
         assert sorted(p for state, p in trials if state == "COMPLETE") == [0, 1], (fold, trials)  # each trial once
         assert all(state in ("COMPLETE", "FAIL") for state, _ in trials), (fold, trials)  # none left running
     assert ("FAIL", running.user_attrs[POSITION_ATTR]) in fold_studies(storage)["fold1"]  # the killed one
-    assert_no_password_anywhere(servers, [o.output for o in outcomes.values()], [database, "mlflow"], experiment)
+    assert_no_password_anywhere(servers, [o.output for o in [*outcomes.values(), pool]], [database, "mlflow"],
+                                experiment)
 
-    reference_store, reference = uninterrupted_run(tmp_path_factory)
-    assert reference.code == 0, reference.output
-    ours = faults.pooled(servers.mlflow_url, tmp_path / "ours", experiment)
-    assert faults.differences(ours, faults.pooled(reference_store, tmp_path / "reference")) == []
-
-
-# ---------------------------------------------------------------- the SLURM job array of examples/slurm/
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "slurm"
-
-
-def task(script: str, env: dict, log: Path, folder: Path) -> subprocess.Popen:
-    return subprocess.Popen(["bash", str(SCRIPTS / script)], cwd=folder, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_the_job_array_scripts_run_one_fold_per_task_then_pool(servers, tmp_path, tmp_path_factory):
-    """examples/slurm/ run as SLURM would: a task per fold with the array variables set, then the pooling job.
-
-    The password comes from a PGPASSFILE (~/.pgpass's format), not the storage URL.
-    """
-    manifest = tiny_cohort(tmp_path_factory)
-    database, experiment = f"array_{uuid.uuid4().hex[:8]}", f"array-{uuid.uuid4().hex[:8]}"
-    servers.new_database(database)
-    passfile = tmp_path / "pgpass"
-    passfile.write_text(f"127.0.0.1:{servers.postgres_port}:{database}:vfrac:{servers.password}\n")
-    passfile.chmod(0o600)
-    storage = f"postgresql://vfrac@127.0.0.1:{servers.postgres_port}/{database}"  # no password in the URL
-    env = faults.child_env({
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PGPASSFILE": str(passfile),
-        "VFRAC_COHORT": str(manifest), "VFRAC_STORAGE": storage, "MLFLOW_TRACKING_URI": servers.mlflow_url,
-        "VFRAC_CV_ARGS": " ".join([*faults.TINY, "--experiment", experiment, "--no-explain"]),
-        "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_COUNT": "2"})
-    folder = shared_folder(tmp_path_factory)
-    tasks = [task("cv-folds.sbatch", env | {"SLURM_ARRAY_TASK_ID": str(fold)}, tmp_path / f"fold{fold}.log", folder)
-             for fold in (0, 1)]
-    for number, process in enumerate(tasks):
-        assert process.wait(timeout=900) == 0, (tmp_path / f"fold{number}.log").read_text()
-    logs = [(tmp_path / f"fold{fold}.log").read_text() for fold in (0, 1)]
-    for fold, log in enumerate(logs):
-        assert f"fold {fold}: done" in log and f"fold {1 - fold}: tuning" not in log, log
-    pool = task("cv-pool.sbatch", env, tmp_path / "pool.log", folder)
-    assert pool.wait(timeout=600) == 0, (tmp_path / "pool.log").read_text()
-    pooling = (tmp_path / "pool.log").read_text()
-    # The last fold task to finish pooled already; the pooling job finds it done (and adds what is missing: the
-    # review, where the fold tasks ran with --no-explain and it does not).
-    assert "every fold and the pooled results are already done" in pooling, pooling
-    assert sum("pooled out-of-fold results, 12 patients" in log for log in logs) >= 1
-
-    client, by_role = runs(servers.mlflow_url, experiment)
-    assert len(client.get_metric_history(by_role["cv"][0].info.run_id, "patient_auc")) == 1  # pooled once
-    assert len(by_role["cv"]) == 1 and len(by_role["fold"]) == 2 and len(by_role["trial"]) == 4
-    assert all(r.info.status == "FINISHED" for r in sum(by_role.values(), []))
-    studies = optuna.get_all_study_summaries(open_storage(servers.postgres_url(database)))
-    assert sorted(s.n_trials for s in studies if "-fold" in s.study_name) == [2, 2]  # nothing run twice
-    for log in [*logs, pooling]:
-        assert servers.password not in log
     reference_store, reference = uninterrupted_run(tmp_path_factory)
     assert reference.code == 0, reference.output
     ours = faults.pooled(servers.mlflow_url, tmp_path / "ours", experiment)
