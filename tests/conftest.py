@@ -36,4 +36,4 @@ def servers():
     folder = os.environ.get(ENV)
     if not folder:
         pytest.skip(f"needs the test servers: python -m tests.servers start DIR, then export {ENV}=DIR")
-    return Servers.load(folder)
+    return Servers.when_ready(folder)

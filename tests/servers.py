@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 STATE = "servers.json"
+READY, FAILED = "ready", "failed"  # written when `start` has finished, or why it could not
 ROLE = "vfrac"
 ENV = "VFRAC_TEST_SERVERS"  # the folder of the running servers, read by tests/conftest.py
 
@@ -151,6 +152,21 @@ class Servers:
     def load(cls, folder: str | Path) -> Servers:
         return cls(**json.loads((Path(folder) / STATE).read_text()))
 
+    @classmethod
+    def when_ready(cls, folder: str | Path, timeout: float = 300) -> Servers:
+        """The servers of `python -m tests.servers start DIR` once it has finished (.ci/run starts it in the
+        background while the tests start)."""
+        folder = Path(folder)
+        deadline = time.monotonic() + timeout
+        while not (folder / READY).exists():
+            if (folder / FAILED).exists() or time.monotonic() > deadline:
+                log = folder.with_name(folder.name + ".log")
+                raise RuntimeError(f"the test servers in {folder} did not start: "
+                                   + ((folder / FAILED).read_text() if (folder / FAILED).exists() else "timed out")
+                                   + (f"\n{log.read_text()}" if log.exists() else ""))
+            time.sleep(0.5)
+        return cls.load(folder)
+
     def stop(self) -> None:
         self.stop_mlflow()
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -198,7 +214,12 @@ def main(argv=None) -> int:
         return 2
     action, folder = args
     if action == "start":
-        servers = start(folder)
+        try:
+            servers = start(folder)
+        except BaseException as error:
+            (Path(folder) / FAILED).write_text(f"{type(error).__name__}: {error}\n")
+            raise
+        (Path(folder) / READY).touch()
         print(f"export {ENV}={servers.folder}\n# PostgreSQL: {servers.postgres_url('DATABASE', '***')} "
               f"(password in {Path(servers.folder) / STATE})\n"
               f"# MLflow: {servers.mlflow_url}")
