@@ -223,7 +223,9 @@ def test_three_workers_two_of_them_array_tasks_share_one_run_through_a_kill_a_re
     manifest, folder = tiny_cohort(tmp_path_factory), shared_folder(tmp_path_factory)
     database, experiment = fresh_name("three"), fresh_name("three")
     url = servers.new_database(database)
-    settings = [*faults.TINY, "--experiment", experiment, "--heartbeat-timeout", "8", "--no-explain"]
+    # Retried for up to 10 min: the outage lasts 10 s plus the MLflow server's start, which a loaded machine slows.
+    settings = [*faults.TINY, "--experiment", experiment, "--heartbeat-timeout", "8", "--store-timeout", "600",
+                "--no-explain"]
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"127.0.0.1:{servers.postgres_port}:{database}:vfrac:{servers.password}\n")
     passfile.chmod(0o600)
@@ -250,7 +252,7 @@ def test_three_workers_two_of_them_array_tasks_share_one_run_through_a_kill_a_re
     outcomes = {w.pid: outcome_of(w) for w in workers}
     survivors = [o for pid, o in outcomes.items() if pid != owner]
     assert outcomes[owner].code == -9
-    assert all(o.code == 0 for o in survivors), [o.output for o in survivors]
+    assert all(o.code == 0 for o in survivors), [(o.code, o.output[-4000:]) for o in survivors]
     notes = "".join(o.output for o in survivors)
     assert "the MLflow tracking store http://127.0.0.1" in notes and "answers again" in notes, notes
     pool = outcome_of(array_task("cv-pool.sbatch", env, tmp_path / "pool.log", folder))
