@@ -41,13 +41,13 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # MLflow 3.17's UI picks its GenAI or model-training view from this query (else the browser's last
 # choice, GenAI at first), not from the tag: the links vfrac prints carry it.
 TRAINING_VIEW = "workflowType=machine_learning"
-UI_ADDRESS = "http://127.0.0.1:5000"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its --host and --port)
 MLFLOW_SETTINGS = {  # MLflow's client reads these from the environment (a user's own values stand)
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",  # the Tracker retries (experiments.stores); its first call fails fast
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # vfrac prints the links that matter
-}  # where `mlflow ui` serves by default (its --host and --port)
+}
 
 
 def open_stores(config: RunConfig) -> tuple[Tracker, RetryingStorage]:
