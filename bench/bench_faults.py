@@ -101,10 +101,11 @@ class Outcome(NamedTuple):
 
 
 def child_env(extra: dict | None = None) -> dict:
-    """This environment without a voxel budget of its own, with the repository importable, and `extra`."""
+    """This environment without a voxel budget of its own, with the repository importable, and `extra` (a value
+    None removes the variable)."""
     env = {k: v for k, v in os.environ.items() if k != "VFRAC_MAX_VOXELS"}
     env.update(PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    return env | (extra or {})
+    return {k: v for k, v in (env | (extra or {})).items() if v is not None}
 
 
 def start_case(command_args, cwd, memory_limit_bytes: int | None, env: dict | None = None) -> subprocess.Popen:
@@ -285,10 +286,11 @@ def cv_args(manifest: Path, store: Path, *extra) -> list[str]:
             "--storage", f"sqlite:///{store}/optuna.db", *extra]
 
 
-def start_cv(manifest: Path, store: Path, *extra, limit: int | None = CV_LIMIT) -> subprocess.Popen:
+def start_cv(manifest: Path, store: Path, *extra, limit: int | None = CV_LIMIT, env: dict | None = None
+             ) -> subprocess.Popen:
     """`python -m experiments.cv` in a fresh process, as a user would, with `store` as its working folder."""
     store.mkdir(parents=True, exist_ok=True)
-    return start_case(cv_args(manifest, store, *extra), store, limit)
+    return start_case(cv_args(manifest, store, *extra), store, limit, env)
 
 
 def run_cv(manifest: Path, store: Path, *extra, limit: int | None = CV_LIMIT) -> Outcome:

@@ -84,6 +84,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up chatter; errors still raise
+    # With more than one inter-op thread TensorFlow runs independent ops of ResNet50's training step at once on a
+    # CPU, and the same seed gave other weights from one process to the next. One costs no measurable speed: each
+    # op still spreads over every core (docs/reproducibility.md). Set before TensorFlow loads; a value given wins.
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = resolve(args)
