@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments import pyfunc_model
 from experiments.config import RunConfig
 from experiments.tracking import PARENT
 from experiments.tuning import TrialParams
@@ -63,7 +64,7 @@ def provenance(tracker, run_id: str, role: str, **extra) -> dict:
 def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
     """The model with its signature, an all-air input example and its contract, under `model/` of the run."""
     import mlflow
-    from mlflow.models import ModelSignature
+    from mlflow.models import Model, ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
     size = model_contract["input_size"]
@@ -74,15 +75,20 @@ def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
         path.mkdir()  # the Keras flavour writes into an existing folder
         mlflow.keras.save_model(model, str(path), signature=signature, input_example=_air_input(model_contract),
                                 metadata={METADATA_KEY: model_contract}, pip_requirements=_requirements())
+        description = Model.load(str(path))
+        description.flavors["python_function"]["loader_module"] = pyfunc_model.__name__
+        description.save(str(path / "MLmodel"))
         tracker.artifacts(run_id, path, ARTIFACT_PATH)
 
 
 def _requirements() -> list[str]:
-    """What loading the model needs, stated (MLflow's inference would load it without vfrac's layers and fail);
-    the model's VariableDropout layer also needs vfrac importable (vfrac.model)."""
+    """What loading the model needs, stated (MLflow's inference would load it without vfrac's layers and fail):
+    vfrac itself, for the model's VariableDropout layer, and the Keras and TensorFlow it was saved with."""
     from importlib.metadata import PackageNotFoundError, version
 
-    pinned = []
+    import vfrac
+
+    pinned = [f"vfrac=={vfrac.__version__}"]
     for package in ("keras", "tensorflow", "tensorflow-cpu", "tensorflow-macos"):
         try:
             pinned.append(f"{package}=={version(package)}")

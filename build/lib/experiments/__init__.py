@@ -1,0 +1,1 @@
+"""The edge of vfrac: command-line experiments, tuning and tracking."""

@@ -1,0 +1,461 @@
+"""`python -m experiments.predict`: a vfrac model applied to one new patient's CT.
+
+The CT and ROI are read and cropped by the training code with the settings the model
+carries (experiments.model_package: crop settings and slice rule, HU window, input
+size, aggregation, threshold), so a slice gets the probability it would have had in
+the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and on the
+whole slice, each method's maps as a NIfTI volume on the CT's grid (maps/, to lay over the
+CT in 3D Slicer), and a one-patient sheet (sheet.html) under --out; --dicom adds the
+overlays as a DICOM Secondary Capture series and the maps as DICOM Parametric Maps.
+Prints the one line a radiologist reads.
+The patient is named by --patient-id only: nothing from the DICOM headers is written.
+
+`--ensemble CV_RUN` uses the CV run's k fold models together (vfrac.ensemble): each slice's
+probability is their mean, the patient's aggregates those; the spread of their patient
+probabilities and the distance to the threshold raise the `uncertain` flag; the maps are
+their mean. `--recalibrate` adds a risk recalibrated on the CV run's out-of-fold patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from explain.runs import masked
+from vfrac.errors import InputError
+
+DEFAULT_METHODS = ("gradcam",)
+# What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
+SHARED_BY_MEMBERS = ("crop", "input_size", "aggregation", "threshold", "cam_layer", "preprocessing")
+RECALIBRATION_FOLDER = "recalibration"  # on the CV run: {method}.json
+REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from explain.cam import METHODS as MAP_METHODS
+    from vfrac.cohort import PATIENT_ID
+    from vfrac.ensemble import METHODS
+
+    def patient_id(value: str) -> str:
+        if not PATIENT_ID.fullmatch(value):
+            raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, '.', '_' or '-', up to 64")
+        return value
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
+    parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--roi", type=Path,
+                       help="mask of the vertebra to classify: NIfTI, NRRD (3D Slicer's .seg.nrrd), DICOM SEG or "
+                            "RTSTRUCT (.dcm; --roi-label picks the segment or ROI number), or .npy")
+    where.add_argument("--segmentation", type=Path,
+                       help="TotalSegmentator (v2) output: its multi-label map (total-task ids, 31 = L1) or its "
+                            "folder of per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
+    parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi (the "
+                        "segment number of a DICOM SEG, the ROI number of an RTSTRUCT)")
+    parser.add_argument("--vertebra", help="the level to classify in --segmentation, e.g. L1")
+    parser.add_argument("--patient-id", type=patient_id, default="VF-NEW",
+                        help="pseudonymous id shown in the outputs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="folder for the outputs (default: predictions/PATIENT_ID); "
+                        "one that is not empty is refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the outputs of an earlier prediction in --out (its files of other patients "
+                             "would otherwise mix with this one's)")
+    parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture "
+                        "and each method's maps as a DICOM Parametric Map (dicom/maps/METHOD.dcm)")
+    parser.add_argument("--method", action="append", choices=MAP_METHODS,
+                        help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--recalibrate", choices=METHODS,
+                        help="also report the risk recalibrated (Platt or isotonic) on the CV run's out-of-fold "
+                             "patient predictions (fitted once, stored on that run); the call keeps the model's "
+                             "threshold")
+    add_rule_arguments(parser)
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
+    args = parser.parse_args(argv)
+    args.rule = uncertainty_rule(args, parser)
+    if args.segmentation and not args.vertebra:
+        parser.error("--segmentation needs --vertebra (the level to classify, e.g. L1)")
+    if args.vertebra and not args.segmentation:
+        parser.error("--vertebra picks a level in --segmentation; with --roi use --roi-label")
+    if args.roi_label is not None and (args.segmentation or args.roi_label < 1):
+        parser.error("--roi-label goes with --roi and must be >= 1")
+    return args
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model or --ensemble, one of them required (predict and validate)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model",
+                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
+                            "(a fold's model)")
+    which.add_argument("--ensemble", metavar="CV_RUN_ID",
+                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
+                            "and Grad-CAM maps averaged over them")
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The uncertain flag's --margin and --max-spread (vfrac.ensemble.UncertaintyRule)."""
+    from vfrac.ensemble import UncertaintyRule
+
+    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
+                        help="uncertain when the probability lies closer than this to the threshold "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
+                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
+                             "(default: %(default)s)")
+
+
+def uncertainty_rule(args, parser: argparse.ArgumentParser):
+    """The rule the flags give, or the parser's error (exit 2) for values it refuses."""
+    from vfrac.ensemble import UncertaintyRule
+
+    try:
+        return UncertaintyRule(args.margin, args.max_spread)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        prediction = predict(args)
+    except InputError as error:  # a bug keeps its traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(", ".join(f"{name} {seconds:.1f} s" for name, seconds in prediction["seconds"].items()))
+    print(f"written: {prediction['files']['prediction']}, {prediction['files']['sheet']}")
+    print(verdict_line(prediction))
+    return 0
+
+
+def verdict_line(prediction: dict) -> str:
+    """`VF-NEW: malignant, p = 0.91 (threshold 0.50; model vfrac-resnet50 v1, CV AUC 0.87)`."""
+    model = prediction["model"]
+    auc = (model.get("expected") or {}).get("patient_auc")
+    measured = "CV" if model.get("role") in ("final", "ensemble") else f"fold {model.get('fold')}"
+    expected = "" if auc is None else f", {measured} AUC {auc:.2f}"
+    spread = prediction["uncertainty"]["spread_sd"]
+    spread = "" if spread is None else f" +- {spread:.2f}"
+    line = (f"{prediction['patient_id']}: {prediction['call']}, p = {prediction['probability']:.2f}{spread} "
+            f"(threshold {prediction['threshold']:.2f}; model {model['label']}{expected})")
+    recalibration = prediction["uncertainty"]["recalibration"]
+    if recalibration:
+        line += f"; recalibrated risk {recalibration['risk']:.2f} ({recalibration['method']})"
+    reasons = prediction["uncertainty"]["reasons"]
+    return line + (f"\nUNCERTAIN, a radiologist must look: {'; '.join(reasons)}" if reasons else "")
+
+
+def predict(args) -> dict:
+    """Everything the command does; returns prediction.json's content."""
+    from explain.runs import default_tracking_uri
+
+    out = args.out or Path("predictions") / args.patient_id
+    clear_outputs(out, args.force)
+    seconds, started = {}, time.perf_counter()
+    volume, roi, roi_label = read_patient(args)  # first: bad input is refused before the model loads
+    seconds["read CT and ROI"] = time.perf_counter() - started
+    started = time.perf_counter()
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    with tempfile.TemporaryDirectory() as scratch:
+        members, model_info = load_members(args, tracking_uri, Path(scratch))
+    model_contract = members[0][1]
+    seconds["load model"] = time.perf_counter() - started
+    started = time.perf_counter()
+    prepared = _crops(args.patient_id, volume, roi, model_contract)
+    seconds["crop"] = time.perf_counter() - started
+    started = time.perf_counter()
+    inputs = [_network_inputs(prepared, contract, contract["window"]) for _, contract in members]
+    outputs = [_probabilities(model, images, model_contract["aggregation"])
+               for (model, _), images in zip(members, inputs, strict=True)]
+    probabilities = np.mean([slices for slices, _ in outputs], axis=0)  # an ensemble's: its members' mean
+    probability = _patient_probability(probabilities, model_contract["aggregation"])
+    threshold = float(model_contract["threshold"])
+    uncertainty = _uncertainty(args, probability, [patient for _, patient in outputs], threshold, model_info,
+                               tracking_uri)
+    seconds["predict"] = time.perf_counter() - started
+    prediction = {
+        "patient_id": args.patient_id, "probability": probability,
+        "call": "malignant" if probability >= threshold else "benign", "threshold": threshold,
+        "aggregation": model_contract["aggregation"], "uncertain": bool(uncertainty["reasons"]),
+        "uncertainty": uncertainty, "model": model_info,
+        "input": {"ct_shape": list(volume.shape), "spacing_mm": [float(v) for v in volume.spacing],
+                  "roi_label": roi_label, "vertebra": args.vertebra, "input_size": model_contract["input_size"],
+                  "window": model_contract["window"] if len(members) == 1 else [c["window"] for _, c in members],
+                  "crop": model_contract["crop"],
+                  "slices_dropped_by_rule": [int(z) for z in prepared.dropped]},
+        "slices": [{"slice": int(z), "probability": float(p), "box": [int(v) for v in box]}
+                   for z, p, box in zip(prepared.slices, probabilities, prepared.boxes, strict=True)],
+    }
+    started = time.perf_counter()
+    methods = tuple(args.method or DEFAULT_METHODS)
+    sheet = _explain(members, prepared, inputs, volume, prediction, methods, out, args.dicom)
+    seconds["explain"] = time.perf_counter() - started
+    prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
+    prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
+    (out / "prediction.json").write_text(json.dumps(prediction, indent=1) + "\n")
+    return prediction
+
+
+def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], dict]:
+    """[(keras model, contract)] (one, or each fold model of --ensemble) and what prediction.json says of them."""
+    keys = ("role", "fold", "run_id", "cv_run_id", "cohort_hash", "code_version", "expected")
+    if args.model:
+        model, model_contract, label = load_model(args.model, tracking_uri, folder)
+        return [(model, model_contract)], {"uri": args.model, "label": label,
+                                           **{k: model_contract.get(k) for k in keys}}
+    from mlflow import MlflowClient
+
+    from explain.runs import cv_run, finished_folds
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = cv_run(client, args.ensemble)
+    folds, planned = finished_folds(client, run), int(run.data.params.get("folds", 0))
+    if len(folds) < max(planned, 2):
+        raise InputError(f"CV run {args.ensemble} has {len(folds)} of its {planned} fold models finished; an ensemble "
+                         "needs every fold's (finish the CV run first, or use one fold's model with --model)")
+    members, uris = [], []
+    for fold, fold_run in sorted(folds.items()):
+        uris.append(f"runs:/{fold_run.info.run_id}/model")
+        model, model_contract, _ = load_model(uris[-1], tracking_uri, folder / f"fold{fold}")
+        members.append((model, model_contract))
+    first = members[0][1]
+    for uri, (_, other) in zip(uris, members, strict=True):
+        differing = [k for k in SHARED_BY_MEMBERS if other.get(k) != first.get(k)]
+        if differing:
+            raise InputError(f"{uri}: its {', '.join(differing)} differ from fold {sorted(folds)[0]}'s; the fold "
+                             "models of one CV run must share them to form an ensemble")
+    metrics = run.data.metrics
+    expected = {"patient_auc": metrics.get("patient_auc"),
+                "patient_auc_ci": [metrics.get("patient_auc_ci_low"), metrics.get("patient_auc_ci_high")],
+                "measured_on": "pooled out-of-fold predictions of the same CV run"}
+    return members, {"uri": f"ensemble:{args.ensemble}", "label": f"ensemble of {len(members)} fold models",
+                     "role": "ensemble", "members": uris, "cv_run_id": args.ensemble,
+                     "cohort_hash": run.data.tags.get("vfrac.cohort_hash"),
+                     "code_version": run.data.tags.get("vfrac.code_version"), "expected": expected}
+
+
+def _uncertainty(args, probability: float, member_probabilities: list[float], threshold: float, model_info: dict,
+                 tracking_uri: str) -> dict:
+    """The spread of the members' patient probabilities, the uncertain flag's reasons, how the rule's distance
+    part sorted the CV run's out-of-fold patients, and the recalibrated risk if asked.
+
+    The call and the flag stay on the model's own scale, the one its CV results and threshold were measured
+    on; a recalibration changes the risk reported beside it, not the call.
+    """
+    from dataclasses import asdict
+
+    from vfrac.ensemble import flagged_share, member_spread
+
+    spread = member_spread(member_probabilities) if len(member_probabilities) > 1 else None
+    cv_rows = cv_patients(tracking_uri, model_info.get("cv_run_id"))
+    recalibration = None
+    if args.recalibrate:
+        if cv_rows is None:
+            raise InputError(f"--recalibrate: the CV run {model_info.get('cv_run_id')} has no out-of-fold "
+                             f"predictions in {masked(tracking_uri)} to fit it on")
+        fitted = _recalibration(tracking_uri, model_info["cv_run_id"], cv_rows, args.recalibrate)
+        recalibration = fitted.as_dict() | {"risk": float(fitted.apply([probability])[0])}
+    checked = None
+    if cv_rows is not None:
+        checked = flagged_share([r["label"] for r in cv_rows], [r["probability"] for r in cv_rows], threshold,
+                                args.rule) | {"on": f"out-of-fold predictions of CV run {model_info['cv_run_id']}"}
+    return {"members": [float(p) for p in member_probabilities], "spread_sd": spread,
+            "reasons": args.rule.reasons(probability, spread, threshold), "rule": asdict(args.rule),
+            "rule_checked": checked, "recalibration": recalibration}
+
+
+def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
+    """The CV run's pooled out-of-fold patient rows, None where the run is not in this store."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from experiments.results import read_rows
+
+    if not cv_run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(cv_run_id, "predictions/patients.csv",
+                                                                               scratch)
+            return read_rows(Path(path))
+    except (MlflowException, OSError):
+        return None
+
+
+def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: str):
+    """The CV run's stored recalibration of this method, fitted on its out-of-fold patients and logged first."""
+    from mlflow import MlflowClient
+
+    from vfrac.ensemble import Recalibration, fit_recalibration
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    name = f"{RECALIBRATION_FOLDER}/{method}.json"
+    if name in {a.path for a in client.list_artifacts(cv_run_id, RECALIBRATION_FOLDER)}:
+        with tempfile.TemporaryDirectory() as scratch:
+            return Recalibration.from_dict(json.loads(Path(client.download_artifacts(cv_run_id, name, scratch))
+                                                      .read_text()))
+    try:
+        fitted = fit_recalibration([r["label"] for r in rows], [r["probability"] for r in rows], method)
+    except ValueError as error:
+        raise InputError(f"--recalibrate {method} on CV run {cv_run_id}: {error}") from error
+    client.log_dict(cv_run_id, fitted.as_dict(), name)
+    return fitted
+
+
+def load_model(uri: str, tracking_uri: str, folder: Path):
+    """(keras model, its checked contract, how to name it) from an MLflow model URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from experiments.model_package import check_contract
+    from explain.cam import DEFAULT_LAYER
+    from vfrac.model import load_classifier
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as error:
+        raise InputError(f"{uri}: no such model in {masked(tracking_uri)}: {str(error).splitlines()[0]}") from error
+    if not (local / "MLmodel").is_file() or not (local / "data" / "model.keras").is_file():
+        raise InputError(f"{uri}: not an MLflow Keras model logged by vfrac (no MLmodel and data/model.keras)")
+    model = load_classifier(local / "data" / "model.keras")
+    model_contract = check_contract(Model.load(str(local)).metadata, model.input_shape, uri)
+    layer = model_contract.get("cam_layer", DEFAULT_LAYER)
+    if layer not in {each.name for each in model.layers}:
+        raise InputError(f"{uri}: the contract's Grad-CAM layer {layer!r} is not in the network")
+    return model, model_contract, _label(uri)
+
+
+def _label(uri: str) -> str:
+    """`vfrac-resnet50 v1` for a registered version; the URI otherwise."""
+    match = REGISTERED.fullmatch(uri)
+    return f"{match[1]} v{match[2]}" if match else uri
+
+
+def read_patient(args):
+    """(Volume, ROI booleans on its grid, the label used) from --roi or --segmentation with --vertebra."""
+    from vfrac.cache import roi_voxels
+    from vfrac.cohort import Patient
+    from vfrac.vertebrae import totalsegmentator_roi
+    from vfrac.volume import load_mask, load_volume
+
+    roi_path, roi_label = args.roi, args.roi_label
+    if args.segmentation:
+        roi_path, roi_label = totalsegmentator_roi(args.segmentation, args.vertebra)
+    volume = load_volume(args.ct)
+    patient = Patient(args.patient_id, "benign", args.ct, roi_path, roi_label)  # the label is not used
+    return volume, roi_voxels(load_mask(roi_path, volume, roi_label), patient), roi_label
+
+
+def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
+    from vfrac.cache import CropSettings, cut_crops
+
+    return cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
+
+
+def _network_inputs(prepared, model_contract: dict, window) -> np.ndarray:
+    """The crops as the model's evaluation pipeline turned them into inputs (vfrac.pipeline)."""
+    from vfrac.pipeline import evaluation_images
+
+    return evaluation_images(prepared.crops, prepared.context, model_contract["input_size"], tuple(window))
+
+
+def _probabilities(model, images: np.ndarray, aggregation: str) -> tuple[np.ndarray, float]:
+    """Each slice's probability and the patient's, aggregated as the model's run did."""
+    probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
+    return probabilities, _patient_probability(probabilities, aggregation)
+
+
+def _patient_probability(probabilities, aggregation: str) -> float:
+    from vfrac.metrics import aggregate
+
+    n = len(probabilities)
+    _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, aggregation)
+    return float(patient)
+
+
+OUTPUTS = ("prediction.json", "sheet.html", "overlays", "maps", "dicom")
+
+
+def clear_outputs(out: Path, force: bool) -> None:
+    """An empty --out, or with --force one whose earlier prediction's files are removed."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file; give a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise InputError(f"{out}: not empty; choose another --out, or --force to replace an earlier prediction")
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, prediction: dict, methods,
+             out: Path, dicom: bool) -> Path:
+    """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
+    An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
+    from explain import secondary_capture
+    from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
+    from explain.overlay import overlay_pair
+    from explain.page import write_sheet
+    from explain.volumes import map_volume, write_nifti, write_parametric_map
+    from vfrac.crops import input_to_slice
+    from vfrac.window import BONE_WINDOW
+
+    model_contract = members[0][1]
+    size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
+    bone = windowed_rgb(_network_inputs(prepared, model_contract, BONE_WINDOW))[..., 1]
+    classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
+    maps, attribution = {}, 0.0
+    for (model, _), images in zip(members, inputs, strict=True):
+        found, shares = Explainer(model, layer).explain(images, classes, methods)  # layer checked at loading
+        maps = {m: maps.get(m, 0.0) + found[m] / len(members) for m in methods}
+        attribution = attribution + shares / len(members)
+    shown, captures, cache_size = [], [], prepared.crops.shape[1]
+    transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
+    zs = [entry["slice"] for entry in prediction["slices"]]
+    prediction["maps"] = {}
+    for method in methods:
+        placed = map_volume(volume.shape, zs, maps[method], transforms)
+        prediction["maps"][method] = str(write_nifti(out / "maps" / f"{method}.nii.gz", placed, volume.affine)
+                                         .relative_to(out))
+        if dicom and placed.any():
+            written = write_parametric_map(out / "dicom" / "maps" / f"{method}.dcm", prediction["patient_id"], placed,
+                                           volume.affine, method)
+            prediction["maps"][f"{method}_dicom"] = str(written.relative_to(out))
+    for k, entry in enumerate(prediction["slices"]):
+        z, p, transform = entry["slice"], entry["probability"], transforms[k]
+        item = {"slice": z, "probability": p, "images": {}, "attention": None,
+                "attribution": slice_shares(attribution[k])}
+        for method in methods:
+            crop_png, slice_png, whole = overlay_pair(out / "overlays", prediction["patient_id"], method, z, p,
+                                                      maps[method][k], bone[k], volume.hu[z], transform)
+            item["images"][method] = (crop_png, slice_png)
+            entry.setdefault("overlays", {})[method] = {"crop": str(crop_png.relative_to(out)),
+                                                        "slice": str(slice_png.relative_to(out))}
+            captures.append((f"{method} slice {z}", whole))
+        shown.append(item)
+    if dicom:
+        secondary_capture.write_series(out / "dicom", prediction["patient_id"], captures)
+    return write_sheet(out / "sheet.html", prediction, shown, methods, layer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

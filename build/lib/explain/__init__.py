@@ -1,0 +1,1 @@
+"""Class-activation maps and review sheets for trained vfrac models."""

@@ -1,0 +1,65 @@
+"""Overlays as a DICOM Secondary Capture series, to open in a PACS viewer beside the CT.
+
+Every UID is new and the only patient identity written is the manifest's pseudonymous
+id (as PatientName and PatientID): nothing is copied from the original headers.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def write_series(folder: Path, patient_id: str, images: list[tuple[str, np.ndarray]],
+                 description: str = "vfrac attention overlays") -> list[Path]:
+    """One file per (title, BGR uint8 image), all in one new study and series."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    now = datetime.datetime.now()
+    paths = []
+    for number, (title, bgr) in enumerate(images, start=1):
+        rgb = np.ascontiguousarray(np.asarray(bgr, dtype=np.uint8)[..., ::-1])
+        ds = _dataset(patient_id, study, series, number, title, rgb, now, description)
+        path = folder / f"{number:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _dataset(patient_id, study, series, number, title, rgb, now, description) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.PatientName = patient_id
+    ds.PatientID = patient_id
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"  # workstation
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.SeriesDescription = description
+    ds.ImageComments = title
+    ds.DerivationDescription = "vfrac class-activation map over CT; not for diagnosis"
+    ds.BurnedInAnnotation = "YES"  # the caption: pseudonymous id, probability, method
+    ds.SeriesNumber = 9001
+    ds.InstanceNumber = number
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = rgb.tobytes()
+    return ds
+

@@ -1,0 +1,88 @@
+"""Grad-CAM maps as volumes on the CT's own grid, so they open over the CT in 3D Slicer or OHIF.
+
+Each explained slice's map is placed on its full axial slice through the crop's box (the
+same placement as the slice overlays, explain.overlay.cam_on_slice); slices without a map
+are 0. Written as float32 NIfTI with the CT's geometry (its LPS affine turned to NIfTI's
+RAS), so a viewer that loaded the DICOM series lays it over the right voxels; and with
+--dicom as a DICOM Parametric Map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from explain.overlay import cam_on_slice
+
+
+def map_volume(shape, slices, maps, transforms) -> np.ndarray:
+    """(z, y, x) float32: map k placed on slice slices[k] through transforms[k]; 0 elsewhere."""
+    volume = np.zeros(tuple(shape), np.float32)
+    for z, cam, transform in zip(slices, maps, transforms, strict=True):
+        placed, _ = cam_on_slice(cam, transform, volume.shape[1:])
+        volume[int(z)] = np.maximum(volume[int(z)], placed)
+    return volume
+
+
+def write_nifti(path: Path, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
+    """The map volume as a NIfTI file (vfrac.volume.write_nifti), its folder made first."""
+    from vfrac.volume import write_nifti as save
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save(path, volume_zyx, affine_lps_zyx)
+
+
+def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray,
+                         method: str) -> Path:
+    """The map volume as a DICOM Parametric Map (highdicom), cropped to its non-zero extent.
+
+    As the Secondary Capture series, it is a new study whose only identity is the
+    pseudonymous id: every UID is new and nothing is copied from the CT's headers, so it
+    does not link to the CT's study in a PACS. Its planes carry the CT's positions and
+    orientation, so a viewer that places images by geometry (3D Slicer) lays it over the CT.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    present = np.argwhere(volume_zyx > 0)
+    if not len(present):
+        raise ValueError("the map is empty: nothing to write")
+    low, high = present.min(axis=0), present.max(axis=0) + 1
+    source = _pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)
+    volume = hd.Volume(np.asarray(volume_zyx, np.float32), np.asarray(affine_lps_zyx, float),
+                       coordinate_system="PATIENT", frame_of_reference_uid=source.FrameOfReferenceUID)
+    cropped = volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    mapping = hd.pm.RealWorldValueMapping(lut_label=method[:16], lut_explanation=f"{method} map, 0 to 1",
+                                          unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1, intercept=0)
+    parametric_map = hd.pm.ParametricMap(
+        [source], cropped, generate_uid(), 9001, generate_uid(), 1, manufacturer="vfrac",
+        manufacturer_model_name="vfrac", software_versions="vfrac", device_serial_number="none",
+        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping], window_center=0.5,
+        window_width=1.0, content_label=method.upper()[:16], content_description=f"vfrac {method} attention")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    parametric_map.save_as(path)
+    return Path(path)
+
+
+def _pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
+    """A header-only CT image in a new study: the patient and study modules the map copies, and the geometry."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    source = Dataset()
+    source.SOPClassUID, source.SOPInstanceUID, source.Modality = CTImageStorage, generate_uid(), "CT"
+    source.StudyInstanceUID, source.SeriesInstanceUID = generate_uid(), generate_uid()
+    source.FrameOfReferenceUID = generate_uid()
+    source.PatientID = source.PatientName = patient_id
+    for name in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                 "ReferringPhysicianName"):
+        setattr(source, name, "")
+    source.Rows, source.Columns = int(shape[1]), int(shape[2])
+    row_step, column_step = np.linalg.norm(affine[:3, 1]), np.linalg.norm(affine[:3, 2])
+    source.ImagePositionPatient = [float(v) for v in affine[:3, 3]]
+    source.ImageOrientationPatient = [float(v) for v in np.r_[affine[:3, 2] / column_step, affine[:3, 1] / row_step]]
+    source.PixelSpacing = [float(row_step), float(column_step)]
+    source.SliceThickness = float(np.linalg.norm(affine[:3, 0]))
+    return source
