@@ -82,3 +82,29 @@ def test_a_bug_keeps_its_traceback_and_an_input_error_does_not(tmp_path, capsys,
 
     monkeypatch.setattr(experiments.runner, "run", bad_input)
     assert main(argv) == 2 and "error: VF0001: the ROI is empty" in capsys.readouterr().err
+
+
+# Settings keys recorded at 2544bdd: a run's key names its results in the stores (its CV run, its Optuna studies),
+# so a change of the config's shape must give every existing run the same key, or reruns would start again.
+RECORDED_KEYS = {
+    "demo": ([], "df374cc1b44333d4"),
+    "paper": (["--preset", "paper"], "a3874edc5c042a24"),
+    "tiny": (["--folds", "2", "--trials", "2", "--epochs", "1", "--input-size", "32", "--arch", "resnet-tiny"],
+             "ec6b2fe7f4403944"),
+    "tuning": (["--inner-folds", "3", "--pruner", "hyperband", "--threshold", "0.4", "--aggregation", "topk",
+                "--seed", "7"], "b2f26fddfb91eb3f"),
+    "crops": (["--margin", "0.2", "--box-mode", "union", "--context", "0.1", "--cache-size", "64", "--min-area",
+               "0.5"], "e6e474ea3cfdb4a3"),
+    "model": (["--weights", "imagenet", "--precision", "bfloat16"], "be50231918e7cadd"),
+    # where and how it runs, not what it computes: the demo's key
+    "where": (["--fold", "1", "--no-explain", "--final", "--model-name", "m", "--experiment", "x",
+               "--heartbeat-timeout", "30", "--store-timeout", "5"], "df374cc1b44333d4"),
+}
+
+
+@pytest.mark.parametrize("name", RECORDED_KEYS)
+def test_the_settings_key_of_each_kind_of_run_is_the_one_recorded(name, tmp_path):
+    flags, key = RECORDED_KEYS[name]
+    stores = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
+    config = resolve(parse_args(["--cohort", "/cohorts/site-a/manifest.csv", *flags, *stores]))
+    assert config.key("0123456789abcdef") == key
