@@ -3,6 +3,7 @@ logged to MLflow loads there with `mlflow.pyfunc.load_model`, vfrac coming from 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,14 @@ def environment(tmp_path_factory):
     """A new virtual environment holding the wheel; its other requirements are this environment's, through a .pth
     file (installing TensorFlow again would take minutes and gigabytes). Returns (its python, its bin folder)."""
     folder = tmp_path_factory.mktemp("install")
+    source = folder / "source"  # a copy: setuptools writes build/ and vfrac.egg-info/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("vfrac", "experiments", "explain"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
-                    str(folder / "wheel"), str(ROOT)], check=True, cwd=folder)
+                    str(folder / "wheel"), str(source)], check=True, cwd=folder)
     (wheel,) = (folder / "wheel").glob("vfrac-*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder / "venv")], check=True)
     python = folder / "venv" / "bin" / "python"

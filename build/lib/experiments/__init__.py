@@ -1,1 +1,0 @@
-"""The edge of vfrac: command-line experiments, tuning and tracking."""

@@ -1,1 +1,0 @@
-"""Class-activation maps and review sheets for trained vfrac models."""
