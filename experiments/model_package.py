@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import vfrac
 from experiments import pyfunc_model
 from experiments.config import RunConfig
 from experiments.tracking import PARENT
@@ -85,8 +86,6 @@ def _requirements() -> list[str]:
     """What loading the model needs, stated (MLflow's inference would load it without vfrac's layers and fail):
     vfrac itself, for the model's VariableDropout layer, and the Keras and TensorFlow it was saved with."""
     from importlib.metadata import PackageNotFoundError, version
-
-    import vfrac
 
     pinned = [f"vfrac=={vfrac.__version__}"]
     for package in ("keras", "tensorflow", "tensorflow-cpu", "tensorflow-macos"):

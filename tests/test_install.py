@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory):
     """A new virtual environment holding the wheel; its other requirements are this environment's, through a .pth
-    file (installing TensorFlow again would take minutes and gigabytes). Returns (its python, its bin folder)."""
+    file (installing TensorFlow again would take minutes and gigabytes). Returns its bin folder."""
     folder = tmp_path_factory.mktemp("install")
     source = folder / "source"  # a copy: setuptools writes build/ and vfrac.egg-info/ beside the sources
     source.mkdir()
@@ -39,14 +39,14 @@ def environment(tmp_path_factory):
     Path(purelib, "requirements.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--no-index", str(wheel)], check=True, cwd=folder)
-    return python, python.parent
+    return python.parent
 
 
-def run_there(environment, *command, cwd, env=None):
-    python, bin_folder = environment
+def run_there(environment, program, *args, cwd, env=None):
+    """`program` (python, vfrac) of the new environment, without this clone on the path."""
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([str(bin_folder / command[0]) if command[0] == "vfrac" else str(python), *command[1:]],
-                          cwd=cwd, env=clean | (env or {}), capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(environment / program), *args], cwd=cwd, env=clean | (env or {}),
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_the_wheel_gives_the_vfrac_command_with_every_subcommand(environment, tmp_path):

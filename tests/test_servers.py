@@ -143,7 +143,6 @@ def shared_folder(tmp_path_factory) -> Path:
     return folder
 
 
-
 def wait_for_running_trial(storage, suffix: str, processes, timeout: float = 600) -> optuna.trial.FrozenTrial:
     """A RUNNING trial, all its settings drawn, in the study whose name ends with `suffix`."""
     deadline = time.monotonic() + timeout
