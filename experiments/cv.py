@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from experiments.tuning import PRUNERS
 from vfrac.errors import InputError
 from vfrac.metrics import AGGREGATIONS
 from vfrac.prepare import add_crop_arguments
+from vfrac.runtime import apply_process_defaults
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,11 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF's C++ start-up chatter; errors still raise
-    # With more than one inter-op thread TensorFlow runs independent ops of ResNet50's training step at once on a
-    # CPU, and the same seed gave other weights from one process to the next. One costs no measurable speed: each
-    # op still spreads over every core (docs/reproducibility.md). Set before TensorFlow loads; a value given wins.
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    apply_process_defaults()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = resolve(args)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 
 from explain.runs import masked
 from vfrac.errors import InputError
+from vfrac.runtime import apply_process_defaults
 
 DEFAULT_METHODS = ("gradcam",)
 # What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
@@ -125,8 +125,7 @@ def uncertainty_rule(args, parser: argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    apply_process_defaults()
     try:
         prediction = predict(args)
     except InputError as error:  # a bug keeps its traceback

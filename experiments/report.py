@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from html import escape
@@ -35,6 +34,7 @@ from experiments.study_tables import (
 from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
+from vfrac.runtime import apply_process_defaults
 from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    apply_process_defaults()
     try:
         with tempfile.TemporaryDirectory() as scratch:
             page = write_report(args.run_id, args.tracking_uri or default_tracking_uri(), args.out or Path(scratch),
@@ -68,7 +69,6 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
     """Build the report of a finished CV run under out/report/; returns report.md's path."""
     from mlflow import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
     run = cv_run(client, run_id)
     folder = Path(out) / "report"

@@ -30,6 +30,7 @@ import numpy as np
 
 from vfrac.ensemble import UncertaintyRule
 from vfrac.errors import InputError
+from vfrac.runtime import apply_process_defaults
 
 ROLE = "validation"
 KEY_TAG = "vfrac.validation_key"  # the model's run(s) and the flag's rule, hashed: what a rerun may reuse
@@ -70,8 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    apply_process_defaults()
     try:
         outcome = validate(args)
     except InputError as error:  # a bug keeps its traceback

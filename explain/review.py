@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, default_tracking_uri, finished_folds
 from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
 from vfrac.errors import InputError
+from vfrac.runtime import apply_process_defaults
 from vfrac.window import BONE_WINDOW
 
 DEFAULT_METHODS = ("gradcam", "hirescam")
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    apply_process_defaults()
     tracking = args.tracking_uri or default_tracking_uri()
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -123,7 +123,6 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     if top < 1:
         raise InputError(f"--top-slices must be >= 1, received {top}")
     started = time.perf_counter()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri)
     run = cv_run(client, run_id)
     params = run.data.params
