@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.metrics import cohen_kappa_score
+from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
 
 def cohen_kappa(first, second) -> float:
@@ -16,10 +18,10 @@ def cohen_kappa(first, second) -> float:
     first, second = np.asarray(first), np.asarray(second)
     if first.shape != second.shape or first.ndim != 1:
         raise ValueError(f"{first.shape} and {second.shape} calls: kappa needs one call each on the same patients")
-    observed = float(np.mean(first == second))
     categories = np.union1d(first, second)
-    expected = float(sum(np.mean(first == c) * np.mean(second == c) for c in categories))
-    return (observed - expected) / (1.0 - expected) if expected < 1.0 else math.nan
+    if len(categories) < 2:  # both raters gave one call throughout: chance agreement is certain
+        return math.nan
+    return float(cohen_kappa_score(first, second))
 
 
 def fleiss_kappa(counts) -> float:
@@ -32,11 +34,9 @@ def fleiss_kappa(counts) -> float:
     if counts.ndim != 2 or len(counts) == 0 or np.any(raters != raters[0]) or raters[0] < 2:
         raise ValueError("Fleiss' kappa needs a (patients x categories) table with the same number (>= 2) "
                          "of raters on every patient")
-    n = raters[0]
-    agreement = float(np.mean((np.sum(counts * counts, axis=1) - n) / (n * (n - 1))))
-    shares = counts.sum(axis=0) / counts.sum()
-    expected = float(np.sum(shares * shares))
-    return (agreement - expected) / (1.0 - expected) if expected < 1.0 else math.nan
+    if np.count_nonzero(counts.sum(axis=0)) < 2:  # one category throughout: chance agreement is certain
+        return math.nan
+    return float(statsmodels_fleiss_kappa(counts, method="fleiss"))
 
 
 def category_counts(calls, categories=None) -> np.ndarray:

@@ -8,8 +8,10 @@ Wilson intervals; AUC and slice-level metrics get the patient bootstrap.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
+from statsmodels.stats.proportion import proportion_confint
 
 AGGREGATIONS = ("max", "mean", "topk")
 PROPORTIONS = {  # metric -> (numerator cells, denominator cells)
@@ -71,13 +73,11 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     """Wilson score interval for a proportion (sound for small n and for 0 or n successes)."""
     if total == 0:
         return float("nan"), float("nan")
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    low, high = proportion_confint(successes, total, alpha=2 * norm.sf(z), method="wilson")
     # at 0 or n successes one bound is exactly 0 or 1; rounding error would print -0.00
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == total else min(1.0, centre + half)
-    return float(low), float(high)
+    low = 0.0 if successes == 0 else max(0.0, float(low))
+    high = 1.0 if successes == total else min(1.0, float(high))
+    return low, high
 
 
 def patient_bootstrap(patient_ids, labels, probabilities, statistic, n_boot: int = 1000,

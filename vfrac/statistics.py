@@ -3,7 +3,8 @@
 Odds ratios use Woolf's log interval, with Haldane's correction (0.5 added to every
 cell) when a cell is empty; Fisher's exact test for the 2 x 2 table; McNemar's paired
 test of two raters' calls on the same patients, exact (binomial) for fewer than 25
-discordant pairs; DeLong's test of two correlated ROC AUCs on the same patients (the
+discordant pairs; Holm's step-down adjustment (statsmodels and SciPy compute these);
+DeLong's test of two correlated ROC AUCs on the same patients (the
 model against the radiomics baseline), and its unpaired form for two independent
 cohorts (external validation against cross-validation). Pure functions on counts and arrays.
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binomtest, chi2, fisher_exact, norm, rankdata
+from scipy.stats import fisher_exact, norm, rankdata
 from sklearn.metrics import roc_curve
+from statsmodels.stats.contingency_tables import Table2x2
+from statsmodels.stats.contingency_tables import mcnemar as mcnemar_test
+from statsmodels.stats.multitest import multipletests
 
 from vfrac.metrics import wilson_interval
 
@@ -26,11 +30,11 @@ def odds_ratio(a: int, b: int, c: int, d: int, z: float = 1.959964) -> tuple[flo
     [unexposed cases, unexposed controls]]."""
     if min(a, b, c, d) < 0:
         raise ValueError(f"counts must be >= 0, received {a, b, c, d}")
-    if 0 in (a, b, c, d):
-        a, b, c, d = a + 0.5, b + 0.5, c + 0.5, d + 0.5
-    value = (a * d) / (b * c)
-    spread = z * math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
-    return value, value * math.exp(-spread), value * math.exp(spread)
+    cells = np.array([[a, b], [c, d]], dtype=float)
+    # Haldane's correction adds 0.5 to every cell (statsmodels' shift_zeros would replace only the empty ones)
+    table = Table2x2(cells + 0.5 if np.any(cells == 0) else cells, shift_zeros=False)
+    low, high = table.oddsratio_confint(alpha=2 * norm.sf(z))
+    return float(table.oddsratio), float(low), float(high)
 
 
 def fisher_p(a: int, b: int, c: int, d: int) -> float:
@@ -44,27 +48,15 @@ def mcnemar(first_correct, second_correct) -> dict:
     if first.shape != second.shape:
         raise ValueError(f"{first.size} and {second.size} calls: McNemar's test needs the same cases")
     b, c = int(np.sum(first & ~second)), int(np.sum(~first & second))
-    if b + c == 0:
-        return {"b": b, "c": c, "p": 1.0, "method": "exact"}
-    if b + c < EXACT_BELOW:
-        return {"b": b, "c": c, "p": float(binomtest(b, b + c, 0.5).pvalue), "method": "exact"}
-    statistic = (abs(b - c) - 1) ** 2 / (b + c)
-    return {"b": b, "c": c, "p": float(chi2.sf(statistic, 1)), "method": "chi-square, continuity-corrected"}
+    exact = b + c < EXACT_BELOW
+    p = 1.0 if b + c == 0 else float(mcnemar_test([[0, b], [c, 0]], exact=exact, correction=True).pvalue)
+    return {"b": b, "c": c, "p": p, "method": "exact" if exact else "chi-square, continuity-corrected"}
 
 
 def holm(p_values) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error), in the order given.
-
-    The i-th smallest of m is multiplied by m - i + 1, capped at 1, and kept at least
-    as large as the one before it.
-    """
+    """Holm's step-down adjusted p-values (family-wise error), in the order given."""
     p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p, kind="stable")
-    adjusted, running = np.empty_like(p), 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[index]))
-        adjusted[index] = running
-    return [float(v) for v in adjusted]
+    return [float(v) for v in multipletests(p, method="holm")[1]] if p.size else []
 
 
 def diagnostic_table(labels, calls) -> dict:
