@@ -42,7 +42,8 @@ PRESETS = {
 # Fields that say where or how a run executes, or what it adds after the CV, not what the CV computes: not in
 # the run key. (skip_bad: the patients it leaves out change the cohort hash.)
 NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experiment", "workers", "cache_dir",
-              "allow_outside", "skip_bad", "final", "model_name", "heartbeat_timeout", "store_timeout")
+              "allow_outside", "skip_bad", "final", "model_name", "heartbeat_timeout", "store_timeout",
+              "conv_gradient")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class RunConfig:
     weights: str | None = None  # None, "imagenet" or a weights file
     precision: str = "float32"  # or "bfloat16" (vfrac.model.PRECISIONS)
     arch: str = "resnet50"  # or "resnet-tiny" (vfrac.model.ARCHITECTURES)
+    conv_gradient: str = "auto"  # the convolutions' input gradient: "auto", "fast" or "stock" (float rounding only)
     pruner: str = "median"
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
@@ -121,7 +123,8 @@ def resolve(args) -> RunConfig:
         epochs=pick("epochs"), input_size=pick("input_size"), seed=args.seed, experiment=args.experiment,
         tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
         patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
-        weights=args.weights, precision=args.precision, arch=args.arch, cam_layer=preset["cam_layer"],
+        weights=args.weights, precision=args.precision, arch=args.arch, conv_gradient=args.conv_gradient,
+        cam_layer=preset["cam_layer"],
         aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
         inner_folds=args.inner_folds, pruner=args.pruner,
         **dataclasses.asdict(crop_settings(args)),

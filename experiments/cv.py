@@ -71,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="resnet-tiny: ResNet50's stages and layer names at a fraction of its size and tracing "
                              "time, to check a cohort and the whole flow quickly, not for results "
                              "(default: %(default)s)")
+    parser.add_argument("--conv-gradient", choices=("auto", "fast", "stock"), default="auto",
+                        help="the convolutions' input gradient in training: 'fast' computes it as a forward "
+                             "convolution (TensorFlow only; it pays on CPUs), 'stock' is TensorFlow's own; "
+                             "auto: fast on a CPU, stock on a GPU. The run's param conv_gradient_active says which "
+                             "ran (default: %(default)s)")
     parser.add_argument("--no-explain", action="store_true", help="skip the Grad-CAM review at the end")
     parser.add_argument("--final", action="store_true",
                         help="once the CV is done, also train the model to use on every patient with the same "

@@ -58,13 +58,14 @@ def trainer(config: RunConfig, params: TrialParams) -> Trainer:
     the run's seed, which is also the global seed of every training dataset (`fit`).
     """
     key = (config.seed, config.input_size, config.weights, params.freeze_stages, config.ema_momentum,
-           config.precision, config.arch)
+           config.precision, config.arch, config.conv_gradient)
     if key not in _TRAINERS:
         _TRAINERS.clear()
         keras.utils.set_random_seed(config.seed)
         _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
                                                           freeze_stages=params.freeze_stages,
-                                                          precision=config.precision, arch=config.arch),
+                                                          precision=config.precision, arch=config.arch,
+                                                          conv_gradient=config.conv_gradient),
                                  ema_momentum=config.ema_momentum)
     return _TRAINERS[key]
 

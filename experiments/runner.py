@@ -125,8 +125,11 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
         print(tracker.read_text(cv_run, "summary.md"))
         review_and_report(config, tracker, claims, cv_run, timings)
         return True
+    from vfrac.model import active_conv_gradient  # TensorFlow loads here: a finished run never needs it
+
     tracker.restart(cv_run)
-    tracker.params(cv_run, config.as_params() | library_versions())
+    tracker.params(cv_run, config.as_params() | library_versions()
+                   | {"conv_gradient_active": active_conv_gradient(config.conv_gradient)})
     splits = fold_splits(config, data, tracker, claims, cv_run)
     pending, waiting = [config.fold] if config.fold is not None else list(range(config.folds)), []
     while pending:

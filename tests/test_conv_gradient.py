@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from vfrac.conv_gradient import use_fast_conv_gradients
-from vfrac.model import build_classifier, load_classifier
+from vfrac.model import active_conv_gradient, build_classifier, load_classifier
 
 
 def _gradients(layer, images):
@@ -82,3 +82,16 @@ def test_the_model_trains_with_the_same_gradients_and_saves_plain_keras(tmp_path
         if variable.path.endswith("_conv/bias"):
             continue  # a bias before training-mode BatchNorm has no gradient: both are rounding noise
         np.testing.assert_allclose(mine, theirs, atol=1e-4 * scale + 1e-7, err_msg=variable.path)
+
+
+def test_the_setting_picks_the_gradient_and_auto_is_fast_on_a_cpu(tmp_path):
+    assert not tf.config.list_logical_devices("GPU")  # this suite runs on CPUs
+    assert active_conv_gradient("auto") == "fast" and active_conv_gradient("stock") == "stock"
+    model = build_classifier(32, arch="resnet-tiny")
+    model.save(tmp_path / "model.keras")
+    for built in (build_classifier(32, arch="resnet-tiny", conv_gradient="stock"),
+                  load_classifier(tmp_path / "model.keras", conv_gradient="stock")):
+        assert not any("convolution_op" in vars(layer) for layer in built.layers)
+    assert any("convolution_op" in vars(layer) for layer in model.layers)
+    with pytest.raises(ValueError, match="conv_gradient must be one of"):
+        active_conv_gradient("quick")

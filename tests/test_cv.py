@@ -110,6 +110,7 @@ def test_run_tree_tags_and_artifacts_follow_the_design(finished, tmp_path):
     (cv_run,) = by_role["cv"]
     assert {"vfrac.cohort_hash", "vfrac.git_commit", "vfrac.preset"} <= set(cv_run.data.tags)
     assert cv_run.info.status == "FINISHED" and cv_run.data.params["folds"] == "2"
+    assert cv_run.data.params["conv_gradient"] == "auto" and cv_run.data.params["conv_gradient_active"] == "fast"
     assert sorted(r.data.tags["vfrac.fold"] for r in by_role["fold"]) == ["0", "1"]
     for fold in by_role["fold"]:
         assert fold.data.tags["mlflow.parentRunId"] == cv_run.info.run_id

@@ -9,6 +9,10 @@ convolved with the kernel flipped in space and its channels swapped; for a 1 x 1
 kernel of stride s, that (a matrix product) at every s-th pixel. The numbers are those
 of TensorFlow's own gradient up to float rounding; the model, its weights and what it
 saves are unchanged (a saved model is plain Keras).
+
+It was measured to pay on CPUs only, so "auto" uses it on TensorFlow without a GPU;
+"fast" and "stock" force either way (`vfrac.model.active_conv_gradient`,
+`experiments.cv --conv-gradient`).
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ BN_EPSILON = 1.001e-5  # Keras' ResNet50's
 
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # name -> Keras dtype policy
+CONV_GRADIENTS = ("auto", "fast", "stock")  # the convolutions' input gradient (`active_conv_gradient`)
 
 
 def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, freeze_stages: int = 0,
-                     precision: str = "float32", arch: str = "resnet50") -> keras.Model:
+                     precision: str = "float32", arch: str = "resnet50", conv_gradient: str = "auto") -> keras.Model:
     """ResNet50 -> global average pooling -> dropout -> Dense(1, sigmoid) named "malignancy".
 
     The dropout rate is a variable (`VariableDropout`); `vfrac.train.Trainer` sets it per fit.
@@ -41,7 +42,7 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
     from the input, stay frozen (for pretrained weights). precision "bfloat16" computes
     in bfloat16 with float32 weights and a float32 output (GPUs, CPUs with AMX); no loss
     scaling is needed, unlike float16. arch: "resnet50" or "resnet-tiny" (random or
-    whole-model weights only).
+    whole-model weights only). conv_gradient: "auto", "fast" or "stock" (`vfrac.conv_gradient`).
     """
     if not isinstance(input_size, int) or input_size < 32:
         raise ValueError(f"input_size must be an int >= 32, received: input_size={input_size!r}")
@@ -84,7 +85,7 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
     for layer in model.layers:
         if layer.name.startswith(frozen) and frozen:
             layer.trainable = False
-    _fast_gradients(model)
+    _fast_gradients(model, conv_gradient)
     return model
 
 
@@ -149,17 +150,35 @@ def _bottleneck(x, filters: int, stride: int, project: bool, name: str):
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def load_classifier(path) -> keras.Model:
+def load_classifier(path, conv_gradient: str = "auto") -> keras.Model:
     """A saved vfrac model, for prediction: its custom layers are registered by importing this module."""
     model = keras.models.load_model(path, compile=False)
-    _fast_gradients(model)
+    _fast_gradients(model, conv_gradient)
     return model
 
 
-def _fast_gradients(model: keras.Model) -> None:
-    """TensorFlow's own input gradient of small convolutions is slow on CPUs (`vfrac.conv_gradient`)."""
-    if keras.backend.backend() == "tensorflow":
-        from vfrac.conv_gradient import use_fast_conv_gradients
+def active_conv_gradient(mode: str = "auto") -> str:
+    """"fast" or "stock": the convolutions' input gradient `mode` gives on this backend and machine.
+
+    TensorFlow's own gradient of small convolutions is slow on CPUs (`vfrac.conv_gradient`);
+    "auto" replaces it on TensorFlow without a GPU, the only place it was measured to pay.
+    """
+    if mode not in CONV_GRADIENTS:
+        raise ValueError(f"conv_gradient must be one of {CONV_GRADIENTS}, received: conv_gradient={mode!r}")
+    if keras.backend.backend() != "tensorflow":
+        if mode == "fast":
+            raise ValueError(f"the fast convolution gradient exists for TensorFlow only, not {keras.backend.backend()}")
+        return "stock"
+    if mode == "auto":
+        import tensorflow as tf  # imported here: Keras may run on JAX where TensorFlow is not installed
+
+        return "stock" if tf.config.list_logical_devices("GPU") else "fast"
+    return mode
+
+
+def _fast_gradients(model: keras.Model, mode: str) -> None:
+    if active_conv_gradient(mode) == "fast":
+        from vfrac.conv_gradient import use_fast_conv_gradients  # TensorFlow only (see above)
 
         use_fast_conv_gradients(model)
 
