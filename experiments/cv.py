@@ -86,9 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    apply_process_defaults()  # before anything loads TensorFlow
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    apply_process_defaults()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = resolve(args)

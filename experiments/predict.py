@@ -40,7 +40,7 @@ REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from explain.cam import METHODS as MAP_METHODS
+    from explain.methods import METHODS as MAP_METHODS
     from vfrac.cohort import PATIENT_ID
     from vfrac.ensemble import METHODS
 
@@ -124,8 +124,8 @@ def uncertainty_rule(args, parser: argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+    apply_process_defaults()  # before anything loads TensorFlow
     args = parse_args(argv)
-    apply_process_defaults()
     try:
         prediction = predict(args)
     except InputError as error:  # a bug keeps its traceback
@@ -318,7 +318,7 @@ def load_model(uri: str, tracking_uri: str, folder: Path):
     from mlflow.models import Model
 
     from experiments.model_package import check_contract
-    from explain.cam import DEFAULT_LAYER
+    from explain.methods import DEFAULT_LAYER
     from vfrac.model import load_classifier
 
     mlflow.set_tracking_uri(tracking_uri)

@@ -52,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    apply_process_defaults()  # before anything loads TensorFlow
     args = parse_args(argv)
-    apply_process_defaults()
     try:
         with tempfile.TemporaryDirectory() as scratch:
             page = write_report(args.run_id, args.tracking_uri or default_tracking_uri(), args.out or Path(scratch),

@@ -70,8 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    apply_process_defaults()  # before anything loads TensorFlow
     args = parse_args(argv)
-    apply_process_defaults()
     try:
         outcome = validate(args)
     except InputError as error:  # a bug keeps its traceback

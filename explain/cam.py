@@ -29,11 +29,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from explain.methods import DEFAULT_LAYER, METHODS
 from vfrac.errors import InputError
 from vfrac.pipeline import CAFFE_MEAN_BGR as PIPELINE_MEAN_BGR
 
-METHODS = ("gradcam", "gradcam++", "scorecam", "layercam", "hirescam")
-DEFAULT_LAYER = "conv5_block3_out"  # 7 x 7 at input 224
 FINE_LAYER = "conv4_block6_out"  # 14 x 14 at input 224
 PIXELS_PER_BATCH = 64 * 64 * 64
 CAFFE_MEAN_BGR = np.array(PIPELINE_MEAN_BGR, dtype=np.float32)  # ResNet50's preprocess_input

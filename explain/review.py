@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from explain.attention import COLUMNS, SUMMARY_COLUMNS, summarize
-from explain.cam import DEFAULT_LAYER, METHODS, Explainer, called_classes, slice_shares, windowed_rgb
+from explain.methods import DEFAULT_LAYER, METHODS
 from explain.page import write_page
 from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, default_tracking_uri, finished_folds
-from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
 from vfrac.errors import InputError
 from vfrac.runtime import apply_process_defaults
 from vfrac.window import BONE_WINDOW
@@ -99,8 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
     apply_process_defaults()
+    args = parse_args(argv)
     tracking = args.tracking_uri or default_tracking_uri()
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -119,6 +118,9 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
            out: Path = Path("."), dicom: bool = False, log: bool = True) -> Path:
     """Explain a CV run's fold models on their test patients; returns the page's path."""
     from mlflow import MlflowClient
+
+    # TensorFlow loads here, not when the module is imported: main() sets its process defaults first.
+    from explain.cam import Explainer, slice_shares
 
     if top < 1:
         raise InputError(f"--top-slices must be >= 1, received {top}")
@@ -225,6 +227,7 @@ def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
 
 def _choose(patient, fold, slice_rows, fold_model: FoldModel, top) -> ExplainedSlices:
     """The patient's `top` most probable slices (cached crops), with what rendering needs."""
+    from explain.cam import called_classes
     from vfrac.cache import cached_entry, read_entry
     from vfrac.metrics import aggregate
 
@@ -249,6 +252,7 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     One input pipeline for the whole fold (every entry has the run's crop settings):
     building it per patient cost more than the maps of a fold.
     """
+    from explain.cam import windowed_rgb
     from vfrac.pipeline import evaluation_images
 
     size, crop_context = fold_model.input_size, fold_model.crop_settings.context
@@ -260,8 +264,11 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     return evaluation_images(crops, crop_context, size, fold_model.window)
 
 
-def _sanity(explainer: Explainer, model, trained: dict, images, classes) -> list[dict]:
-    """The randomisation cascade's maps of `images`, against the trained model's `trained` maps."""
+def _sanity(explainer, model, trained: dict, images, classes) -> list[dict]:
+    """The randomisation cascade's maps of `images` (an `explain.cam.Explainer`'s), against the trained
+    model's `trained` maps."""
+    from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
+
     return sanity_check(trained, randomized_maps(explainer, model, images, classes, list(trained),
                                                  RANDOMIZATION_SEEDS[:SANITY_DRAWS]))
 
