@@ -21,15 +21,14 @@ from experiments.model_package import contract, log_cohort, log_model, provenanc
 from experiments.protocol import chosen_settings, epoch_lines, fit, tune
 from experiments.stores import masked
 from experiments.tracking import Tracker
+from vfrac.run_tree import FINAL_ROLE, REGISTERED_TAG
 from vfrac.splits import Split
-
-REGISTERED_TAG = "vfrac.registered"  # NAME/VERSION in the Model Registry
 
 
 def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims,
                            cv_run: str, key: str, timings: dict) -> str:
     """The final model's registry URI (models:/NAME/VERSION), trained unless a finished one exists."""
-    final_run = tracker.child_run(cv_run, "final", {}, name="final")
+    final_run = tracker.child_run(cv_run, FINAL_ROLE, {}, name="final")
     if tracker.is_done(final_run):
         print("final: already trained, reused")
     claims.once("final", lambda: tracker.is_done(final_run),

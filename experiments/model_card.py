@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from experiments.study_tables import TODO, ci_text
+from vfrac.run_tree import COHORT_HASH_TAG
 
 
 def model_card(data: dict, model: dict, limitations: str) -> str:
@@ -34,7 +35,7 @@ def model_card(data: dict, model: dict, limitations: str) -> str:
         f"threshold {params.get('threshold')}. One model per outer fold ({params.get('folds')} folds).", "",
         "## Data",
         f"{n} analysed patients ({malignant} malignant, {n - malignant} benign), cohort hash "
-        f"{run.data.tags.get('vfrac.cohort_hash')}. Source, dates, scanners and reference standard: {TODO}.", "",
+        f"{run.data.tags.get(COHORT_HASH_TAG)}. Source, dates, scanners and reference standard: {TODO}.", "",
         "## Metrics (pooled out-of-fold, 95% CIs)",
         "| level | sensitivity | specificity | accuracy | AUC |", "| --- | --- | --- | --- | --- |",
         *[f"| per {level} | " + " | ".join(metric(f"{level}_{name}") for name in

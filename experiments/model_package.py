@@ -21,15 +21,14 @@ import numpy as np
 import vfrac
 from experiments import pyfunc_model
 from experiments.config import RunConfig
-from experiments.tracking import PARENT
 from experiments.tuning import TrialParams
 from vfrac.errors import InputError
+from vfrac.run_tree import MODEL, PARENT_TAG, PRESET_TAG
 
 CONTRACT_VERSION = 1
 # HU window to 0..255 per channel (slices z-1, z, z+1), then keras.applications.resnet50.preprocess_input.
 PREPROCESSING = "hu-window-255-resnet50-caffe"
 METADATA_KEY = "vfrac"
-ARTIFACT_PATH = "model"
 
 
 def contract(config: RunConfig, params: TrialParams, provenance: dict, expected: dict, epochs: int) -> dict:
@@ -56,9 +55,9 @@ def contract(config: RunConfig, params: TrialParams, provenance: dict, expected:
 def provenance(tracker, run_id: str, role: str, **extra) -> dict:
     """Where a model came from: its role and the CV run's cohort hash, code version and commit."""
     run = tracker.client.get_run(run_id)
-    cv_run_id = run.data.tags[PARENT]
+    cv_run_id = run.data.tags[PARENT_TAG]
     tags = tracker.client.get_run(cv_run_id).data.tags
-    return {"role": role, **extra, "run_id": run_id, "cv_run_id": cv_run_id, "preset": tags.get("vfrac.preset"),
+    return {"role": role, **extra, "run_id": run_id, "cv_run_id": cv_run_id, "preset": tags.get(PRESET_TAG),
             **{name: tags.get(f"vfrac.{name}") for name in ("cohort_hash", "code_version", "git_commit")}}
 
 
@@ -72,14 +71,14 @@ def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, 3), "image")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "malignancy")]))
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / ARTIFACT_PATH
+        path = Path(folder) / MODEL
         path.mkdir()  # the Keras flavour writes into an existing folder
         mlflow.keras.save_model(model, str(path), signature=signature, input_example=_air_input(model_contract),
                                 metadata={METADATA_KEY: model_contract}, pip_requirements=_requirements())
         description = Model.load(str(path))
         description.flavors["python_function"]["loader_module"] = pyfunc_model.__name__
         description.save(str(path / "MLmodel"))
-        tracker.artifacts(run_id, path, ARTIFACT_PATH)
+        tracker.artifacts(run_id, path, MODEL)
 
 
 def _requirements() -> list[str]:
@@ -135,7 +134,7 @@ def register(client, name: str, run_id: str, description: str) -> str:
     except MlflowException as error:
         if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/{ARTIFACT_PATH}"
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL}"
     return client.create_model_version(name, source, run_id=run_id, description=description).version
 
 

@@ -30,12 +30,12 @@ import numpy as np
 
 from explain.runs import masked
 from vfrac.errors import InputError
+from vfrac.run_tree import CODE_VERSION_TAG, COHORT_HASH_TAG, PATIENT_PREDICTIONS, RECALIBRATION
 from vfrac.runtime import apply_process_defaults
 
 DEFAULT_METHODS = ("gradcam",)
 # What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
 SHARED_BY_MEMBERS = ("crop", "input_size", "aggregation", "threshold", "cam_layer", "preprocessing")
-RECALIBRATION_FOLDER = "recalibration"  # on the CV run: {method}.json
 REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
@@ -239,8 +239,8 @@ def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], di
                 "measured_on": "pooled out-of-fold predictions of the same CV run"}
     return members, {"uri": f"ensemble:{args.ensemble}", "label": f"ensemble of {len(members)} fold models",
                      "role": "ensemble", "members": uris, "cv_run_id": args.ensemble,
-                     "cohort_hash": run.data.tags.get("vfrac.cohort_hash"),
-                     "code_version": run.data.tags.get("vfrac.code_version"), "expected": expected}
+                     "cohort_hash": run.data.tags.get(COHORT_HASH_TAG),
+                     "code_version": run.data.tags.get(CODE_VERSION_TAG), "expected": expected}
 
 
 def _uncertainty(args, probability: float, member_probabilities: list[float], threshold: float, model_info: dict,
@@ -284,7 +284,7 @@ def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
         return None
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(cv_run_id, "predictions/patients.csv",
+            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(cv_run_id, PATIENT_PREDICTIONS,
                                                                                scratch)
             return read_rows(Path(path))
     except (MlflowException, OSError):
@@ -298,8 +298,8 @@ def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: 
     from vfrac.ensemble import Recalibration, fit_recalibration
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    name = f"{RECALIBRATION_FOLDER}/{method}.json"
-    if name in {a.path for a in client.list_artifacts(cv_run_id, RECALIBRATION_FOLDER)}:
+    name = f"{RECALIBRATION}/{method}.json"
+    if name in {a.path for a in client.list_artifacts(cv_run_id, RECALIBRATION)}:
         with tempfile.TemporaryDirectory() as scratch:
             return Recalibration.from_dict(json.loads(Path(client.download_artifacts(cv_run_id, name, scratch))
                                                       .read_text()))

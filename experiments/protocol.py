@@ -43,6 +43,7 @@ from vfrac.baseline import baseline_fold
 from vfrac.metrics import aggregate, auc, evaluate
 from vfrac.model import build_classifier
 from vfrac.pipeline import Augmentation, make_dataset
+from vfrac.run_tree import FOLD_TAG, TRIAL_ROLE
 from vfrac.splits import Split, inner_splits
 from vfrac.train import Trainer
 
@@ -129,7 +130,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
 
     def objective(trial: optuna.Trial, position: int) -> float:
         params = suggest(trial, pretrained=config.weights is not None)
-        run = tracker.child_run(fold_run, "trial", {"vfrac.fold": fold, POSITION_ATTR: position},
+        run = tracker.child_run(fold_run, TRIAL_ROLE, {FOLD_TAG: fold, POSITION_ATTR: position},
                                 name=f"{unit} trial {position}")
         tracker.restart(run)
         tracker.params(run, params.as_dict())
@@ -194,7 +195,7 @@ def _report_trial(unit: str, position: int, trial: optuna.trial.FrozenTrial) -> 
 def _close_dead_trial_run(tracker: Tracker, fold_run: str, trial: optuna.trial.FrozenTrial) -> None:
     """The MLflow run of a trial whose process died: KILLED, saying so; the trial is re-run."""
     position = trial.user_attrs.get(POSITION_ATTR)
-    for run in tracker.children(fold_run, "trial"):
+    for run in tracker.children(fold_run, TRIAL_ROLE):
         if run.data.tags.get(POSITION_ATTR) == str(position) and run.info.status == "RUNNING":
             tracker.fail(run.info.run_id, f"its process died ({trial.user_attrs.get(OWNER_ATTR, 'unknown')})",
                          status="KILLED")

@@ -34,6 +34,7 @@ from experiments.study_tables import (
 from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
 from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
+from vfrac.run_tree import COHORT_HASH_TAG, GIT_COMMIT_TAG
 from vfrac.runtime import apply_process_defaults
 from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
 
@@ -104,8 +105,8 @@ def build(data: dict, folder: Path) -> list[tuple]:
     run = data["run"]
     blocks = [("h1", f"vfrac study report: {run.info.run_name}"),
               ("p", f"CV run {run.info.run_id}, preset {data['params'].get('preset')}, "
-                    f"{data['params'].get('folds')} folds, cohort hash {run.data.tags.get('vfrac.cohort_hash')}, "
-                    f"code {run.data.tags.get('vfrac.git_commit', 'unknown')[:12]}. Per-patient calls: "
+                    f"{data['params'].get('folds')} folds, cohort hash {run.data.tags.get(COHORT_HASH_TAG)}, "
+                    f"code {run.data.tags.get(GIT_COMMIT_TAG, 'unknown')[:12]}. Per-patient calls: "
                     f"{aggregation} of the slice probabilities, threshold {threshold} (pre-specified).")]
     cohort = {p.patient_id: p for p in data["patients"]} if data["patients"] is not None else None
     blocks += _flow(cohort, slices, model)

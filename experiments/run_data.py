@@ -10,6 +10,7 @@ from experiments.results import EXCLUDED_NAME, read_rows
 from explain.runs import finished_folds
 from vfrac.errors import InputError
 from vfrac.prepare import SLICE_REPORT_NAME
+from vfrac.run_tree import COHORT_HASH_TAG, SLICE_PREDICTIONS
 
 
 def read_run(client, run, scratch: Path) -> dict:
@@ -18,9 +19,9 @@ def read_run(client, run, scratch: Path) -> dict:
 
     run_id, params = run.info.run_id, run.data.params
     names = {a.path for a in client.list_artifacts(run_id, "predictions")}
-    if "predictions/slices.csv" not in names:
+    if SLICE_PREDICTIONS not in names:
         raise InputError(f"run {run_id} has no pooled predictions yet: finish every fold first")
-    slices = read_rows(Path(client.download_artifacts(run_id, "predictions/slices.csv", str(scratch))))
+    slices = read_rows(Path(client.download_artifacts(run_id, SLICE_PREDICTIONS, str(scratch))))
     attention, sanity = _optional_csvs(client, run_id, "explain", ("attention_summary.csv", "sanity.csv"), scratch)
     excluded, slice_report = _optional_csvs(client, run_id, None, (EXCLUDED_NAME, SLICE_REPORT_NAME), scratch)
     manifest = Path(params["cohort"])
@@ -64,7 +65,7 @@ def check_same_cohort(run, manifest: Path, patients) -> None:
     """Refuse a cohort whose manifest, CTs or ROIs changed since the run: its tables would mix two cohorts."""
     from vfrac.cache import CropSettings, current_cohort_hash
 
-    params, logged = run.data.params, run.data.tags.get("vfrac.cohort_hash")
+    params, logged = run.data.params, run.data.tags.get(COHORT_HASH_TAG)
     settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
     now = current_cohort_hash(manifest, patients, settings, Path(params.get("cache_dir", "data/cache")))
     if logged and now != logged:

@@ -35,8 +35,20 @@ from experiments.results import (
 from experiments.stores import StoreUnavailable, masked, retried
 from experiments.tracking import Tracker
 from vfrac.errors import InputError
+from vfrac.run_tree import (
+    BASELINE_PREDICTIONS,
+    CODE_VERSION_TAG,
+    COHORT_HASH_TAG,
+    FOLD_ROLE,
+    FOLD_TAG,
+    GIT_COMMIT_TAG,
+    POOLED_TAG,
+    PRESET_TAG,
+    SETTINGS_KEY_TAG,
+    SLICE_PREDICTIONS,
+    SPLITS,
+)
 
-POOLED_TAG = "vfrac.pooled"  # set once the pooled results are all logged
 TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL: a store was lost; the same command later continues the run
 
 
@@ -100,8 +112,8 @@ def the_cv_run(config: RunConfig, tracker: Tracker, claims: Claims, key: str, co
     """The CV run of this key: (its id, whether it existed). Made under a claim, so workers starting together
     make one."""
     resumed = tracker.find_cv_run(key) is not None
-    tags = {"vfrac.cohort_hash": cohort_hash, "vfrac.git_commit": git_commit(), "vfrac.code_version": code,
-            "vfrac.settings_key": settings, "vfrac.preset": config.preset}
+    tags = {COHORT_HASH_TAG: cohort_hash, GIT_COMMIT_TAG: git_commit(), CODE_VERSION_TAG: code,
+            SETTINGS_KEY_TAG: settings, PRESET_TAG: config.preset}
     claims.once("cv-run", lambda: tracker.find_cv_run(key) is not None,
                 lambda: tracker.create_cv_run(key, tags, name=f"cv {config.preset} {key[:6]}"))
     cv_run = tracker.find_cv_run(key)
@@ -109,7 +121,7 @@ def the_cv_run(config: RunConfig, tracker: Tracker, claims: Claims, key: str, co
     if not resumed:
         for other in tracker.cv_runs_of_other_code(settings, key):
             print(f"note: CV run {other.info.run_id} has these settings and this cohort but ran other code "
-                  f"({other.data.tags.get('vfrac.code_version', 'unknown version')}); its folds are not reused")
+                  f"({other.data.tags.get(CODE_VERSION_TAG, 'unknown version')}); its folds are not reused")
     return cv_run, resumed
 
 
@@ -143,7 +155,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
             claims.wait()
         pending, waiting = busy, busy
     if config.trials:
-        pruning = [r.data.metrics for r in tracker.children(cv_run, "fold")]
+        pruning = [r.data.metrics for r in tracker.children(cv_run, FOLD_ROLE)]
         print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
               f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
     if not all_folds_done(config, tracker, cv_run):
@@ -161,7 +173,7 @@ def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, t
     """Tune and train this fold as far as this process can; returns whether the fold is done."""
     from experiments.protocol import final_model, tune  # TensorFlow loads here: a finished run never needs it
 
-    fold_run = tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}")
+    fold_run = tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}")
     if tracker.is_done(fold_run):
         if first_visit:
             print(f"fold {fold}: already done, reused")
@@ -231,10 +243,10 @@ def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Cla
     """The run's splits: made and logged once (with the config, slice report and fold runs), then read back."""
     from vfrac.splits import load_splits
 
-    claims.once("splits", lambda: tracker.has_artifact(cv_run, "splits.json"),
+    claims.once("splits", lambda: tracker.has_artifact(cv_run, SPLITS),
                 lambda: log_splits(config, data, tracker, cv_run))
     with tempfile.TemporaryDirectory() as folder:
-        return load_splits(tracker.download(cv_run, "splits.json", Path(folder)))
+        return load_splits(tracker.download(cv_run, SPLITS, Path(folder)))
 
 
 def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str) -> None:
@@ -252,26 +264,26 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
         write_rows(folder / EXCLUDED_NAME, data.excluded, EXCLUDED_COLUMNS)  # header only when none
         tracker.artifacts(cv_run, folder / EXCLUDED_NAME)
         for fold in range(config.folds):  # made here, once, so processes starting together share them
-            tracker.schedule(tracker.child_run(cv_run, "fold", {"vfrac.fold": fold}, name=f"fold {fold}"))
-        save_splits(folder / "splits.json", splits)
-        tracker.artifacts(cv_run, folder / "splits.json")  # last: its presence says the rest is there
+            tracker.schedule(tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}"))
+        save_splits(folder / SPLITS, splits)
+        tracker.artifacts(cv_run, folder / SPLITS)  # last: its presence says the rest is there
 
 
 def all_folds_done(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
-    done = {r.data.tags["vfrac.fold"] for r in tracker.children(cv_run, "fold") if tracker.is_done(r.info.run_id)}
+    done = {r.data.tags[FOLD_TAG] for r in tracker.children(cv_run, FOLD_ROLE) if tracker.is_done(r.info.run_id)}
     return len(done) == config.folds
 
 
 def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
     """Pooled tables, metrics, plots and summary on the CV run, then the tag that says they are there."""
-    folds = {int(r.data.tags["vfrac.fold"]): r.info.run_id for r in tracker.children(cv_run, "fold")
+    folds = {int(r.data.tags[FOLD_TAG]): r.info.run_id for r in tracker.children(cv_run, FOLD_ROLE)
              if tracker.is_done(r.info.run_id)}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         rows, baseline_rows = [], []
         for fold, run_id in sorted(folds.items()):
-            rows += read_rows(tracker.download(run_id, "predictions/slices.csv", folder / f"fold{fold}"))
-            baseline_rows += read_rows(tracker.download(run_id, "predictions/baseline.csv", folder / f"fold{fold}"))
+            rows += read_rows(tracker.download(run_id, SLICE_PREDICTIONS, folder / f"fold{fold}"))
+            baseline_rows += read_rows(tracker.download(run_id, BASELINE_PREDICTIONS, folder / f"fold{fold}"))
         patients = patient_rows(rows, config.threshold, config.aggregation)
         result = pooled(rows, config.threshold, config.aggregation, config.n_boot, config.seed)
         spread = per_fold(rows, config.threshold, config.aggregation)

@@ -33,9 +33,8 @@ from experiments.stores import (
     scrubbed,
 )
 from vfrac.errors import InputError
+from vfrac.run_tree import CV_ROLE, DONE_TAG, FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_KEY_TAG
 
-PARENT = "mlflow.parentRunId"
-FAILURE_TAG = "vfrac.failure"  # why a run ended FAILED or KILLED
 # MLflow 3 records an experiment's kind in this tag; ours train models.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow 3.17's UI picks its GenAI or model-training view from this query (else the browser's last
@@ -91,34 +90,34 @@ class Tracker:
     # -- the tree -------------------------------------------------------------------
     def find_cv_run(self, key: str) -> str | None:
         """The CV run with this key, if one was made (experiments.runner makes it under a claim)."""
-        found = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`vfrac.role` = 'cv'")
+        found = self._find(f"tags.`vfrac.run_key` = '{key}' and tags.`{ROLE_TAG}` = 'cv'")
         return found[0].info.run_id if found else None
 
     def create_cv_run(self, key: str, tags: dict, name: str) -> str:
         return self.client.create_run(self.experiment_id, run_name=name,
-                                      tags=_strings({"vfrac.role": "cv", "vfrac.run_key": key, **tags})).info.run_id
+                                      tags=_strings({ROLE_TAG: CV_ROLE, RUN_KEY_TAG: key, **tags})).info.run_id
 
     def child_run(self, parent_id: str, role: str, tags: dict, name: str) -> str:
         """The child of `parent_id` with this role and tags, found or created."""
-        query = " and ".join([f"tags.`{PARENT}` = '{parent_id}'", f"tags.`vfrac.role` = '{role}'"]
+        query = " and ".join([f"tags.`{PARENT_TAG}` = '{parent_id}'", f"tags.`{ROLE_TAG}` = '{role}'"]
                              + [f"tags.`{k}` = '{v}'" for k, v in tags.items()])
         existing = self._find(query)
         if existing:
             return existing[0].info.run_id
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags=_strings({PARENT: parent_id, "vfrac.role": role, **tags}))
+                                     tags=_strings({PARENT_TAG: parent_id, ROLE_TAG: role, **tags}))
         return run.info.run_id
 
     def children(self, parent_id: str, role: str):
-        return self._find(f"tags.`{PARENT}` = '{parent_id}' and tags.`vfrac.role` = '{role}'")
+        return self._find(f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}'")
 
     def is_done(self, run_id: str) -> bool:
         run = self.client.get_run(run_id)
-        return run.info.status == "FINISHED" and run.data.tags.get("vfrac.done") == "1"
+        return run.info.status == "FINISHED" and run.data.tags.get(DONE_TAG) == "1"
 
     def finish(self, run_id: str, done: bool = True, status: str = "FINISHED") -> None:
         if done:
-            self.client.set_tag(run_id, "vfrac.done", "1")
+            self.client.set_tag(run_id, DONE_TAG, "1")
         self.client.set_terminated(run_id, status=status)
 
     def fail(self, run_id: str, error: BaseException | str, status: str | None = None) -> None:
@@ -135,8 +134,8 @@ class Tracker:
 
     def cv_runs_of_other_code(self, settings_key: str, run_key: str):
         """CV runs of the same settings and cohort that other code computed."""
-        return [r for r in self._find(f"tags.`vfrac.settings_key` = '{settings_key}' and tags.`vfrac.role` = 'cv'")
-                if r.data.tags.get("vfrac.run_key") != run_key]
+        return [r for r in self._find(f"tags.`vfrac.settings_key` = '{settings_key}' and tags.`{ROLE_TAG}` = 'cv'")
+                if r.data.tags.get(RUN_KEY_TAG) != run_key]
 
     def schedule(self, run_id: str) -> None:
         """Mark a run made ahead of its work as waiting (MLflow creates every run RUNNING)."""

@@ -15,11 +15,12 @@ import optuna
 from optuna.trial import TrialState
 
 from experiments.claims import new_trial
+from vfrac.run_tree import TRIAL_TAG
 from vfrac.window import BONE_WINDOW
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNERS = ("median", "hyperband")  # --pruner: stop a trial below the median so far, or successive halving
-POSITION_ATTR = "vfrac.trial"  # the trial's place in its fold's sequence, also its MLflow tag
+POSITION_ATTR = TRIAL_TAG  # the trial's place in its fold's sequence: an Optuna attribute and an MLflow tag
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,22 @@ import numpy as np
 
 from vfrac.ensemble import UncertaintyRule
 from vfrac.errors import InputError
+from vfrac.run_tree import (
+    CODE_VERSION_TAG,
+    COHORT_HASH_TAG,
+    CV_RUN_ID_TAG,
+    DONE_TAG,
+    GIT_COMMIT_TAG,
+    MODEL_RUN_ID_TAG,
+    MODEL_TAG,
+    ROLE_TAG,
+    TRAINED_COHORT_HASH_TAG,
+    VALIDATION_KEY_TAG,
+    VALIDATION_ROLE,
+    VALIDATION_VERSION_TAG,
+)
 from vfrac.runtime import apply_process_defaults
 
-ROLE = "validation"
-KEY_TAG = "vfrac.validation_key"  # the model's run(s) and the flag's rule, hashed: what a rerun may reuse
 N_BOOT = 1000
 SLICE_COLUMNS = ("patient_id", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "label", "probability", "prediction", "spread_sd", "uncertain")
@@ -121,9 +133,10 @@ def validate(args) -> dict:
     digest = cohort_hash(manifest, prepared.entries)
     tracker = Tracker(tracking_uri, args.experiment or _model_experiment(tracking_uri, contract))
     key = _validation_key(model_info, args.rule)
-    done = [r for r in tracker.client.search_runs([tracker.experiment_id], f"tags.`vfrac.role` = '{ROLE}' and "
-                                                  f"tags.`vfrac.cohort_hash` = '{digest}' and tags.`vfrac.done` = '1'")
-            if r.data.tags.get(KEY_TAG) == key]
+    query = (f"tags.`{ROLE_TAG}` = '{VALIDATION_ROLE}' and tags.`{COHORT_HASH_TAG}` = '{digest}' and "
+             f"tags.`{DONE_TAG}` = '1'")
+    done = [r for r in tracker.client.search_runs([tracker.experiment_id], query)
+            if r.data.tags.get(VALIDATION_KEY_TAG) == key]
     if done:
         run_id = done[0].info.run_id
         print(f"validation of {label} on this cohort already done (run {run_id}); reused")
@@ -131,8 +144,9 @@ def validate(args) -> dict:
             _copy_artifacts(tracker, run_id, Path(args.out))
         return {"run_id": run_id, "table": tracker.read_text(run_id, "report/summary.md"),
                 "browse": tracker.browse_lines(run_id)}
+    tags = _tags(model_uri, model_info, digest) | {VALIDATION_KEY_TAG: key}
     run_id = tracker.client.create_run(tracker.experiment_id, run_name=f"validation {label} on {manifest.parent.name}",
-                                       tags=_tags(model_uri, model_info, digest) | {KEY_TAG: key}).info.run_id
+                                       tags=tags).info.run_id
     try:
         started = time.perf_counter()
         print(f"validation run {run_id}: {label} on {len(labels)} patients of {manifest}", flush=True)
@@ -367,10 +381,10 @@ def _number(value: float) -> str:
 def _tags(model_uri: str, model_info: dict, digest: str) -> dict:
     from experiments.runner import code_version, git_commit
 
-    return {"vfrac.role": ROLE, "vfrac.model": model_uri, "vfrac.model_run_id": str(model_info.get("run_id")),
-            "vfrac.cv_run_id": str(model_info.get("cv_run_id")), "vfrac.cohort_hash": digest,
-            "vfrac.trained_cohort_hash": str(model_info.get("cohort_hash")), "vfrac.git_commit": git_commit(),
-            "vfrac.code_version": code_version()}
+    return {ROLE_TAG: VALIDATION_ROLE, MODEL_TAG: model_uri, MODEL_RUN_ID_TAG: str(model_info.get("run_id")),
+            CV_RUN_ID_TAG: str(model_info.get("cv_run_id")), COHORT_HASH_TAG: digest,
+            TRAINED_COHORT_HASH_TAG: str(model_info.get("cohort_hash")), GIT_COMMIT_TAG: git_commit(),
+            CODE_VERSION_TAG: code_version()}
 
 
 def _model_experiment(tracking_uri: str, contract: dict) -> str:
@@ -426,7 +440,7 @@ def _tag_model_version(client, uri: str, run_id: str, digest: str) -> None:
     name, number, alias = match.groups()
     try:
         version = number or client.get_model_version_by_alias(name, alias).version
-        client.set_model_version_tag(name, version, f"vfrac.validation.{digest[:16]}", run_id)
+        client.set_model_version_tag(name, version, f"{VALIDATION_VERSION_TAG}{digest[:16]}", run_id)
     except MlflowException as error:  # the registry may be read-only to this user: the run still holds the link
         print(f"note: could not tag {uri} with this validation: {str(error).splitlines()[0]}")
 

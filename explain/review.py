@@ -27,6 +27,7 @@ from explain.page import write_page
 from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, default_tracking_uri, finished_folds
 from vfrac.errors import InputError
+from vfrac.run_tree import SLICE_PREDICTIONS
 from vfrac.runtime import apply_process_defaults
 from vfrac.window import BONE_WINDOW
 
@@ -210,7 +211,7 @@ def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
     # An MLflow model with its contract (experiments.model_package); runs of earlier versions saved the file alone.
     model_path = client.download_artifacts(run_id, "model/data/model.keras" if "MLmodel" in logged
                                            else "model/model.keras", str(folder))
-    slices_path = client.download_artifacts(run_id, "predictions/slices.csv", str(folder))
+    slices_path = client.download_artifacts(run_id, SLICE_PREDICTIONS, str(folder))
     patients: dict[str, list] = {}
     with open(slices_path, newline="") as handle:
         for row in csv.DictReader(handle):

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vfrac.run_tree import CV_ROLE, DONE_TAG, FOLD_ROLE, FOLD_TAG, PARENT_TAG, ROLE_TAG
+
 DEFAULT_STORE = Path("mlruns")
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "vfrac.role"
-DONE_TAG = "vfrac.done"  # "1" once a run's work is complete
 MASK = "***"
 
 
@@ -40,7 +39,7 @@ def cv_run(client, run_id: str):
         run = client.get_run(run_id)
     except Exception as error:  # MLflow raises several types for unknown ids and stores
         raise InputError(f"no MLflow run {run_id!r} in {masked(client.tracking_uri)}: {error}") from error
-    if run.data.tags.get(ROLE_TAG) != "cv":
+    if run.data.tags.get(ROLE_TAG) != CV_ROLE:
         raise InputError(f"run {run_id} is not a vfrac CV run (tag {ROLE_TAG} is "
                          f"{run.data.tags.get(ROLE_TAG)!r}); pass the CV run's id")
     return run
@@ -49,6 +48,6 @@ def cv_run(client, run_id: str):
 def finished_folds(client, run) -> dict:
     """fold number -> fold run, for the CV run's folds whose work is done."""
     children = client.search_runs([run.info.experiment_id],
-                                  f"tags.`{PARENT_TAG}` = '{run.info.run_id}' and tags.`{ROLE_TAG}` = 'fold'",
+                                  f"tags.`{PARENT_TAG}` = '{run.info.run_id}' and tags.`{ROLE_TAG}` = '{FOLD_ROLE}'",
                                   max_results=1000)
-    return {int(r.data.tags["vfrac.fold"]): r for r in children if r.data.tags.get(DONE_TAG) == "1"}
+    return {int(r.data.tags[FOLD_TAG]): r for r in children if r.data.tags.get(DONE_TAG) == "1"}

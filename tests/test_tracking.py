@@ -3,9 +3,10 @@
 import pytest
 from mlflow import MlflowClient
 
-from experiments.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, FAILURE_TAG, Tracker
+from experiments.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker
 from explain.runs import cv_run, finished_folds
 from vfrac.errors import InputError
+from vfrac.run_tree import FAILURE_TAG
 
 
 @pytest.fixture
