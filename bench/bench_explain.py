@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from explain.cam import DEFAULT_LAYER, METHODS, Explainer  # noqa: E402
-from vfrac.model import build_classifier  # noqa: E402
+from vfrac.model.network import build_classifier  # noqa: E402
 
 
 def best_of(repeats: int, work) -> float:

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from experiments.results import read_rows  # noqa: E402
-from vfrac.metrics import AGGREGATIONS, aggregate, auc  # noqa: E402
-from vfrac.statistics import delong_test  # noqa: E402
+from vfrac.stats.metrics import AGGREGATIONS, aggregate, auc  # noqa: E402
+from vfrac.stats.statistics import delong_test  # noqa: E402
 
 ATTENTION_FEATURES = ("bone_destruction", "pedicle_involvement")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.dicom_factory import write_series  # noqa: E402
-from vfrac.volume import load_volume  # noqa: E402
+from vfrac.io.volume import load_volume  # noqa: E402
 
 
 def cpu_name() -> str:

@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.bench_load import cpu_name  # noqa: E402
-from vfrac.cache import CropSettings, Prepared, write_entry  # noqa: E402
-from vfrac.model import build_classifier  # noqa: E402
-from vfrac.pipeline import make_dataset  # noqa: E402
-from vfrac.train import Trainer  # noqa: E402
+from vfrac.data.cache import CropSettings, Prepared, write_entry  # noqa: E402
+from vfrac.data.pipeline import make_dataset  # noqa: E402
+from vfrac.model.network import build_classifier  # noqa: E402
+from vfrac.model.train import Trainer  # noqa: E402
 
 RESNET50_GFLOPS_224 = 4.1
 BATCH = 16

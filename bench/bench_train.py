@@ -6,10 +6,10 @@
 Every path trains ResNet50 (random weights, one sigmoid output, AdamW, binary
 cross-entropy) on batches of `--batch` crops of `--size` pixels:
 
-- `tf`: vfrac's own path, `vfrac.train.Trainer` fed by `vfrac.pipeline.make_dataset`
+- `tf`: vfrac's own path, `vfrac.model.train.Trainer` fed by `vfrac.data.pipeline.make_dataset`
   (augmentation, per-patient weights), TensorFlow backend, as `experiments.cv` runs it;
 - `tf-stock`: the same with TensorFlow's own convolution gradients (what vfrac ran
-  before `vfrac.conv_gradient`);
+  before `vfrac.model.conv_gradient`);
 - `tf-onednn`: the same with TensorFlow's oneDNN kernels (`TF_ENABLE_ONEDNN_OPTS=1`,
   TensorFlow's default on x86, which vfrac's commands turn off: their results changed
   from run to run with the threads' timing);
@@ -61,20 +61,20 @@ def keras_rate(path: str, size: int, batch: int, steps: int, folder: Path, model
     import keras
 
     from bench.bench_pipeline import fake_cache
-    from vfrac.model import build_classifier
-    from vfrac.pipeline import Augmentation, make_dataset
-    from vfrac.train import Trainer
+    from vfrac.data.pipeline import Augmentation, make_dataset
+    from vfrac.model.network import build_classifier
+    from vfrac.model.train import Trainer
 
     entries, labels = fake_cache(folder, 8, 4)
     dataset, _ = make_dataset(entries, labels, input_size=size, training=True, batch_size=batch,
                               augmentation=Augmentation(strength=0.5))
     model_fn = model_fn or build_classifier
     if path == "tf-stock":
-        import vfrac.conv_gradient
+        import vfrac.model.conv_gradient
 
-        vfrac.conv_gradient.use_fast_conv_gradients = lambda model: 0  # TensorFlow's own gradients
+        vfrac.model.conv_gradient.use_fast_conv_gradients = lambda model: 0  # TensorFlow's own gradients
     if path == "tf-lazy":  # Keras' default: the optimizer builds its variables inside the first step
-        from vfrac.train import VariableDecayAdamW
+        from vfrac.model.train import VariableDecayAdamW
 
         VariableDecayAdamW.build = lambda optimizer, variables: None
     trainer = Trainer(lambda: model_fn(size), jit_compile=True if path == "tf-xla" else "auto")
@@ -129,12 +129,12 @@ def profile_epoch(manifest: Path, cache_dir: Path, epochs: int = 2, top: int = 1
     import keras
 
     from experiments.config import PRESETS
-    from vfrac.cache import CropSettings, prepare_cohort
     from vfrac.cohort import read_manifest
-    from vfrac.model import build_classifier
-    from vfrac.pipeline import Augmentation, make_dataset
-    from vfrac.splits import outer_folds
-    from vfrac.train import Trainer
+    from vfrac.data.cache import CropSettings, prepare_cohort
+    from vfrac.data.pipeline import Augmentation, make_dataset
+    from vfrac.data.splits import outer_folds
+    from vfrac.model.network import build_classifier
+    from vfrac.model.train import Trainer
 
     demo = PRESETS["demo"]
     cohort = read_manifest(manifest)

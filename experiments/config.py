@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explain.runs import DEFAULT_STORE, default_tracking_uri, masked
-from vfrac.cache import CropSettings
+from vfrac.data.cache import CropSettings
 from vfrac.errors import InputError
 from vfrac.prepare import crop_settings
 
@@ -63,8 +63,8 @@ class RunConfig:
     patience: int
     batch_size: int  # for the final model; trials tune their own
     n_boot: int
-    min_area: float = CropSettings.min_area  # slice rule, see vfrac.crops.lesion_slices
-    margin: float = CropSettings.margin  # the crop settings (vfrac.cache.CropSettings), as vfrac.prepare's flags
+    min_area: float = CropSettings.min_area  # slice rule, see vfrac.data.crops.lesion_slices
+    margin: float = CropSettings.margin  # the crop settings (vfrac.data.cache.CropSettings), as vfrac.prepare's flags
     box_mode: str = CropSettings.box_mode
     context: float = CropSettings.context
     cache_size: int = CropSettings.cache_size
@@ -73,8 +73,8 @@ class RunConfig:
     threshold: float = 0.5
     aggregation: str = "max"
     weights: str | None = None  # None, "imagenet" or a weights file
-    precision: str = "float32"  # or "bfloat16" (vfrac.model.PRECISIONS)
-    arch: str = "resnet50"  # or "resnet-tiny" (vfrac.model.ARCHITECTURES)
+    precision: str = "float32"  # or "bfloat16" (vfrac.model.network.PRECISIONS)
+    arch: str = "resnet50"  # or "resnet-tiny" (vfrac.model.network.ARCHITECTURES)
     conv_gradient: str = "auto"  # the convolutions' input gradient: "auto", "fast" or "stock" (float rounding only)
     pruner: str = "median"
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at

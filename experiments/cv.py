@@ -19,9 +19,9 @@ from pathlib import Path
 from experiments.config import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MODEL_NAME, DEFAULT_STORE_TIMEOUT, PRESETS, resolve
 from experiments.tuning import PRUNERS
 from vfrac.errors import InputError
-from vfrac.metrics import AGGREGATIONS
 from vfrac.prepare import add_crop_arguments
 from vfrac.runtime import apply_process_defaults
+from vfrac.stats.metrics import AGGREGATIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vfrac.metrics import binary_metrics, calibration, confusion, roc_points
+from vfrac.stats.metrics import binary_metrics, calibration, confusion, roc_points
 
 DPI = 100
 

@@ -21,8 +21,8 @@ from experiments.model_package import contract, log_cohort, log_model, provenanc
 from experiments.protocol import chosen_settings, epoch_lines, fit, tune
 from experiments.stores import masked
 from experiments.tracking import Tracker
+from vfrac.data.splits import Split
 from vfrac.run_tree import FINAL_ROLE, REGISTERED_TAG
-from vfrac.splits import Split
 
 
 def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims,

@@ -13,4 +13,4 @@ class FoldData:
     labels: dict  # patient_id -> 0/1
     slice_counts: dict = field(default_factory=dict)  # patient_id -> (crops kept, slices dropped by the rule)
     excluded: list = field(default_factory=list)  # {patient_id, label, reason} left out by --skip-bad
-    cohort_hash: str = ""  # vfrac.cache.cohort_hash of the manifest and these entries
+    cohort_hash: str = ""  # vfrac.data.cache.cohort_hash of the manifest and these entries

@@ -97,7 +97,7 @@ def _requirements() -> list[str]:
 
 def _air_input(model_contract: dict) -> np.ndarray:
     """One network input made from a crop of air: valid for the signature, no patient's pixels."""
-    from vfrac.pipeline import AIR_HU, evaluation_images
+    from vfrac.data.pipeline import AIR_HU, evaluation_images
 
     crop = model_contract["crop"]
     air = np.full((1, crop["cache_size"], crop["cache_size"], 3), AIR_HU, np.int16)
@@ -140,8 +140,8 @@ def register(client, name: str, run_id: str, description: str) -> str:
 
 def check_contract(metadata: dict | None, input_shape, where: str) -> dict:
     """The model's contract, refused unless this code can reproduce its input exactly."""
-    from vfrac.cache import CropSettings
-    from vfrac.metrics import AGGREGATIONS
+    from vfrac.data.cache import CropSettings
+    from vfrac.stats.metrics import AGGREGATIONS
 
     found = (metadata or {}).get(METADATA_KEY)
     if not isinstance(found, dict):

@@ -10,7 +10,7 @@ overlays as a DICOM Secondary Capture series and the maps as DICOM Parametric Ma
 Prints the one line a radiologist reads.
 The patient is named by --patient-id only: nothing from the DICOM headers is written.
 
-`--ensemble CV_RUN` uses the CV run's k fold models together (vfrac.ensemble): each slice's
+`--ensemble CV_RUN` uses the CV run's k fold models together (vfrac.stats.ensemble): each slice's
 probability is their mean, the patient's aggregates those; the spread of their patient
 probabilities and the distance to the threshold raise the `uncertain` flag; the maps are
 their mean. `--recalibrate` adds a risk recalibrated on the CV run's out-of-fold patients.
@@ -42,7 +42,7 @@ REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 def parse_args(argv=None) -> argparse.Namespace:
     from explain.methods import METHODS as MAP_METHODS
     from vfrac.cohort import PATIENT_ID
-    from vfrac.ensemble import METHODS
+    from vfrac.stats.ensemble import METHODS
 
     def patient_id(value: str) -> str:
         if not PATIENT_ID.fullmatch(value):
@@ -102,8 +102,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
-    """The uncertain flag's --margin and --max-spread (vfrac.ensemble.UncertaintyRule)."""
-    from vfrac.ensemble import UncertaintyRule
+    """The uncertain flag's --margin and --max-spread (vfrac.stats.ensemble.UncertaintyRule)."""
+    from vfrac.stats.ensemble import UncertaintyRule
 
     parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
                         help="uncertain when the probability lies closer than this to the threshold "
@@ -115,7 +115,7 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
 
 def uncertainty_rule(args, parser: argparse.ArgumentParser):
     """The rule the flags give, or the parser's error (exit 2) for values it refuses."""
-    from vfrac.ensemble import UncertaintyRule
+    from vfrac.stats.ensemble import UncertaintyRule
 
     try:
         return UncertaintyRule(args.margin, args.max_spread)
@@ -253,7 +253,7 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     """
     from dataclasses import asdict
 
-    from vfrac.ensemble import flagged_share, member_spread
+    from vfrac.stats.ensemble import flagged_share, member_spread
 
     spread = member_spread(member_probabilities) if len(member_probabilities) > 1 else None
     cv_rows = cv_patients(tracking_uri, model_info.get("cv_run_id"))
@@ -295,7 +295,7 @@ def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: 
     """The CV run's stored recalibration of this method, fitted on its out-of-fold patients and logged first."""
     from mlflow import MlflowClient
 
-    from vfrac.ensemble import Recalibration, fit_recalibration
+    from vfrac.stats.ensemble import Recalibration, fit_recalibration
 
     client = MlflowClient(tracking_uri=tracking_uri)
     name = f"{RECALIBRATION}/{method}.json"
@@ -319,7 +319,7 @@ def load_model(uri: str, tracking_uri: str, folder: Path):
 
     from experiments.model_package import check_contract
     from explain.methods import DEFAULT_LAYER
-    from vfrac.model import load_classifier
+    from vfrac.model.network import load_classifier
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -345,10 +345,10 @@ def _label(uri: str) -> str:
 
 def read_patient(args):
     """(Volume, ROI booleans on its grid, the label used) from --roi or --segmentation with --vertebra."""
-    from vfrac.cache import roi_voxels
     from vfrac.cohort import Patient
-    from vfrac.vertebrae import totalsegmentator_roi
-    from vfrac.volume import load_mask, load_volume
+    from vfrac.data.cache import roi_voxels
+    from vfrac.io.vertebrae import totalsegmentator_roi
+    from vfrac.io.volume import load_mask, load_volume
 
     roi_path, roi_label = args.roi, args.roi_label
     if args.segmentation:
@@ -359,14 +359,14 @@ def read_patient(args):
 
 
 def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
-    from vfrac.cache import CropSettings, cut_crops
+    from vfrac.data.cache import CropSettings, cut_crops
 
     return cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
 
 
 def _network_inputs(prepared, model_contract: dict, window) -> np.ndarray:
-    """The crops as the model's evaluation pipeline turned them into inputs (vfrac.pipeline)."""
-    from vfrac.pipeline import evaluation_images
+    """The crops as the model's evaluation pipeline turned them into inputs (vfrac.data.pipeline)."""
+    from vfrac.data.pipeline import evaluation_images
 
     return evaluation_images(prepared.crops, prepared.context, model_contract["input_size"], tuple(window))
 
@@ -378,7 +378,7 @@ def _probabilities(model, images: np.ndarray, aggregation: str) -> tuple[np.ndar
 
 
 def _patient_probability(probabilities, aggregation: str) -> float:
-    from vfrac.metrics import aggregate
+    from vfrac.stats.metrics import aggregate
 
     n = len(probabilities)
     _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, aggregation)
@@ -415,8 +415,8 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
     from explain.overlay import overlay_pair
     from explain.page import write_sheet
     from explain.volumes import map_volume, write_nifti, write_parametric_map
-    from vfrac.crops import input_to_slice
-    from vfrac.window import BONE_WINDOW
+    from vfrac.data.crops import input_to_slice
+    from vfrac.data.window import BONE_WINDOW
 
     model_contract = members[0][1]
     size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)

@@ -39,13 +39,13 @@ from experiments.tuning import (
     remaining,
     suggest,
 )
-from vfrac.baseline import baseline_fold
-from vfrac.metrics import aggregate, auc, evaluate
-from vfrac.model import build_classifier
-from vfrac.pipeline import Augmentation, make_dataset
+from vfrac.data.pipeline import Augmentation, make_dataset
+from vfrac.data.splits import Split, inner_splits
+from vfrac.model.baseline import baseline_fold
+from vfrac.model.network import build_classifier
+from vfrac.model.train import Trainer
 from vfrac.run_tree import FOLD_TAG, TRIAL_ROLE
-from vfrac.splits import Split, inner_splits
-from vfrac.train import Trainer
+from vfrac.stats.metrics import aggregate, auc, evaluate
 
 _TRAINERS: dict[tuple, Trainer] = {}  # the one compiled model of this process, by what its graph bakes in
 

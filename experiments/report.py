@@ -33,10 +33,10 @@ from experiments.study_tables import (
 )
 from explain.runs import cv_run, default_tracking_uri
 from vfrac.errors import InputError
-from vfrac.metrics import aggregate, binary_metrics, calibration, wilson_interval
 from vfrac.run_tree import COHORT_HASH_TAG, GIT_COMMIT_TAG
 from vfrac.runtime import apply_process_defaults
-from vfrac.statistics import holm, mcnemar, sign_table, youden_threshold
+from vfrac.stats.metrics import aggregate, binary_metrics, calibration, wilson_interval
+from vfrac.stats.statistics import holm, mcnemar, sign_table, youden_threshold
 
 SECTIONS = ("1. Participant flow", "2. Visual reading", "3. Readers", "4. The model",
             "5. Aggregation and threshold", "6. Where the model looked", "7. Limitations", "8. CLAIM checklist")

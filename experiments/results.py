@@ -6,8 +6,8 @@ import csv
 from pathlib import Path
 
 from experiments.figures import calibration_figure, confusion_figure, fold_spread, roc_figure
-from vfrac.metrics import aggregate, binary_metrics, evaluate
-from vfrac.statistics import delong_test
+from vfrac.stats.metrics import aggregate, binary_metrics, evaluate
+from vfrac.stats.statistics import delong_test
 
 SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "fold", "label", "probability", "prediction")

@@ -44,8 +44,8 @@ def read_run(client, run, scratch: Path) -> dict:
 
 def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
     """patient_id -> voxel spacing (from the run's cache entries) and -> DICOM acquisition fields."""
-    from vfrac.cache import CropSettings, cached_entry, entry_spacing
-    from vfrac.series import acquisition
+    from vfrac.data.cache import CropSettings, cached_entry, entry_spacing
+    from vfrac.io.series import acquisition
 
     spacing, scans = {}, {}
     settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
@@ -63,7 +63,7 @@ def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
 
 def check_same_cohort(run, manifest: Path, patients) -> None:
     """Refuse a cohort whose manifest, CTs or ROIs changed since the run: its tables would mix two cohorts."""
-    from vfrac.cache import CropSettings, current_cohort_hash
+    from vfrac.data.cache import CropSettings, current_cohort_hash
 
     params, logged = run.data.params, run.data.tags.get(COHORT_HASH_TAG)
     settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))

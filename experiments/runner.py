@@ -137,7 +137,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
         print(tracker.read_text(cv_run, "summary.md"))
         review_and_report(config, tracker, claims, cv_run, timings)
         return True
-    from vfrac.model import active_conv_gradient  # TensorFlow loads here: a finished run never needs it
+    from vfrac.model.network import active_conv_gradient  # TensorFlow loads here: a finished run never needs it
 
     tracker.restart(cv_run)
     tracker.params(cv_run, config.as_params() | library_versions()
@@ -205,8 +205,8 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
     from tqdm import tqdm
 
-    from vfrac.cache import cohort_hash, prepare_cohort, slice_counts
     from vfrac.cohort import read_manifest
+    from vfrac.data.cache import cohort_hash, prepare_cohort, slice_counts
     from vfrac.prepare import slice_rule_summary
 
     manifest = Path(config.cohort)
@@ -241,7 +241,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):
     """The run's splits: made and logged once (with the config, slice report and fold runs), then read back."""
-    from vfrac.splits import load_splits
+    from vfrac.data.splits import load_splits
 
     claims.once("splits", lambda: tracker.has_artifact(cv_run, SPLITS),
                 lambda: log_splits(config, data, tracker, cv_run))
@@ -250,8 +250,8 @@ def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Cla
 
 
 def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str) -> None:
+    from vfrac.data.splits import outer_folds, save_splits
     from vfrac.prepare import SLICE_REPORT_NAME, write_slice_report
-    from vfrac.splits import outer_folds, save_splits
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

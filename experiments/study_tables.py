@@ -11,8 +11,8 @@ import numpy as np
 
 from experiments.results import per_fold
 from experiments.tuning import SEARCH_SPACE
-from vfrac.agreement import bootstrap_interval, category_counts, cohen_kappa, fleiss_kappa
-from vfrac.statistics import diagnostic_table
+from vfrac.stats.agreement import bootstrap_interval, category_counts, cohen_kappa, fleiss_kappa
+from vfrac.stats.statistics import diagnostic_table
 
 TODO = "to be completed by the author"
 
@@ -145,7 +145,7 @@ def baseline_characteristics(cohort: dict | None, model: dict, slices, spacing: 
     """Analysed patients by class: level, slices, voxel spacing, scanner and kVp, visual features.
 
     `spacing`: patient_id -> (dz, dy, dx) mm of the prepared CT; `scans`: patient_id -> the
-    DICOM acquisition fields (vfrac.series.acquisition; empty for NIfTI). Never identifiers.
+    DICOM acquisition fields (vfrac.io.series.acquisition; empty for NIfTI). Never identifiers.
     """
     groups = {name: [pid for pid, m in model.items() if m["label"] == label] for label, name in
               ((0, "benign"), (1, "malignant"))}

@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from experiments.claims import new_trial
+from vfrac.data.window import BONE_WINDOW
 from vfrac.run_tree import TRIAL_TAG
-from vfrac.window import BONE_WINDOW
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNERS = ("median", "hyperband")  # --pruner: stop a trial below the median so far, or successive halving

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vfrac.ensemble import UncertaintyRule
 from vfrac.errors import InputError
 from vfrac.run_tree import (
     CODE_VERSION_TAG,
@@ -45,6 +44,7 @@ from vfrac.run_tree import (
     VALIDATION_VERSION_TAG,
 )
 from vfrac.runtime import apply_process_defaults
+from vfrac.stats.ensemble import UncertaintyRule
 
 N_BOOT = 1000
 SLICE_COLUMNS = ("patient_id", "slice", "label", "probability")
@@ -104,8 +104,8 @@ def validate(args) -> dict:
     from experiments.predict import load_members
     from experiments.tracking import Tracker
     from explain.runs import default_tracking_uri
-    from vfrac.cache import CropSettings, cohort_hash, prepare_cohort
     from vfrac.cohort import read_manifest
+    from vfrac.data.cache import CropSettings, cohort_hash, prepare_cohort
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
     manifest = args.cohort.resolve()
@@ -187,9 +187,9 @@ def _copy_artifacts(tracker, run_id: str, out: Path) -> None:
 
 def predict_cohort(members: list[tuple], entries: dict, labels: dict) -> tuple[list[dict], dict]:
     """Every kept crop's probability (an ensemble's: its members' mean), each made by its model's evaluation
-    pipeline (vfrac.pipeline); and patient_id -> each member's patient probability, for the spread."""
-    from vfrac.metrics import aggregate
-    from vfrac.pipeline import make_dataset
+    pipeline (vfrac.data.pipeline); and patient_id -> each member's patient probability, for the spread."""
+    from vfrac.data.pipeline import make_dataset
+    from vfrac.stats.metrics import aggregate
 
     outputs = []
     for model, contract in members:
@@ -212,9 +212,9 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
     """The external metrics with CIs and calibration, the patients' table with the uncertain flag, and the CV
     estimate beside them."""
     from experiments.report import to_markdown
-    from vfrac.ensemble import flag_counts
-    from vfrac.metrics import aggregate, calibration, evaluate
-    from vfrac.statistics import unpaired_auc_difference
+    from vfrac.stats.ensemble import flag_counts
+    from vfrac.stats.metrics import aggregate, calibration, evaluate
+    from vfrac.stats.statistics import unpaired_auc_difference
 
     threshold, aggregation = float(contract["threshold"]), contract["aggregation"]
     ids, probabilities, labels = ([r[k] for r in slices] for k in ("patient_id", "probability", "label"))
@@ -324,7 +324,7 @@ def write_outputs(folder: Path, result: dict, excluded: list[dict], context: dic
 
 def report_blocks(result: dict, context: dict) -> list[tuple]:
     """The report's headings, paragraphs, tables and figures (experiments.report's block format)."""
-    from vfrac.metrics import confusion
+    from vfrac.stats.metrics import confusion
 
     contract, info = context["contract"], context["model_info"]
     metrics, patients = result["metrics"], result["patients"]

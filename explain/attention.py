@@ -27,7 +27,7 @@ POINTING_TOLERANCE = 15 / 224  # of the input side: 15 px at 224, as in the poin
 def mask_on_input(mask_slice: np.ndarray, transform, input_size: int) -> np.ndarray:
     """A full-slice mask (H, W) seen through the crop: (S, S) booleans on the network input.
 
-    `transform` is `vfrac.crops.input_to_slice`'s (scale, row offset, column offset).
+    `transform` is `vfrac.data.crops.input_to_slice`'s (scale, row offset, column offset).
     """
     scale, row, col = transform
     matrix = np.array([[scale, 0.0, col], [0.0, scale, row]])

@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from explain.methods import DEFAULT_LAYER, METHODS
+from vfrac.data.pipeline import CAFFE_MEAN_BGR as PIPELINE_MEAN_BGR
 from vfrac.errors import InputError
-from vfrac.pipeline import CAFFE_MEAN_BGR as PIPELINE_MEAN_BGR
 
 FINE_LAYER = "conv4_block6_out"  # 14 x 14 at input 224
 PIXELS_PER_BATCH = 64 * 64 * 64

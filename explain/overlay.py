@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vfrac.window import BONE_WINDOW, grey
+from vfrac.data.window import BONE_WINDOW, grey
 
 DISPLAY = 384  # crop overlays are enlarged to at least this many pixels for reading
 OPACITY = 0.55  # of the heat colour where the map is 1; it fades to clear where the map is 0
@@ -33,7 +33,7 @@ def blend(gray: np.ndarray, cam: np.ndarray) -> np.ndarray:
 def cam_on_slice(cam: np.ndarray, transform, slice_shape) -> tuple[np.ndarray, np.ndarray]:
     """The (S, S) map placed on the full slice through the crop's box: (map, covered).
 
-    `transform` is `vfrac.crops.input_to_slice`'s (scale, row offset, column offset);
+    `transform` is `vfrac.data.crops.input_to_slice`'s (scale, row offset, column offset);
     `covered` marks the slice pixels the crop shows.
     """
     scale, row, col = transform

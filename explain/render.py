@@ -40,8 +40,8 @@ class RenderJob:
 def render(job: RenderJob) -> tuple[list[dict], list[dict]]:
     """(attention rows, the page's entry of each slice) for one patient; writes its overlays under job.out."""
     from explain import secondary_capture
-    from vfrac.crops import input_to_slice
-    from vfrac.volume import load_mask, load_volume
+    from vfrac.data.crops import input_to_slice
+    from vfrac.io.volume import load_mask, load_volume
 
     pid = job.patient.patient_id
     volume = load_volume(job.patient.ct)

@@ -26,10 +26,10 @@ from explain.methods import DEFAULT_LAYER, METHODS
 from explain.page import write_page
 from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, default_tracking_uri, finished_folds
+from vfrac.data.window import BONE_WINDOW
 from vfrac.errors import InputError
 from vfrac.run_tree import SLICE_PREDICTIONS
 from vfrac.runtime import apply_process_defaults
-from vfrac.window import BONE_WINDOW
 
 DEFAULT_METHODS = ("gradcam", "hirescam")
 SANITY_IMAGES = 6
@@ -66,7 +66,7 @@ class FoldModel:
     aggregation: str
     input_size: int
     cache_dir: Path
-    crop_settings: object  # vfrac.cache.CropSettings
+    crop_settings: object  # vfrac.data.cache.CropSettings
 
 
 @dataclass
@@ -202,8 +202,8 @@ def _cohort(params: dict) -> dict:
 
 def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
     """The fold's model, window, threshold and test patients' slice probabilities."""
-    from vfrac.cache import CropSettings
-    from vfrac.model import load_classifier
+    from vfrac.data.cache import CropSettings
+    from vfrac.model.network import load_classifier
 
     folder.mkdir(parents=True)
     run_id = fold_run.info.run_id
@@ -229,8 +229,8 @@ def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
 def _choose(patient, fold, slice_rows, fold_model: FoldModel, top) -> ExplainedSlices:
     """The patient's `top` most probable slices (cached crops), with what rendering needs."""
     from explain.cam import called_classes
-    from vfrac.cache import cached_entry, read_entry
-    from vfrac.metrics import aggregate
+    from vfrac.data.cache import cached_entry, read_entry
+    from vfrac.stats.metrics import aggregate
 
     pid, threshold = patient.patient_id, fold_model.threshold
     label = "malignant" if patient.is_malignant else "benign"
@@ -254,7 +254,7 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     building it per patient cost more than the maps of a fold.
     """
     from explain.cam import windowed_rgb
-    from vfrac.pipeline import evaluation_images
+    from vfrac.data.pipeline import evaluation_images
 
     size, crop_context = fold_model.input_size, fold_model.crop_settings.context
     crops = np.concatenate([item.crops for item in chosen])

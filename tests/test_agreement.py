@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from vfrac.agreement import bootstrap_interval, category_counts, cohen_kappa, fleiss_kappa
-from vfrac.statistics import diagnostic_table
+from vfrac.stats.agreement import bootstrap_interval, category_counts, cohen_kappa, fleiss_kappa
+from vfrac.stats.statistics import diagnostic_table
 
 # Fleiss (1971) as worked in the literature: 10 subjects, 14 raters, 5 categories -> kappa 0.210
 FLEISS_EXAMPLE = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vfrac.baseline import (
+from vfrac.data.cache import Prepared, write_entry
+from vfrac.errors import InputError
+from vfrac.model.baseline import (
     CROP_FEATURE_NAMES,
     FEATURE_NAMES,
     baseline_fold,
@@ -17,8 +19,6 @@ from vfrac.baseline import (
     predict_baseline,
     square_bounds,
 )
-from vfrac.cache import Prepared, write_entry
-from vfrac.errors import InputError
 
 
 def prepared(pid, crops, context=0.2):

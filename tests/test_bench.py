@@ -17,7 +17,7 @@ from bench import bench_bombs, bench_explain, bench_load, bench_pipeline, bench_
 
 
 def test_bench_pipeline_counts_the_crops_of_a_training_dataset(tmp_path):
-    from vfrac.pipeline import make_dataset
+    from vfrac.data.pipeline import make_dataset
 
     entries, labels = bench_pipeline.fake_cache(tmp_path, 3, 2)
     dataset, index = make_dataset(entries, labels, input_size=32, training=True, batch_size=2)

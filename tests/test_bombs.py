@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests.dicom_factory import nifti_header, write_gzip, write_npy_header, write_series
-from vfrac.budget import MAX_VOXELS, MAX_VOXELS_VARIABLE, voxel_budget
 from vfrac.errors import InputError
-from vfrac.volume import load_mask, load_volume
+from vfrac.io.budget import MAX_VOXELS, MAX_VOXELS_VARIABLE, voxel_budget
+from vfrac.io.volume import load_mask, load_volume
 
 __all__ = ["nifti_header", "write_gzip"]  # bench/bench_bombs.py imports them from here
 

@@ -7,14 +7,14 @@ import time
 import numpy as np
 import pytest
 
-import vfrac.cache as cache
+import vfrac.data.cache as cache
 from tests.dicom_factory import write_series
-from vfrac.cache import CropSettings, cached_entry, prepare_cohort, read_entry
 from vfrac.cohort import read_manifest
-from vfrac.crops import crop_stack, roi_boxes
+from vfrac.data.cache import CropSettings, cached_entry, prepare_cohort, read_entry
+from vfrac.data.crops import crop_stack, roi_boxes
 from vfrac.errors import InputError
+from vfrac.io.volume import load_volume
 from vfrac.prepare import main
-from vfrac.volume import load_volume
 
 SHAPE = (7, 24, 32)
 

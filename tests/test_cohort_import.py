@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from vfrac.cache import roi_voxels
 from vfrac.cohort import read_manifest
 from vfrac.cohort.__main__ import main
+from vfrac.data.cache import roi_voxels
 from vfrac.errors import InputError
-from vfrac.vertebrae import TOTALSEGMENTATOR, VERSE, totalsegmentator_roi, verse_roi
-from vfrac.volume import load_mask, load_volume
+from vfrac.io.vertebrae import TOTALSEGMENTATOR, VERSE, totalsegmentator_roi, verse_roi
+from vfrac.io.volume import load_mask, load_volume
 
 REAL = Path(__file__).resolve().parent.parent / "examples" / "real-ct"
 CT, MAP, BODIES = (REAL / f"abdomen-pelvis-{name}.nii.gz" for name in ("ct", "vertebrae", "vertebral-bodies"))

@@ -4,7 +4,7 @@ import pytest
 
 from experiments.config import resolve
 from experiments.cv import main, parse_args
-from vfrac.cache import CropSettings
+from vfrac.data.cache import CropSettings
 from vfrac.errors import InputError
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vfrac.conv_gradient import use_fast_conv_gradients
-from vfrac.model import active_conv_gradient, build_classifier, load_classifier
+from vfrac.model.conv_gradient import use_fast_conv_gradients
+from vfrac.model.network import active_conv_gradient, build_classifier, load_classifier
 
 
 def _gradients(layer, images):

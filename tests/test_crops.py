@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vfrac.crops import AIR_HU, Box, crop_stack, lesion_slices, roi_boxes
+from vfrac.data.crops import AIR_HU, Box, crop_stack, lesion_slices, roi_boxes
 
 
 def volume_with_slice_ids(depth=6, height=40, width=50):

@@ -28,9 +28,9 @@ from explain.review import main as review
 from tests.mlflow_store import artifact_rows, runs
 from tests.shared_run import tiny_cohort, uninterrupted_run
 from vfrac.cohort import read_manifest
-from vfrac.metrics import evaluate
-from vfrac.statistics import delong_test
-from vfrac.volume import load_volume, read_nifti
+from vfrac.io.volume import load_volume, read_nifti
+from vfrac.stats.metrics import evaluate
+from vfrac.stats.statistics import delong_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

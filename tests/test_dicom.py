@@ -20,7 +20,7 @@ from pydicom.uid import (
 
 from tests.dicom_factory import ct_slice, slice_positions, write_enhanced, write_series
 from vfrac.errors import InputError
-from vfrac.volume import load_volume
+from vfrac.io.volume import load_volume
 
 
 def pydicom_file(name):
@@ -205,7 +205,7 @@ def test_non_image_objects_localizers_and_other_files_are_skipped_and_reported(t
     shutil.copy(pydicom_file("rtstruct.dcm"), tmp_path / "rtstruct.dcm")  # no file meta
     (tmp_path / "notes.txt").write_text("scanned at 3 am")
     (tmp_path / "DICOMDIR.bak").write_bytes(b"\x00" * 10)
-    with caplog.at_level(logging.INFO, logger="vfrac.series"):
+    with caplog.at_level(logging.INFO, logger="vfrac.io.series"):
         volume = load_volume(tmp_path)
     assert volume.shape == (6, 12, 16)
     report = caplog.text
@@ -351,7 +351,7 @@ def test_mr_images_beside_a_ct_series_are_skipped(tmp_path, stored, caplog):
     write_series(tmp_path, stored)
     mr = write_series(tmp_path, stored[:3], series_uid="1.2.3.9", names=["mr0.dcm", "mr1.dcm", "mr2.dcm"])
     _relabel(mr, MRImageStorage, "MR")
-    with caplog.at_level(logging.INFO, logger="vfrac.series"):
+    with caplog.at_level(logging.INFO, logger="vfrac.io.series"):
         assert np.array_equal(load_volume(tmp_path).hu, stored - 1024.0)
     assert "3 x MR Image Storage object, is MR, not CT" in caplog.text
 

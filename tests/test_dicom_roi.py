@@ -16,11 +16,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import binary_fill_holes
 from skimage.measure import find_contours
 
-from vfrac.cache import CropSettings, build_entry
 from vfrac.cohort import Patient
-from vfrac.dicom_roi import rasterise
+from vfrac.data.cache import CropSettings, build_entry
 from vfrac.errors import InputError
-from vfrac.volume import Volume, load_mask, load_volume
+from vfrac.io.dicom_roi import rasterise
+from vfrac.io.volume import Volume, load_mask, load_volume
 
 REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
 SERIES, LABELS = REAL / "abdomen-t11-t12-dicom", REAL / "abdomen-t11-t12-labels.nii.gz"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from vfrac.ensemble import Recalibration, UncertaintyRule, fit_recalibration, flagged_share, member_spread
+from vfrac.stats.ensemble import Recalibration, UncertaintyRule, fit_recalibration, flagged_share, member_spread
 
 
 def test_agreeing_models_far_from_the_threshold_are_certain():

@@ -11,10 +11,10 @@ from explain.attention import attention, mask_on_input, summarize
 from explain.cam import CAFFE_MEAN_BGR, METHODS, Explainer
 from explain.overlay import cam_on_slice, crop_overlay, slice_overlay
 from explain.sanity import CASCADE, randomized_maps, rank_correlation, sanity_check
-from vfrac.crops import input_to_slice
-from vfrac.metrics import auc
-from vfrac.model import build_classifier
-from vfrac.train import Trainer
+from vfrac.data.crops import input_to_slice
+from vfrac.model.network import build_classifier
+from vfrac.model.train import Trainer
+from vfrac.stats.metrics import auc
 
 SIZE, SQUARE, LAYER = 64, 32, "conv3_block1_out"  # 8 x 8 maps: the square spans 4 x 4 cells
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vfrac.metrics import (
+from vfrac.stats.metrics import (
     aggregate,
     binary_metrics,
     calibration,

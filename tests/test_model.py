@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from explain.cam import DEFAULT_LAYER
-from vfrac.model import build_classifier, load_classifier
+from vfrac.model.network import build_classifier, load_classifier
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from tests.test_volume import REAL_CT, needs_real_ct
 from vfrac.errors import InputError
-from vfrac.nrrd import read_nrrd_mask
-from vfrac.volume import load_mask, load_volume
+from vfrac.io.nrrd import read_nrrd_mask
+from vfrac.io.volume import load_mask, load_volume
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 

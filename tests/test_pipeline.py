@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vfrac.cache import Prepared, write_entry
-from vfrac.pipeline import Augmentation, make_dataset, make_transform, patient_weights
-from vfrac.window import BONE_WINDOW
+from vfrac.data.cache import Prepared, write_entry
+from vfrac.data.pipeline import Augmentation, make_dataset, make_transform, patient_weights
+from vfrac.data.window import BONE_WINDOW
 
 MEANS_BGR = np.array([103.939, 116.779, 123.68])
 SIZE = 40  # cache size of the test crops

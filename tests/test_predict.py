@@ -19,11 +19,11 @@ from explain.overlay import cam_on_slice
 from tests.mlflow_store import artifact_rows
 from tests.shared_run import final_model_store
 from vfrac.cohort import read_manifest
-from vfrac.crops import input_to_slice
-from vfrac.ensemble import UncertaintyRule, fit_recalibration, flagged_share
+from vfrac.data.crops import input_to_slice
 from vfrac.errors import InputError
-from vfrac.metrics import aggregate
-from vfrac.volume import load_mask, load_volume, place_on_grid, read_nifti
+from vfrac.io.volume import load_mask, load_volume, place_on_grid, read_nifti
+from vfrac.stats.ensemble import UncertaintyRule, fit_recalibration, flagged_share
+from vfrac.stats.metrics import aggregate
 
 pytestmark = [pytest.mark.slow]
 REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"

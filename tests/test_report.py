@@ -60,8 +60,8 @@ def test_calibration_is_reported_as_slope_and_in_the_large(report):
 
 def test_a_cohort_changed_since_the_run_is_refused(tmp_path):
     from experiments.run_data import check_same_cohort
-    from vfrac.cache import CropSettings, current_cohort_hash
     from vfrac.cohort import read_manifest
+    from vfrac.data.cache import CropSettings, current_cohort_hash
     from vfrac.errors import InputError
     from vfrac.synth import generate_cohort
 

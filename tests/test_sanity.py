@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from explain.sanity import CASCADE, randomized_cascade, randomized_maps
-from vfrac.model import build_classifier
+from vfrac.model.network import build_classifier
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from vfrac.data.splits import Split, check_splits, inner_splits, load_splits, outer_folds, save_splits
 from vfrac.errors import InputError
-from vfrac.splits import Split, check_splits, inner_splits, load_splits, outer_folds, save_splits
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from vfrac.metrics import wilson_interval
-from vfrac.statistics import (
+from vfrac.stats.metrics import wilson_interval
+from vfrac.stats.statistics import (
     delong_test,
     fisher_p,
     holm,

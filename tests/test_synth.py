@@ -11,6 +11,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from vfrac.cohort import read_manifest
+from vfrac.io.volume import load_mask, load_volume
 from vfrac.synth import FEATURES, generate_cohort
 from vfrac.synth.__main__ import main
 from vfrac.synth.anatomy import render
@@ -18,7 +19,6 @@ from vfrac.synth.lesions import DESTRUCTION_MARGIN_MM, with_margin
 from vfrac.synth.params import LEVELS, READER_ACCURACY, Site, draw_lesion, draw_scan, reader_calls
 from vfrac.synth.preview import render_preview
 from vfrac.synth.writer import ct_affine
-from vfrac.volume import load_mask, load_volume
 
 
 @pytest.fixture(scope="module")

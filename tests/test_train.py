@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vfrac.model import VariableDropout
-from vfrac.train import SmoothedStopping, Trainer, WarmupCosine, recalibrate_batchnorm, smooth
+from vfrac.model.network import VariableDropout
+from vfrac.model.train import SmoothedStopping, Trainer, WarmupCosine, recalibrate_batchnorm, smooth
 
 
 def test_schedule_warms_up_linearly_then_follows_half_a_cosine_to_zero():

@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 
 from experiments.validate import main as validate
 from tests.shared_run import final_model_store
-from vfrac.metrics import aggregate, binary_metrics, calibration
-from vfrac.statistics import unpaired_auc_difference
+from vfrac.stats.metrics import aggregate, binary_metrics, calibration
+from vfrac.stats.statistics import unpaired_auc_difference
 from vfrac.synth import generate_cohort
 from vfrac.synth.params import Site
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vfrac.window import BONE_WINDOW, grey, window_unit
+from vfrac.data.window import BONE_WINDOW, grey, window_unit
 
 HU = np.array([-1000.0, -500.0, 400.0, 850.0, 1300.0, 3000.0], dtype=np.float32)
 # level 400, width 1800: 0 at -500 HU, 1 at 1300 HU; (850 + 500) / 1800 = 0.75

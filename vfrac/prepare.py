@@ -1,6 +1,6 @@
 """`python -m vfrac.prepare --cohort manifest.csv`: build the crop cache once.
 
-A thin command over `vfrac.cohort` and `vfrac.cache`: it parses flags, shows
+A thin command over `vfrac.cohort` and `vfrac.data.cache`: it parses flags, shows
 progress, writes the report of left-out patients and prints a summary.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vfrac.cache import CropSettings, prepare_cohort, slice_counts
 from vfrac.cohort import read_manifest
-from vfrac.crops import BOX_MODES
+from vfrac.data.cache import CropSettings, prepare_cohort, slice_counts
+from vfrac.data.crops import BOX_MODES
 from vfrac.errors import InputError
 
 DEFAULT_CACHE = Path("data/cache")

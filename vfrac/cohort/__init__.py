@@ -3,7 +3,7 @@
 Every problem is reported with the manifest, the row, the column and the reason, all
 at once, so a user fixes a spreadsheet in one pass rather than one error per run.
 `python -m vfrac.cohort import ...` (vfrac/cohort/__main__.py) writes a manifest for a
-TotalSegmentator or VerSe folder (`vfrac.layouts`).
+TotalSegmentator or VerSe folder (`vfrac.io.layouts`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfrac.errors import InputError
-from vfrac.volume import MASK_SUFFIXES, is_nifti
+from vfrac.io.volume import MASK_SUFFIXES, is_nifti
 
 REQUIRED_COLUMNS = ("patient_id", "label", "ct", "roi")
 LABELS = ("benign", "malignant")

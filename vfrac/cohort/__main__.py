@@ -1,5 +1,5 @@
 """`python -m vfrac.cohort import --layout totalsegmentator|verse DIR --labels labels.csv`: a manifest for
-a folder of CTs already segmented by TotalSegmentator or VerSe (vfrac.layouts)."""
+a folder of CTs already segmented by TotalSegmentator or VerSe (vfrac.io.layouts)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from vfrac import layouts
 from vfrac.errors import InputError
-from vfrac.layouts import LAYOUTS
+from vfrac.io import layouts
+from vfrac.io.layouts import LAYOUTS
 
 SHOWN = 10  # left-out ids listed by name on the console
 

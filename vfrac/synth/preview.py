@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from vfrac.cohort import read_manifest
-from vfrac.volume import load_mask, load_volume
-from vfrac.window import grey
+from vfrac.data.window import grey
+from vfrac.io.volume import load_mask, load_volume
 
 PANEL = 256
 COLOURS = {  # BGR

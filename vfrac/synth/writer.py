@@ -13,10 +13,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from vfrac.data.window import BONE_WINDOW
+from vfrac.io.volume import write_nifti
 from vfrac.synth.anatomy import Rendered
 from vfrac.synth.params import Scan
-from vfrac.volume import write_nifti
-from vfrac.window import BONE_WINDOW
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
 

@@ -7,7 +7,7 @@ position along the slice normal, and checked for gaps, tilt and mixed geometry. 
 second reads the chosen series' pixel data file by file and decodes it straight
 into the HU array, so the peak memory is the volume plus one file. Deflated files
 are inflated only as far as they are read, never past what their header allows.
-Series assembly and geometry rules live in `vfrac.series`.
+Series assembly and geometry rules live in `vfrac.io.series`.
 
 Messages name a file of a folder by its place in the folder's sorted listing
 ("file 12 of 88"), never by its name: DICOM file names are often SOP Instance
@@ -28,8 +28,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
+from vfrac.io.budget import check_voxel_budget
 
 # CT image objects, read as volumes.
 CT_SOP_CLASSES = {

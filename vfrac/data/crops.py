@@ -36,7 +36,7 @@ def input_to_slice(box, context: float, cache_size: int, input_size: int) -> tup
     (offset_row + scale r, offset_col + scale c) on its full axial slice (pixel centres).
 
     `box` is the crop's ROI square (y0, x0, size); the chain is the cache's square grown
-    by `context` and resized to `cache_size`, then `vfrac.pipeline.make_transform`'s
+    by `context` and resized to `cache_size`, then `vfrac.data.pipeline.make_transform`'s
     centred warp without augmentation.
     """
     grown = Box(0, *(int(v) for v in box)).grown(context)

@@ -11,7 +11,7 @@ of TensorFlow's own gradient up to float rounding; the model, its weights and wh
 saves are unchanged (a saved model is plain Keras).
 
 It was measured to pay on CPUs only, so "auto" uses it on TensorFlow without a GPU;
-"fast" and "stock" force either way (`vfrac.model.active_conv_gradient`,
+"fast" and "stock" force either way (`vfrac.model.network.active_conv_gradient`,
 `experiments.cv --conv-gradient`).
 """
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
+from vfrac.io.budget import check_voxel_budget
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_volume(path, series=None) -> Volume:
             raise InputError(f"{path}: series= picks a DICOM series; a NIfTI file holds one volume")
         hu, affine = read_nifti(path, dtype=np.float32)
         return Volume(hu=hu, affine=affine)
-    from vfrac.series import read_dicom
+    from vfrac.io.series import read_dicom
 
     hu, affine = read_dicom(path, series=series)
     return Volume(hu=hu, affine=affine)
@@ -81,7 +81,7 @@ def load_mask(path, reference: Volume, label: int | None = None) -> np.ndarray:
     return it on the reference CT's grid.
 
     Label values are kept (a multi-label file stays multi-label); in a DICOM SEG or RTSTRUCT
-    `label` picks the segment or ROI number (vfrac.dicom_roi), which the voxels then carry. A `.npy` file has
+    `label` picks the segment or ROI number (vfrac.io.dicom_roi), which the voxels then carry. A `.npy` file has
     no geometry, so it must already have the reference's (z, y, x) shape. A NIfTI or
     NRRD mask may differ by axis order, flips and a whole-voxel offset (a cropped mask);
     anything else means the two grids do not describe the same voxels and is an
@@ -93,12 +93,12 @@ def load_mask(path, reference: Volume, label: int | None = None) -> np.ndarray:
     if str(path).lower().endswith(".npy"):
         return _read_npy(path, reference.shape)
     if str(path).lower().endswith(".nrrd"):
-        from vfrac.nrrd import read_nrrd_mask  # it reads the volume module's constants
+        from vfrac.io.nrrd import read_nrrd_mask  # it reads the volume module's constants
 
         mask, affine = read_nrrd_mask(path)
         return place_on_grid(mask, affine, reference, source=path)
     if str(path).lower().endswith(".dcm"):
-        from vfrac.dicom_roi import read_dicom_roi  # it places SEG voxels with this module's place_on_grid
+        from vfrac.io.dicom_roi import read_dicom_roi  # it places SEG voxels with this module's place_on_grid
 
         return read_dicom_roi(path, reference, label)
     if not is_nifti(path):

@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vfrac.cache import Prepared, read_entry
+from vfrac.data.cache import Prepared, read_entry
 from vfrac.errors import InputError
 
 HU_LOW, HU_HIGH, BIN_WIDTH = -200, 1300, 25  # values outside are put in the end bins

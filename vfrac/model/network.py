@@ -35,14 +35,14 @@ def build_classifier(input_size: int = 224, weights=None, dropout: float = 0.3, 
                      precision: str = "float32", arch: str = "resnet50", conv_gradient: str = "auto") -> keras.Model:
     """ResNet50 -> global average pooling -> dropout -> Dense(1, sigmoid) named "malignancy".
 
-    The dropout rate is a variable (`VariableDropout`); `vfrac.train.Trainer` sets it per fit.
+    The dropout rate is a variable (`VariableDropout`); `vfrac.model.train.Trainer` sets it per fit.
 
     weights: None (random), "imagenet", or a path to a no-top ResNet50 weights file or
     to weights of this whole model. freeze_stages: how many of ResNet50's five stages,
     from the input, stay frozen (for pretrained weights). precision "bfloat16" computes
     in bfloat16 with float32 weights and a float32 output (GPUs, CPUs with AMX); no loss
     scaling is needed, unlike float16. arch: "resnet50" or "resnet-tiny" (random or
-    whole-model weights only). conv_gradient: "auto", "fast" or "stock" (`vfrac.conv_gradient`).
+    whole-model weights only). conv_gradient: "auto", "fast" or "stock" (`vfrac.model.conv_gradient`).
     """
     if not isinstance(input_size, int) or input_size < 32:
         raise ValueError(f"input_size must be an int >= 32, received: input_size={input_size!r}")
@@ -160,7 +160,7 @@ def load_classifier(path, conv_gradient: str = "auto") -> keras.Model:
 def active_conv_gradient(mode: str = "auto") -> str:
     """"fast" or "stock": the convolutions' input gradient `mode` gives on this backend and machine.
 
-    TensorFlow's own gradient of small convolutions is slow on CPUs (`vfrac.conv_gradient`);
+    TensorFlow's own gradient of small convolutions is slow on CPUs (`vfrac.model.conv_gradient`);
     "auto" replaces it on TensorFlow without a GPU, the only place it was measured to pay.
     """
     if mode not in CONV_GRADIENTS:
@@ -178,7 +178,7 @@ def active_conv_gradient(mode: str = "auto") -> str:
 
 def _fast_gradients(model: keras.Model, mode: str) -> None:
     if active_conv_gradient(mode) == "fast":
-        from vfrac.conv_gradient import use_fast_conv_gradients  # TensorFlow only (see above)
+        from vfrac.model.conv_gradient import use_fast_conv_gradients  # TensorFlow only (see above)
 
         use_fast_conv_gradients(model)
 

@@ -20,7 +20,7 @@ from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.contingency_tables import mcnemar as mcnemar_test
 from statsmodels.stats.multitest import multipletests
 
-from vfrac.metrics import wilson_interval
+from vfrac.stats.metrics import wilson_interval
 
 EXACT_BELOW = 25  # discordant pairs: fewer than this, McNemar's test is exact
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vfrac.budget import check_voxel_budget
 from vfrac.errors import InputError
+from vfrac.io.budget import check_voxel_budget
 
 MODALITIES = ("SEG", "RTSTRUCT")
 ON_SLICE = 0.05  # a contour point may lie this far (in slices) from a CT slice's plane
@@ -52,7 +52,7 @@ def read_dicom_roi(path: Path, reference, label: int | None = None) -> np.ndarra
 def _segmentation(path: Path, reference, label: int | None) -> np.ndarray:
     import highdicom as hd
 
-    from vfrac.volume import place_on_grid
+    from vfrac.io.volume import place_on_grid
 
     try:
         with _quiet_highdicom():  # its warnings quote the file's UIDs

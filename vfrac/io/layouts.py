@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vfrac.cohort import identity_errors, read_patient_table
 from vfrac.errors import InputError
-from vfrac.vertebrae import TOTALSEGMENTATOR, VERSE, Scheme, totalsegmentator_roi, verse_roi
+from vfrac.io.vertebrae import TOTALSEGMENTATOR, VERSE, Scheme, totalsegmentator_roi, verse_roi
 
 LABEL_COLUMNS = ("patient_id", "label", "vertebra")
 MANIFEST_COLUMNS = ("patient_id", "label", "ct", "roi", "roi_label", "vertebra")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vfrac.budget import check_voxel_budget
-from vfrac.dicom import Frame, Place, decode_frames, decode_pixels, frames_of, read_file
 from vfrac.errors import InputError
+from vfrac.io.budget import check_voxel_budget
+from vfrac.io.dicom import Frame, Place, decode_frames, decode_pixels, frames_of, read_file
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from vfrac.model import VariableDropout
+from vfrac.model.network import VariableDropout
 
 SMOOTHING = 3  # epochs in the moving average that picks the best epoch and stops early
 _RECALIBRATION_FORWARD = weakref.WeakKeyDictionary()  # model -> its traced training-mode forward pass

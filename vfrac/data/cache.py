@@ -24,9 +24,9 @@ import cv2
 import numpy as np
 
 from vfrac.cohort import Patient
-from vfrac.crops import BOX_MODES, crop_stack, lesion_slices, roi_boxes
+from vfrac.data.crops import BOX_MODES, crop_stack, lesion_slices, roi_boxes
 from vfrac.errors import InputError
-from vfrac.volume import load_mask, load_volume
+from vfrac.io.volume import load_mask, load_volume
 
 CACHE_VERSION = 2
 HU_MIN, HU_MAX = -32768, 32767

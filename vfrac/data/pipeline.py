@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from vfrac.cache import read_entry
-from vfrac.window import BONE_WINDOW, window_unit
+from vfrac.data.cache import read_entry
+from vfrac.data.window import BONE_WINDOW, window_unit
 
 AIR_HU = -1000.0
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # what ResNet50's preprocess_input subtracts
