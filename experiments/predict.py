@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -28,15 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.models import (
+    add_model_arguments,
+    add_rule_arguments,
+    cv_patients,
+    load_members,
+    predictor_of,
+    uncertainty_rule,
+)
 from explain.runs import masked
 from vfrac.errors import InputError
-from vfrac.run_tree import CODE_VERSION_TAG, COHORT_HASH_TAG, PATIENT_PREDICTIONS, RECALIBRATION
+from vfrac.run_tree import RECALIBRATION
 from vfrac.runtime import apply_process_defaults
 
 DEFAULT_METHODS = ("gradcam",)
-# What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
-SHARED_BY_MEMBERS = ("crop", "input_size", "aggregation", "threshold", "cam_layer", "preprocessing")
-REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -90,39 +94,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model or --ensemble, one of them required (predict and validate)."""
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model",
-                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
-                            "(a fold's model)")
-    which.add_argument("--ensemble", metavar="CV_RUN_ID",
-                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
-                            "and Grad-CAM maps averaged over them")
-
-
-def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
-    """The uncertain flag's --margin and --max-spread (vfrac.stats.ensemble.UncertaintyRule)."""
-    from vfrac.stats.ensemble import UncertaintyRule
-
-    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
-                        help="uncertain when the probability lies closer than this to the threshold "
-                             "(default: %(default)s)")
-    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
-                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
-                             "(default: %(default)s)")
-
-
-def uncertainty_rule(args, parser: argparse.ArgumentParser):
-    """The rule the flags give, or the parser's error (exit 2) for values it refuses."""
-    from vfrac.stats.ensemble import UncertaintyRule
-
-    try:
-        return UncertaintyRule(args.margin, args.max_spread)
-    except ValueError as error:
-        parser.error(str(error))
-
-
 def main(argv=None) -> int:
     apply_process_defaults()  # before anything loads TensorFlow
     args = parse_args(argv)
@@ -167,24 +138,21 @@ def predict(args) -> dict:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     with tempfile.TemporaryDirectory() as scratch:
         members, model_info = load_members(args, tracking_uri, Path(scratch))
-    model_contract = members[0][1]
+    model_contract, predictor = members[0][1], predictor_of(members)
     seconds["load model"] = time.perf_counter() - started
     started = time.perf_counter()
     prepared = _crops(args.patient_id, volume, roi, model_contract)
     seconds["crop"] = time.perf_counter() - started
     started = time.perf_counter()
-    inputs = [_network_inputs(prepared, contract, contract["window"]) for _, contract in members]
-    outputs = [_probabilities(model, images, model_contract["aggregation"])
-               for (model, _), images in zip(members, inputs, strict=True)]
-    probabilities = np.mean([slices for slices, _ in outputs], axis=0)  # an ensemble's: its members' mean
-    probability = _patient_probability(probabilities, model_contract["aggregation"])
-    threshold = float(model_contract["threshold"])
-    uncertainty = _uncertainty(args, probability, [patient for _, patient in outputs], threshold, model_info,
-                               tracking_uri)
+    outcome = predictor.predict_crops(args.patient_id, prepared.crops, prepared.context, prepared.slices)
+    probabilities, probability = outcome.slices, outcome.patients[args.patient_id]
+    threshold = predictor.threshold
+    uncertainty = _uncertainty(args, probability, outcome.members[args.patient_id], outcome.spread(args.patient_id),
+                               threshold, model_info, tracking_uri)
     seconds["predict"] = time.perf_counter() - started
     prediction = {
         "patient_id": args.patient_id, "probability": probability,
-        "call": "malignant" if probability >= threshold else "benign", "threshold": threshold,
+        "call": predictor.call(probability), "threshold": threshold,
         "aggregation": model_contract["aggregation"], "uncertain": bool(uncertainty["reasons"]),
         "uncertainty": uncertainty, "model": model_info,
         "input": {"ct_shape": list(volume.shape), "spacing_mm": [float(v) for v in volume.spacing],
@@ -197,7 +165,7 @@ def predict(args) -> dict:
     }
     started = time.perf_counter()
     methods = tuple(args.method or DEFAULT_METHODS)
-    sheet = _explain(members, prepared, inputs, volume, prediction, methods, out, args.dicom)
+    sheet = _explain(predictor, model_contract, prepared, volume, prediction, methods, out, args.dicom)
     seconds["explain"] = time.perf_counter() - started
     prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
     prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
@@ -205,46 +173,8 @@ def predict(args) -> dict:
     return prediction
 
 
-def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], dict]:
-    """[(keras model, contract)] (one, or each fold model of --ensemble) and what prediction.json says of them."""
-    keys = ("role", "fold", "run_id", "cv_run_id", "cohort_hash", "code_version", "expected")
-    if args.model:
-        model, model_contract, label = load_model(args.model, tracking_uri, folder)
-        return [(model, model_contract)], {"uri": args.model, "label": label,
-                                           **{k: model_contract.get(k) for k in keys}}
-    from mlflow import MlflowClient
-
-    from explain.runs import cv_run, finished_folds
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = cv_run(client, args.ensemble)
-    folds, planned = finished_folds(client, run), int(run.data.params.get("folds", 0))
-    if len(folds) < max(planned, 2):
-        raise InputError(f"CV run {args.ensemble} has {len(folds)} of its {planned} fold models finished; an ensemble "
-                         "needs every fold's (finish the CV run first, or use one fold's model with --model)")
-    members, uris = [], []
-    for fold, fold_run in sorted(folds.items()):
-        uris.append(f"runs:/{fold_run.info.run_id}/model")
-        model, model_contract, _ = load_model(uris[-1], tracking_uri, folder / f"fold{fold}")
-        members.append((model, model_contract))
-    first = members[0][1]
-    for uri, (_, other) in zip(uris, members, strict=True):
-        differing = [k for k in SHARED_BY_MEMBERS if other.get(k) != first.get(k)]
-        if differing:
-            raise InputError(f"{uri}: its {', '.join(differing)} differ from fold {sorted(folds)[0]}'s; the fold "
-                             "models of one CV run must share them to form an ensemble")
-    metrics = run.data.metrics
-    expected = {"patient_auc": metrics.get("patient_auc"),
-                "patient_auc_ci": [metrics.get("patient_auc_ci_low"), metrics.get("patient_auc_ci_high")],
-                "measured_on": "pooled out-of-fold predictions of the same CV run"}
-    return members, {"uri": f"ensemble:{args.ensemble}", "label": f"ensemble of {len(members)} fold models",
-                     "role": "ensemble", "members": uris, "cv_run_id": args.ensemble,
-                     "cohort_hash": run.data.tags.get(COHORT_HASH_TAG),
-                     "code_version": run.data.tags.get(CODE_VERSION_TAG), "expected": expected}
-
-
-def _uncertainty(args, probability: float, member_probabilities: list[float], threshold: float, model_info: dict,
-                 tracking_uri: str) -> dict:
+def _uncertainty(args, probability: float, member_probabilities: list[float], spread: float | None,
+                 threshold: float, model_info: dict, tracking_uri: str) -> dict:
     """The spread of the members' patient probabilities, the uncertain flag's reasons, how the rule's distance
     part sorted the CV run's out-of-fold patients, and the recalibrated risk if asked.
 
@@ -253,9 +183,8 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     """
     from dataclasses import asdict
 
-    from vfrac.stats.ensemble import flagged_share, member_spread
+    from vfrac.stats.ensemble import flagged_share
 
-    spread = member_spread(member_probabilities) if len(member_probabilities) > 1 else None
     cv_rows = cv_patients(tracking_uri, model_info.get("cv_run_id"))
     recalibration = None
     if args.recalibrate:
@@ -271,24 +200,6 @@ def _uncertainty(args, probability: float, member_probabilities: list[float], th
     return {"members": [float(p) for p in member_probabilities], "spread_sd": spread,
             "reasons": args.rule.reasons(probability, spread, threshold), "rule": asdict(args.rule),
             "rule_checked": checked, "recalibration": recalibration}
-
-
-def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
-    """The CV run's pooled out-of-fold patient rows, None where the run is not in this store."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from experiments.results import read_rows
-
-    if not cv_run_id:
-        return None
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            path = MlflowClient(tracking_uri=tracking_uri).download_artifacts(cv_run_id, PATIENT_PREDICTIONS,
-                                                                               scratch)
-            return read_rows(Path(path))
-    except (MlflowException, OSError):
-        return None
 
 
 def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: str):
@@ -309,38 +220,6 @@ def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: 
         raise InputError(f"--recalibrate {method} on CV run {cv_run_id}: {error}") from error
     client.log_dict(cv_run_id, fitted.as_dict(), name)
     return fitted
-
-
-def load_model(uri: str, tracking_uri: str, folder: Path):
-    """(keras model, its checked contract, how to name it) from an MLflow model URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-
-    from experiments.model_package import check_contract
-    from explain.methods import DEFAULT_LAYER
-    from vfrac.model.network import load_classifier
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
-    except (MlflowException, OSError) as error:
-        raise InputError(f"{uri}: no such model in {masked(tracking_uri)}: {str(error).splitlines()[0]}") from error
-    if not (local / "MLmodel").is_file() or not (local / "data" / "model.keras").is_file():
-        raise InputError(f"{uri}: not an MLflow Keras model logged by vfrac (no MLmodel and data/model.keras)")
-    model = load_classifier(local / "data" / "model.keras")
-    model_contract = check_contract(Model.load(str(local)).metadata, model.input_shape, uri)
-    layer = model_contract.get("cam_layer", DEFAULT_LAYER)
-    if layer not in {each.name for each in model.layers}:
-        raise InputError(f"{uri}: the contract's Grad-CAM layer {layer!r} is not in the network")
-    return model, model_contract, _label(uri)
-
-
-def _label(uri: str) -> str:
-    """`vfrac-resnet50 v1` for a registered version; the URI otherwise."""
-    match = REGISTERED.fullmatch(uri)
-    return f"{match[1]} v{match[2]}" if match else uri
 
 
 def read_patient(args):
@@ -364,27 +243,6 @@ def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
     return cut_crops(patient_id, volume, roi, CropSettings.from_values(model_contract["crop"]))
 
 
-def _network_inputs(prepared, model_contract: dict, window) -> np.ndarray:
-    """The crops as the model's evaluation pipeline turned them into inputs (vfrac.data.pipeline)."""
-    from vfrac.data.pipeline import evaluation_images
-
-    return evaluation_images(prepared.crops, prepared.context, model_contract["input_size"], tuple(window))
-
-
-def _probabilities(model, images: np.ndarray, aggregation: str) -> tuple[np.ndarray, float]:
-    """Each slice's probability and the patient's, aggregated as the model's run did."""
-    probabilities = model.predict(images, verbose=0)[:, 0].astype(float)
-    return probabilities, _patient_probability(probabilities, aggregation)
-
-
-def _patient_probability(probabilities, aggregation: str) -> float:
-    from vfrac.stats.metrics import aggregate
-
-    n = len(probabilities)
-    _, _, (patient,) = aggregate(["patient"] * n, probabilities, [0] * n, aggregation)
-    return float(patient)
-
-
 OUTPUTS = ("prediction.json", "sheet.html", "overlays", "maps", "dicom")
 
 
@@ -406,8 +264,8 @@ def clear_outputs(out: Path, force: bool) -> None:
             target.unlink()
 
 
-def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, prediction: dict, methods,
-             out: Path, dicom: bool) -> Path:
+def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict, methods, out: Path,
+             dicom: bool) -> Path:
     """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
     An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
     from explain import secondary_capture
@@ -418,15 +276,15 @@ def _explain(members: list[tuple], prepared, inputs: list[np.ndarray], volume, p
     from vfrac.data.crops import input_to_slice
     from vfrac.data.window import BONE_WINDOW
 
-    model_contract = members[0][1]
     size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
-    bone = windowed_rgb(_network_inputs(prepared, model_contract, BONE_WINDOW))[..., 1]
+    bone = windowed_rgb(predictor.inputs(prepared.crops, prepared.context, window=BONE_WINDOW))[..., 1]
     classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
-    maps, attribution = {}, 0.0
-    for (model, _), images in zip(members, inputs, strict=True):
-        found, shares = Explainer(model, layer).explain(images, classes, methods)  # layer checked at loading
-        maps = {m: maps.get(m, 0.0) + found[m] / len(members) for m in methods}
-        attribution = attribution + shares / len(members)
+    maps, attribution, count = {}, 0.0, len(predictor.members)
+    for k, member in enumerate(predictor.members):
+        images = predictor.inputs(prepared.crops, prepared.context, k)
+        found, shares = Explainer(member.model, layer).explain(images, classes, methods)  # layer checked at loading
+        maps = {m: maps.get(m, 0.0) + found[m] / count for m in methods}
+        attribution = attribution + shares / count
     shown, captures, cache_size = [], [], prepared.crops.shape[1]
     transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
     zs = [entry["slice"] for entry in prediction["slices"]]

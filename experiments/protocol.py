@@ -43,6 +43,7 @@ from vfrac.data.pipeline import Augmentation, make_dataset
 from vfrac.data.splits import Split, inner_splits
 from vfrac.model.baseline import baseline_fold
 from vfrac.model.network import build_classifier
+from vfrac.model.predictor import Predictor
 from vfrac.model.train import Trainer
 from vfrac.run_tree import FOLD_TAG, TRIAL_ROLE
 from vfrac.stats.metrics import aggregate, auc, evaluate
@@ -97,9 +98,9 @@ def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epoch
 
 def predict_slices(config: RunConfig, params: TrialParams, model, data: FoldData, test_ids):
     """[(patient_id, slice)] of every crop of test_ids, and the model's probability of each."""
-    test, index = make_dataset({p: data.entries[p] for p in test_ids}, data.labels, config.input_size,
-                               params.window, batch_size=64)
-    return index, model.predict(test, verbose=0)[:, 0]
+    predictor = Predictor.single(model, config.input_size, params.window, config.aggregation, config.threshold)
+    prediction = predictor.predict_entries({p: data.entries[p] for p in test_ids}, data.labels)
+    return prediction.index, prediction.slices
 
 
 def chosen_settings(config: RunConfig, study: optuna.Study | None) -> tuple[TrialParams, int, float | None]:

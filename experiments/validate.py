@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from vfrac.errors import InputError
 from vfrac.run_tree import (
     CODE_VERSION_TAG,
@@ -56,7 +54,7 @@ SHOWN = {"sensitivity": "sensitivity", "specificity": "specificity", "accuracy":
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from experiments.predict import add_model_arguments, add_rule_arguments, uncertainty_rule
+    from experiments.models import add_model_arguments, add_rule_arguments, uncertainty_rule
 
     parser = argparse.ArgumentParser(prog="python -m experiments.validate", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
@@ -101,7 +99,7 @@ def validate(args) -> dict:
     """Everything the command does; returns {"run_id", "table" (the console's), "browse" (lines)}."""
     from tqdm import tqdm
 
-    from experiments.predict import load_members
+    from experiments.models import load_members, predictor_of
     from experiments.tracking import Tracker
     from explain.runs import default_tracking_uri
     from vfrac.cohort import read_manifest
@@ -150,7 +148,7 @@ def validate(args) -> dict:
     try:
         started = time.perf_counter()
         print(f"validation run {run_id}: {label} on {len(labels)} patients of {manifest}", flush=True)
-        slices, members_of = predict_cohort(members, prepared.entries, labels)
+        slices, members_of = predict_cohort(predictor_of(members), prepared.entries, labels)
         seconds = time.perf_counter() - started
         result = assess(slices, members_of, contract, args.rule, _cv_predictions(tracker, model_info))
         with tempfile.TemporaryDirectory() as scratch:  # only what this run wrote is logged, never --out's files
@@ -185,34 +183,20 @@ def _copy_artifacts(tracker, run_id: str, out: Path) -> None:
         tracker.download(run_id, artifact.path, out)
 
 
-def predict_cohort(members: list[tuple], entries: dict, labels: dict) -> tuple[list[dict], dict]:
-    """Every kept crop's probability (an ensemble's: its members' mean), each made by its model's evaluation
-    pipeline (vfrac.data.pipeline); and patient_id -> each member's patient probability, for the spread."""
-    from vfrac.data.pipeline import make_dataset
-    from vfrac.stats.metrics import aggregate
-
-    outputs = []
-    for model, contract in members:
-        dataset, index = make_dataset(entries, labels, contract["input_size"], tuple(contract["window"]),
-                                      batch_size=64)
-        outputs.append(model.predict(dataset, verbose=0)[:, 0].astype(float))
-    ids = [pid for pid, _ in index]
-    members_of = {}
-    for probabilities in outputs:
-        pids, _, patient_probabilities = aggregate(ids, probabilities, [0] * len(ids), members[0][1]["aggregation"])
-        for pid, probability in zip(pids, patient_probabilities, strict=True):
-            members_of.setdefault(pid, []).append(float(probability))
-    mean = np.mean(outputs, axis=0)
+def predict_cohort(predictor, entries: dict, labels: dict) -> tuple[list[dict], dict]:
+    """Every kept crop's probability (an ensemble's: its members' mean) as rows; and patient_id -> each
+    member's patient probability, for the spread."""
+    prediction = predictor.predict_entries(entries, labels)
     slices = [{"patient_id": pid, "slice": int(z), "label": labels[pid], "probability": float(p)}
-              for (pid, z), p in zip(index, mean, strict=True)]
-    return slices, members_of
+              for (pid, z), p in zip(prediction.index, prediction.slices, strict=True)]
+    return slices, prediction.members
 
 
 def assess(slices: list[dict], members_of: dict, contract: dict, rule: UncertaintyRule, cv: dict | None) -> dict:
     """The external metrics with CIs and calibration, the patients' table with the uncertain flag, and the CV
     estimate beside them."""
     from experiments.report import to_markdown
-    from vfrac.stats.ensemble import flag_counts
+    from vfrac.stats.ensemble import flag_counts, member_spread
     from vfrac.stats.metrics import aggregate, calibration, evaluate
     from vfrac.stats.statistics import unpaired_auc_difference
 
@@ -222,7 +206,7 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
     pids, patient_labels, patient_probabilities = aggregate(ids, probabilities, labels, aggregation)
     patients = []
     for pid, y, p in zip(pids, patient_labels, patient_probabilities, strict=True):
-        spread = float(np.std(members_of[pid], ddof=1)) if len(members_of[pid]) > 1 else None
+        spread = member_spread(members_of[pid]) if len(members_of[pid]) > 1 else None
         patients.append({"patient_id": pid, "label": int(y), "probability": float(p), "prediction": int(p >= threshold),
                          "spread_sd": "" if spread is None else spread,
                          "uncertain": int(bool(rule.reasons(float(p), spread, threshold)))})
@@ -276,7 +260,7 @@ def _cv_predictions(tracker, contract: dict) -> dict | None:
     """The model's CV run's pooled per-patient predictions and metrics; the contract's expected AUC when the
     run cannot be read (a model copied from another store). `contract`: the model's, or an ensemble's
     description (experiments.predict.load_members), which names the same keys."""
-    from experiments.predict import cv_patients
+    from experiments.models import cv_patients
 
     expected = contract.get("expected") or {}
     rows = cv_patients(tracker.uri, contract.get("cv_run_id"))

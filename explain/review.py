@@ -254,15 +254,15 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     building it per patient cost more than the maps of a fold.
     """
     from explain.cam import windowed_rgb
-    from vfrac.data.pipeline import evaluation_images
+    from vfrac.model.predictor import Predictor
 
-    size, crop_context = fold_model.input_size, fold_model.crop_settings.context
-    crops = np.concatenate([item.crops for item in chosen])
-    bone = windowed_rgb(evaluation_images(crops, crop_context, size, BONE_WINDOW))[..., 1]
+    predictor = Predictor.single(fold_model.model, fold_model.input_size, fold_model.window)
+    crops, crop_context = np.concatenate([item.crops for item in chosen]), fold_model.crop_settings.context
+    bone = windowed_rgb(predictor.inputs(crops, crop_context, window=BONE_WINDOW))[..., 1]
     offsets = np.cumsum([0] + [len(item.crops) for item in chosen])
     for k, item in enumerate(chosen):
         item.bone = bone[offsets[k]:offsets[k + 1]]
-    return evaluation_images(crops, crop_context, size, fold_model.window)
+    return predictor.inputs(crops, crop_context)
 
 
 def _sanity(explainer, model, trained: dict, images, classes) -> list[dict]:
