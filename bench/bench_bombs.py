@@ -31,7 +31,7 @@ from pydicom.uid import RLELossless
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.dicom_factory import write_claim, write_deflated_zeros, write_series  # noqa: E402
-from tests.test_bombs import nifti_header, write_gzip  # noqa: E402
+from tests.io.test_bombs import nifti_header, write_gzip  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time

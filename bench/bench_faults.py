@@ -20,7 +20,7 @@ to 1e-9, every slice's probability to 1e-6). They run under a 16 GiB cap (Tensor
 maps more address space than it uses); their peak is the command's own process's.
 
 Prints one markdown table: case | command | outcome | peak memory | seconds.
-tests/test_faults.py runs the same cases from here.
+tests/commands/test_faults.py runs the same cases from here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Grad-CAM, HiResCAM and the slices' attribution all need one thing, the gradient 
 the class score with respect to the layer's activation (and to the input): `explain`
 gets it from one traced forward+backward pass per batch and derives all three from
 it, where tf-keras-vis (eager, one pass per method) took three. Grad-CAM computed so
-equals tf-keras-vis's to float precision (tests/test_explain.py); the other
+equals tf-keras-vis's to float precision (tests/explain/test_explain.py); the other
 tf-keras-vis methods run through tf-keras-vis.
 
 tf-keras-vis scores softmax outputs (Score-CAM applies a softmax itself), which is

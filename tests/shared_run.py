@@ -1,8 +1,8 @@
 """The tiny cohort and its one uninterrupted run of `experiments.cv`, shared by the test files that need them.
 
 Every fresh process of the command pays for tracing its network (tens of seconds at one
-thread, even for `--arch resnet-tiny`), so tests/test_cv.py (the run tree, review, report) and tests/test_faults.py
-(the numbers every fault must give) read one run instead of making two: the first
+thread, even for `--arch resnet-tiny`), so tests/commands/test_cv.py (the run tree, review, report) and
+tests/commands/test_faults.py (the numbers every fault must give) read one run instead of making two: the first
 pytest worker to ask makes it under a file lock, the others wait for it. Its store is
 read-only to its readers, except for test_cv's rerun, which must find everything done.
 """

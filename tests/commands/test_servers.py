@@ -197,7 +197,7 @@ def assert_no_password_anywhere(servers, outputs, databases, experiment):
     assert stored.stdout == "", stored.stdout
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "examples" / "slurm"
+SCRIPTS = Path(__file__).resolve().parents[2] / "examples" / "slurm"
 
 
 def array_task(script: str, env: dict, log: Path, folder: Path) -> subprocess.Popen:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.shared_run import final_model_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 

@@ -18,7 +18,7 @@ from vfrac.errors import InputError
 from vfrac.io.vertebrae import TOTALSEGMENTATOR, VERSE, totalsegmentator_roi, verse_roi
 from vfrac.io.volume import load_mask, load_volume
 
-REAL = Path(__file__).resolve().parent.parent / "examples" / "real-ct"
+REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
 CT, MAP, BODIES = (REAL / f"abdomen-pelvis-{name}.nii.gz" for name in ("ct", "vertebrae", "vertebral-bodies"))
 VERSE_SHAPE = (6, 5, 9)  # x, y, z: three vertebrae of three slices each
 

@@ -22,7 +22,7 @@ from vfrac.errors import InputError
 from vfrac.io.dicom_roi import rasterise
 from vfrac.io.volume import Volume, load_mask, load_volume
 
-REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
+REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
 SERIES, LABELS = REAL / "abdomen-t11-t12-dicom", REAL / "abdomen-t11-t12-labels.nii.gz"
 VERTEBRAE = {1: ("T12", 32), 2: ("T11", 33)}  # segment / ROI number: (name, value in the NIfTI labels)
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"

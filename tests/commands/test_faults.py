@@ -11,8 +11,8 @@ naming the file and the reason, exit code 2, peak resident memory under 1 GiB.
 
 The faults of `python -m experiments.cv` (slow): a run killed with SIGKILL inside a
 trial of its second fold and run again, giving the numbers of an uninterrupted run
-(tests/test_cv.py's, made once for both files). Workers sharing one run, and their
-faults, are tests/test_servers.py's, on PostgreSQL and an MLflow server.
+(tests/commands/test_cv.py's, made once for both files). Workers sharing one run, and their
+faults, are tests/commands/test_servers.py's, on PostgreSQL and an MLflow server.
 """
 
 import math
@@ -94,8 +94,8 @@ def cohort(tmp_path_factory):
 
 
 def uninterrupted_numbers(tmp_path_factory):
-    """The pooled numbers every fault must give: those of tests/test_cv.py's uninterrupted run (the first worker
-    to ask makes it; tests/shared_run.py). Asked for after a test's own processes, so none waits on it idle."""
+    """The pooled numbers every fault must give: those of tests/commands/test_cv.py's uninterrupted run (the first
+    worker to ask makes it; tests/shared_run.py). Asked for after a test's own processes, so none waits on it idle."""
     store, outcome = uninterrupted_run(tmp_path_factory)
     assert outcome.code == 0, outcome.output
     return faults.pooled(store, tmp_path_factory.mktemp("uninterrupted-artifacts"))

@@ -26,7 +26,7 @@ from vfrac.stats.ensemble import UncertaintyRule, fit_recalibration, flagged_sha
 from vfrac.stats.metrics import aggregate
 
 pytestmark = [pytest.mark.slow]
-REAL = Path(__file__).resolve().parents[1] / "examples" / "real-ct"
+REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import tensorflow as tf
 from experiments import protocol
 from experiments.config import RunConfig
 from experiments.tuning import DEFAULTS
-from tests.test_pipeline import write_patients
+from tests.data.test_pipeline import write_patients
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from tests.test_volume import REAL_CT, needs_real_ct
+from tests.io.test_volume import REAL_CT, needs_real_ct
 from vfrac.errors import InputError
 from vfrac.io.nrrd import read_nrrd_mask
 from vfrac.io.volume import load_mask, load_volume

@@ -1,6 +1,6 @@
 """The whole command on a tiny synthetic cohort: run tree, predictions, review, report, privacy.
 
-A run killed inside a trial and run again, and two processes on one store, are in tests/test_faults.py, which
+A run killed inside a trial and run again, and two processes on one store, are in tests/commands/test_faults.py, which
 compares them with this file's run (tests/shared_run.py: one run for both).
 """
 
@@ -33,7 +33,7 @@ from vfrac.stats.metrics import evaluate
 from vfrac.stats.statistics import delong_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def cv(manifest, store: Path, *extra):
 
 @pytest.fixture(scope="module")
 def finished(cohort, tmp_path_factory):
-    """The uninterrupted run, with the review and the report, that tests/test_faults.py compares its faults with:
-    its store and its output."""
+    """The uninterrupted run, with the review and the report, that tests/commands/test_faults.py compares its
+    faults with: its store and its output."""
     store, outcome = uninterrupted_run(tmp_path_factory)
     assert outcome.code == 0, outcome.output
     return store, outcome.output

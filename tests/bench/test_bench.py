@@ -3,8 +3,8 @@
 The benches are run by hand for their figures; here each one's code path runs once on
 the smallest input it takes and its printed figures are checked for shape. The benches
 that need a finished run or model are smoke-run where one exists: bench_learning's
-scores in tests/test_cv.py, bench_predict's call in tests/test_predict.py, bench_faults
-by tests/test_faults.py, which takes its cases from it.
+scores in tests/commands/test_cv.py, bench_predict's call in tests/commands/test_predict.py, bench_faults
+by tests/commands/test_faults.py, which takes its cases from it.
 """
 
 import math

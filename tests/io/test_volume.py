@@ -12,8 +12,8 @@ from vfrac.errors import InputError
 from vfrac.io.volume import IJK_FROM_ZYX, RAS_TO_LPS, Volume, load_mask, load_volume
 
 # The project's shared copy, or the byte-identical one the repository carries.
-SHARED_REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct"
-REAL_CT = SHARED_REAL_CT if SHARED_REAL_CT.is_dir() else Path(__file__).resolve().parents[1] / "examples" / "real-ct"
+SHARED_REAL_CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
+REAL_CT = SHARED_REAL_CT if SHARED_REAL_CT.is_dir() else Path(__file__).resolve().parents[2] / "examples" / "real-ct"
 needs_real_ct = pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"{REAL_CT} is absent")
 
 

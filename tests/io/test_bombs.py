@@ -2,7 +2,7 @@
 
 The memory bombs themselves (small files whose headers claim gigabytes) are read by
 the command, one child process each under a 1 GiB address-space ceiling, in
-tests/test_faults.py, with the cases in bench/bench_faults.py.
+tests/commands/test_faults.py, with the cases in bench/bench_faults.py.
 """
 
 import tracemalloc

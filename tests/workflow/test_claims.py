@@ -116,7 +116,7 @@ def test_no_private_name_of_optuna_mlflow_or_keras_is_used():
     An attribute with a leading underscore, read off anything but self or cls, must be one the project defines;
     a module path with a private part must not be imported from those libraries.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     files = [p for folder in ("experiments", "explain", "vfrac", "bench", "tests", "examples")
              for p in (root / folder).rglob("*.py")]
     text = {path: path.read_text() for path in files}

@@ -1,0 +1,1 @@
+"""Tests of explain/: Grad-CAM maps and their sanity checks."""

@@ -1,0 +1,1 @@
+"""Tests of vfrac.stats against hand-computed and published values."""

@@ -1,0 +1,1 @@
+"""Tests of vfrac.synth: the synthetic cohort."""
