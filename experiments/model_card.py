@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from experiments.study_tables import TODO, ci_text
+from experiments.study_tables import TODO
+from vfrac.document import ci_text
 from vfrac.run_tree import COHORT_HASH_TAG
 
 

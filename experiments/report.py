@@ -12,19 +12,17 @@ import argparse
 import math
 import sys
 import tempfile
-from html import escape
 from pathlib import Path
 
 import numpy as np
 
 from experiments.figures import calibration_figure, flow_figure, fold_spread, roc_figure
 from experiments.model_card import model_card
-from experiments.results import STUDY, p_value, patient_rows, per_fold
+from experiments.results import STUDY, patient_rows, per_fold
 from experiments.run_data import read_run
 from experiments.study_tables import (
     accuracy_tables,
     baseline_characteristics,
-    ci_text,
     fold_results,
     fold_settings,
     limitations,
@@ -32,6 +30,7 @@ from experiments.study_tables import (
     sanity_sentence,
 )
 from explain.runs import cv_run, default_tracking_uri
+from vfrac.document import ci_text, number_text, p_clause, p_text, to_html, to_markdown
 from vfrac.errors import InputError
 from vfrac.run_tree import COHORT_HASH_TAG, GIT_COMMIT_TAG
 from vfrac.runtime import apply_process_defaults
@@ -202,7 +201,7 @@ def _visual(cohort, model) -> list[tuple]:
                      f"{stats['benign_with']}/{stats['benign']}",
                      ci_text(stats["sensitivity"], stats["sensitivity_ci"]),
                      ci_text(stats["specificity"], stats["specificity_ci"]),
-                     ci_text(stats["odds_ratio"], stats["odds_ratio_ci"]), _p(stats["fisher_p"])])
+                     ci_text(stats["odds_ratio"], stats["odds_ratio_ci"]), p_text(stats["fisher_p"])])
     blocks.append(("p", "Each feature read as a sign of malignancy, on the analysed patients with a reading. "
                         "Odds ratio with Woolf's 95% CI (0.5 added to every cell when one is empty); "
                         "two-sided Fisher's exact test."))
@@ -233,10 +232,10 @@ def _readers(cohort, model) -> dict:
                      ci_text(specificity, wilson_interval(tn, negatives)),
                      ci_text(_share(tp + tn, len(read)), wilson_interval(tp + tn, len(read))),
                      f"{_share(int(np.sum(ours == truth)), len(read)):.2f}",
-                     f"{test['b']} / {test['c']}", f"{_p(test['p'])} ({test['method']})"])
+                     f"{test['b']} / {test['c']}", f"{p_text(test['p'])} ({test['method']})"])
         p_values.append(test["p"])
     for row, adjusted in zip(rows, holm(p_values), strict=True):
-        row.append(_p(adjusted))
+        row.append(p_text(adjusted))
     missing = ", ".join(f"{name} {count}" for name, count in unread.items() if count)
     blocks.append(("p", "Per patient, on the same analysed patients as the model; Wilson 95% CIs. McNemar's "
                         "paired test of each reader against the model's calls: b = reader right and model "
@@ -280,7 +279,7 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
         blocks.append(("p", "Radiomics baseline (IBSI first-order HU and GLCM texture in the ROI square, L2 logistic "
                             "regression fitted in each fold on its training patients): network minus baseline "
                             f"per-patient AUC {metrics['baseline_auc_difference']:+.2f}, DeLong "
-                            f"{p_value(metrics['baseline_delong_p'])}."))
+                            f"{p_clause(metrics['baseline_delong_p'])}."))
     patient_y = [m["label"] for m in model.values()]
     patient_p = [m["probability"] for m in model.values()]
     cal = calibration(patient_y, patient_p)
@@ -326,8 +325,9 @@ def _attention(summary) -> list[tuple]:
     blocks = [("h2", SECTIONS[5])]
     if not summary:
         return blocks + [("p", "No explanation in this run (run without --no-explain, or python -m explain.review).")]
-    rows = [[r["method"], r["feature"], r["true_class"], r["call"], r["slices"], _num(r["energy_fraction"]),
-             _num(r["area_fraction"]), _num(r["ratio"]), _num(r["pointing_hit_rate"])] for r in summary]
+    rows = [[r["method"], r["feature"], r["true_class"], r["call"], r["slices"],
+             *(number_text(r[name]) for name in ("energy_fraction", "area_fraction", "ratio", "pointing_hit_rate"))]
+            for r in summary]
     blocks.append(("p", "Share of map energy inside each feature's mask, the mask's share of the crop, their "
                         "ratio (above 1: attention concentrates on the feature) and the pointing-game hit rate, "
                         "by true class and by whether the call was right (explain/attention.csv)."))
@@ -359,55 +359,8 @@ def _claim(data, slices, model) -> list[tuple]:
     return [("h2", SECTIONS[7]), ("table", ["CLAIM item", "this run"], rows)]
 
 
-# -- formats ------------------------------------------------------------------------------
-
-def to_markdown(blocks) -> str:
-    lines = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            lines += [f"# {block[1]}", ""]
-        elif kind == "h2":
-            lines += [f"## {block[1]}", ""]
-        elif kind == "p":
-            lines += [block[1], ""]
-        elif kind == "img":
-            lines += [f"![{block[2]}]({block[1]})", ""]
-        else:
-            header, rows = block[1], block[2]
-            lines += ["| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)]
-            lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows] + [""]
-    return "\n".join(lines)
-
-
-def to_html(blocks) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>vfrac report</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:1.5em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ccc;"
-             "padding:2px 6px}img{max-width:100%;height:auto;display:block;margin:.5em 0}</style></head><body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "p"):
-            parts.append(f"<{kind}>{escape(block[1])}</{kind}>")
-        elif kind == "img":
-            parts.append(f"<img src='{escape(block[1])}' alt='{escape(block[2])}'>")
-        else:
-            parts.append("<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in block[1]) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
-                                   for row in block[2]) + "</table>")
-    return "\n".join(parts) + "</body></html>\n"
-
-
 def _share(top: int, bottom: int) -> float:
     return top / bottom if bottom else math.nan
-
-
-def _p(value: float) -> str:
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _num(value) -> str:
-    return f"{float(value):.2f}" if value not in ("", None) else ""
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from experiments.figures import calibration_figure, confusion_figure, fold_spread, roc_figure
+from vfrac.document import ci_text, p_clause
 from vfrac.stats.metrics import aggregate, binary_metrics, evaluate
 from vfrac.stats.statistics import delong_test
 
@@ -87,16 +88,11 @@ def baseline_metrics(comparison: dict) -> dict[str, float]:
     return metrics
 
 
-def p_value(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
 def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: float,
                      baseline: dict | None = None) -> str:
     """The study's table (per slice and per patient) with our CIs, the study beside, and fold spread."""
     def cell(level, name):
-        value, (low, high) = result[level][name], result[level][f"{name}_ci"]
-        return f"{value:.2f} ({low:.2f}-{high:.2f})"
+        return ci_text(result[level][name], result[level][f"{name}_ci"])
 
     def spread(level, name):
         return fold_spread([f[level][name] for f in folds.values()])
@@ -112,14 +108,13 @@ def summary_markdown(result: dict, folds: dict, aggregation: str, threshold: flo
         lines.append(f"| {label}, Li et al. 2021 | {study['sensitivity']:.2f} | {study['specificity']:.2f} | "
                      f"{study['accuracy']:.2f} | not reported |")
     if baseline is not None:
-        cells = " | ".join(f"{baseline[n]:.2f} ({baseline[n + '_ci'][0]:.2f}-{baseline[n + '_ci'][1]:.2f})"
-                           for n in REPORTED)
+        cells = " | ".join(ci_text(baseline[n], baseline[n + "_ci"]) for n in REPORTED)
         lines.append(f"| per patient, radiomics baseline (pooled) | {cells} |")
         delong = baseline["delong"]
         lines += ["", "Radiomics baseline: first-order HU and GLCM texture in the ROI square, L2 logistic "
                   "regression fitted per fold on that fold's training patients. Network minus baseline AUC "
                   f"{delong['difference']:+.2f} (95% CI {delong['ci'][0]:+.2f} to {delong['ci'][1]:+.2f}), "
-                  f"DeLong {p_value(delong['p'])}."]
+                  f"DeLong {p_clause(delong['p'])}."]
     return "\n".join(lines) + "\n"
 
 

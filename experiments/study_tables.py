@@ -11,6 +11,7 @@ import numpy as np
 
 from experiments.results import per_fold
 from experiments.tuning import SEARCH_SPACE
+from vfrac.document import ci_text
 from vfrac.stats.agreement import bootstrap_interval, category_counts, cohen_kappa, fleiss_kappa
 from vfrac.stats.statistics import diagnostic_table
 
@@ -131,14 +132,6 @@ def limitations(params: dict, model: dict, cohort: dict | None, synthetic_reader
     if params.get("weights") in (None, "", "None"):
         facts.append("trained from random initial weights, unlike the study's ImageNet start")
     return "Limitations, from this run's facts: " + "; ".join(facts) + "."
-
-
-def ci_text(value: float, interval) -> str:
-    low, high = interval
-    if value is None or math.isnan(value):
-        return "n/a"
-    separator = " to " if low < 0 else "-"  # -0.34-1.00 would read as a range from minus
-    return f"{value:.2f} ({low:.2f}{separator}{high:.2f})"
 
 
 def baseline_characteristics(cohort: dict | None, model: dict, slices, spacing: dict, scans: dict) -> list[tuple]:

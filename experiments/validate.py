@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vfrac.document import ci_text, number_text, p_clause, to_html, to_markdown
 from vfrac.errors import InputError
 from vfrac.run_tree import (
     CODE_VERSION_TAG,
@@ -195,7 +196,6 @@ def predict_cohort(predictor, entries: dict, labels: dict) -> tuple[list[dict], 
 def assess(slices: list[dict], members_of: dict, contract: dict, rule: UncertaintyRule, cv: dict | None) -> dict:
     """The external metrics with CIs and calibration, the patients' table with the uncertain flag, and the CV
     estimate beside them."""
-    from experiments.report import to_markdown
     from vfrac.stats.ensemble import flag_counts, member_spread
     from vfrac.stats.metrics import aggregate, calibration, evaluate
     from vfrac.stats.statistics import unpaired_auc_difference
@@ -227,7 +227,6 @@ def assess(slices: list[dict], members_of: dict, contract: dict, rule: Uncertain
 
 def comparison(result: dict) -> list[tuple]:
     """The CV estimate and the external one side by side, per patient, and the AUC difference (report blocks)."""
-    from experiments.results import p_value
 
     external, cv = result["metrics"]["patient"], result["cv"]
     header = ["per patient", f"CV estimate ({cv['what'] if cv else 'not available'})",
@@ -235,25 +234,19 @@ def comparison(result: dict) -> list[tuple]:
     rows = []
     for name in REPORTED:
         theirs, ours = (cv["metrics"].get(name) if cv else None), external[name]
-        rows.append([SHOWN[name], _ci_text(theirs, cv["metrics"].get(name + "_ci") if cv else None),
-                     _ci_text(ours, external[name + "_ci"]), "" if theirs is None else f"{ours - theirs:+.2f}"])
+        rows.append([SHOWN[name], ci_text(theirs, cv["metrics"].get(name + "_ci") if cv else None),
+                     ci_text(ours, external[name + "_ci"]), "" if theirs is None else f"{ours - theirs:+.2f}"])
     difference = result["difference"]
     if difference is not None:
         low, high = difference["ci"]
         note = (f"AUC difference (external - CV) {difference['difference']:+.2f}, 95% CI {low:+.2f} to "
-                f"{high:+.2f} (DeLong, unpaired), {p_value(difference['p'])}.")
+                f"{high:+.2f} (DeLong, unpaired), {p_clause(difference['p'])}.")
     elif cv is None:
         note = "The model's CV run is not in this store: no CV estimate to compare with."
     else:
         note = ("The model's CV run could not be read: its AUC comes from the model's contract, and the difference "
                 "has no CI (that needs the CV's predictions).")
     return [("table", header, rows), ("p", note)]
-
-
-def _ci_text(value, interval) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"{value:.2f}" if not interval else f"{value:.2f} ({interval[0]:.2f}-{interval[1]:.2f})"
 
 
 def _cv_predictions(tracker, contract: dict) -> dict | None:
@@ -282,7 +275,6 @@ def _cv_predictions(tracker, contract: dict) -> dict | None:
 def write_outputs(folder: Path, result: dict, excluded: list[dict], context: dict) -> None:
     """predictions/, plots/, report/ (report.md, report.html, summary.md) and excluded.csv under folder."""
     from experiments.figures import calibration_figure, confusion_figure, roc_figure
-    from experiments.report import to_html, to_markdown
     from experiments.results import write_rows
 
     (folder / "predictions").mkdir(parents=True, exist_ok=True)
@@ -329,12 +321,13 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
          [["malignant", cells["tp"], cells["fn"]], ["benign", cells["fp"], cells["tn"]]]),
         ("h2", "Discrimination (95% CIs: Wilson for patient proportions, patient bootstrap otherwise)"),
         ("table", ["level", *SHOWN.values()],
-         [[name, *(_ci_text(metrics[level][m], metrics[level][m + "_ci"]) for m in REPORTED)]
+         [[name, *(ci_text(metrics[level][m], metrics[level][m + "_ci"]) for m in REPORTED)]
           for level, name in LEVELS]),
         ("h2", "Calibration"),
         ("table", ["level", "calibration slope (1 ideal)", "calibration-in-the-large (0 ideal)", "Brier score"],
-         [[name, _number(result["calibration"][level]["slope"]), _number(result["calibration"][level]["in_the_large"]),
-           f"{result['calibration'][level]['brier']:.3f}"] for level, name in LEVELS]),
+         [[name, number_text(result["calibration"][level]["slope"]),
+           number_text(result["calibration"][level]["in_the_large"]), f"{result['calibration'][level]['brier']:.3f}"]
+          for level, name in LEVELS]),
         ("h2", "Cross-validation estimate against this cohort"),
     ]
     blocks += comparison(result)
@@ -356,10 +349,6 @@ def _flag_blocks(flagged: dict) -> list[tuple]:
             ("p", f"Rule: uncertain when {' or '.join(parts)}. It flagged {flagged['flagged']} of "
                   f"{flagged['patients']} patients; they hold {flagged['errors_flagged']} of the "
                   f"{flagged['errors']} wrong calls.")]
-
-
-def _number(value: float) -> str:
-    return "n/a" if value != value else f"{value:.2f}"
 
 
 def _tags(model_uri: str, model_info: dict, digest: str) -> dict:

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.report import build, to_html, to_markdown
+from experiments.report import build
+from vfrac.document import to_html, to_markdown
 
 # (patient, label, probability of its one slice, reader a's call or None, reader b's call)
 PATIENTS = [("P1", 1, 0.9, "malignant", "malignant"), ("P2", 1, 0.8, "benign", "malignant"),
