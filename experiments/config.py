@@ -1,7 +1,9 @@
 """The resolved configuration of one cross-validation run: presets, then flags on top.
 
-One frozen, flat dataclass, logged whole (params and config.json) and hashed into the
-run key that lets a rerun, or another process, find the same CV run.
+Frozen dataclasses, one per stage (crops, model, training, tuning, protocol, stores), in
+one `RunConfig`; each stage's code takes its part. The run is logged and keyed by every
+setting under its own name (`RunConfig.flat`: params, config.json and the run key that
+lets a rerun, or another process, find the same CV run).
 """
 
 from __future__ import annotations
@@ -47,36 +49,66 @@ NOT_IN_KEY = ("fold", "explain", "cam_layer", "tracking_uri", "storage", "experi
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    preset: str
-    cohort: str
-    folds: int
-    trials: int
-    epochs: int
+class ModelSettings:
+    """The network and what its compiled graph bakes in."""
+
     input_size: int
-    seed: int
-    experiment: str
-    tracking_uri: str
-    storage: str
-    fold: int | None
-    explain: bool
-    patience: int
-    batch_size: int  # for the final model; trials tune their own
-    n_boot: int
-    min_area: float = CropSettings.min_area  # slice rule, see vfrac.data.crops.lesion_slices
-    margin: float = CropSettings.margin  # the crop settings (vfrac.data.cache.CropSettings), as vfrac.prepare's flags
-    box_mode: str = CropSettings.box_mode
-    context: float = CropSettings.context
-    cache_size: int = CropSettings.cache_size
-    ema_momentum: float = 0.98  # weight averaging of every fit
-    inner_folds: int = 1  # 1: one stratified 80/20 inner validation split
-    threshold: float = 0.5
-    aggregation: str = "max"
     weights: str | None = None  # None, "imagenet" or a weights file
     precision: str = "float32"  # or "bfloat16" (vfrac.model.network.PRECISIONS)
     arch: str = "resnet50"  # or "resnet-tiny" (vfrac.model.network.ARCHITECTURES)
     conv_gradient: str = "auto"  # the convolutions' input gradient: "auto", "fast" or "stock" (float rounding only)
+    ema_momentum: float = 0.98  # weight averaging of every fit
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int  # of a trial; the final model of a fold trains its trials' best epoch count
+    patience: int  # epochs without a better smoothed validation AUC before a trial stops
+    batch_size: int  # for the final model; trials tune their own
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    trials: int  # Optuna trials per fold; 0: the default settings
+    inner_folds: int = 1  # 1: one stratified 80/20 inner validation split
     pruner: str = "median"
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """The study's protocol: outer folds, the pre-specified patient rule and threshold, the CIs."""
+
+    folds: int
+    n_boot: int
+    threshold: float = 0.5
+    aggregation: str = "max"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    tracking_uri: str
+    storage: str
+    experiment: str
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT  # s without a heartbeat before another machine's work is free
+    store_timeout: float = DEFAULT_STORE_TIMEOUT  # s a store that stopped answering is retried before the run stops
+
+
+GROUPS = ("crops", "model", "training", "tuning", "protocol", "stores")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str
+    cohort: str
+    seed: int
+    crops: CropSettings
+    model: ModelSettings
+    training: TrainingSettings
+    tuning: TuningSettings
+    protocol: ProtocolSettings
+    stores: StoreSettings
+    fold: int | None = None  # this process's outer fold only (a job array's task)
+    explain: bool = True
     cam_layer: str = "conv5_block3_out"  # the layer the review's maps are taken at
     cache_dir: str = "data/cache"
     workers: int = 2
@@ -84,21 +116,24 @@ class RunConfig:
     skip_bad: bool = False  # leave out bad rows and patients (listed in the run's excluded.csv) instead of stopping
     final: bool = False  # also train, log and register the model to use (experiments.final)
     model_name: str = DEFAULT_MODEL_NAME  # its name in the MLflow Model Registry
-    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT  # s without a heartbeat before another machine's work is free
-    store_timeout: float = DEFAULT_STORE_TIMEOUT  # s a store that stopped answering is retried before the run stops
+
+    def flat(self) -> dict:
+        """Every setting under its own name: the run's own and each stage's (their names do not repeat)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in GROUPS}
+        for group in GROUPS:
+            values |= dataclasses.asdict(getattr(self, group))
+        return values
 
     def key(self, cohort_hash: str) -> str:
         """What identifies this run's results: the settings that change them, and the cohort."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_KEY}
+        fields = {k: v for k, v in self.flat().items() if k not in NOT_IN_KEY}
         text = json.dumps([fields, cohort_hash], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def crop_settings(self) -> CropSettings:
-        return CropSettings.from_values(dataclasses.asdict(self))
-
     def as_params(self) -> dict[str, str]:
-        """Every field as text, for MLflow params and config.json: store URLs without their password."""
-        values = dataclasses.asdict(self) | {"tracking_uri": masked(self.tracking_uri), "storage": masked(self.storage)}
+        """Every setting as text, for MLflow params and config.json: store URLs without their password."""
+        stores = self.stores
+        values = self.flat() | {"tracking_uri": masked(stores.tracking_uri), "storage": masked(stores.storage)}
         return {k: str(v) for k, v in values.items()}
 
 
@@ -119,39 +154,41 @@ def resolve(args) -> RunConfig:
     if cohort is None:
         raise InputError("--cohort is required with --preset paper")
     config = RunConfig(
-        preset=args.preset, cohort=str(Path(cohort).resolve()), folds=pick("folds"), trials=pick("trials"),
-        epochs=pick("epochs"), input_size=pick("input_size"), seed=args.seed, experiment=args.experiment,
-        tracking_uri=tracking, storage=storage, fold=args.fold, explain=not args.no_explain,
-        patience=preset["patience"], batch_size=preset["batch_size"], n_boot=preset["n_boot"],
-        weights=args.weights, precision=args.precision, arch=args.arch, conv_gradient=args.conv_gradient,
-        cam_layer=preset["cam_layer"],
-        aggregation=args.aggregation or preset["aggregation"], threshold=args.threshold,
-        inner_folds=args.inner_folds, pruner=args.pruner,
-        **dataclasses.asdict(crop_settings(args)),
-        allow_outside=args.allow_outside, skip_bad=args.skip_bad, final=args.final, model_name=args.model_name,
-        heartbeat_timeout=args.heartbeat_timeout, store_timeout=args.store_timeout,
+        preset=args.preset, cohort=str(Path(cohort).resolve()), seed=args.seed,
+        crops=crop_settings(args),
+        model=ModelSettings(input_size=pick("input_size"), weights=args.weights, precision=args.precision,
+                            arch=args.arch, conv_gradient=args.conv_gradient),
+        training=TrainingSettings(epochs=pick("epochs"), patience=preset["patience"], batch_size=preset["batch_size"]),
+        tuning=TuningSettings(trials=pick("trials"), inner_folds=args.inner_folds, pruner=args.pruner),
+        protocol=ProtocolSettings(folds=pick("folds"), n_boot=preset["n_boot"], threshold=args.threshold,
+                                  aggregation=args.aggregation or preset["aggregation"]),
+        stores=StoreSettings(tracking_uri=tracking, storage=storage, experiment=args.experiment,
+                             heartbeat_timeout=args.heartbeat_timeout, store_timeout=args.store_timeout),
+        fold=args.fold, explain=not args.no_explain, cam_layer=preset["cam_layer"], allow_outside=args.allow_outside,
+        skip_bad=args.skip_bad, final=args.final, model_name=args.model_name,
     )
     _check(config)
     return config
 
 
 def _check(config: RunConfig) -> None:
-    if config.folds < 2:
-        raise InputError(f"--folds must be >= 2, received {config.folds}")
-    if config.trials < 0 or config.epochs < 1:
-        raise InputError(f"--trials must be >= 0 and --epochs >= 1, received {config.trials}, {config.epochs}")
-    if config.inner_folds < 1:
-        raise InputError(f"--inner-folds must be >= 1, received {config.inner_folds}")
-    if not 0.0 < config.threshold < 1.0:
-        raise InputError(f"--threshold must be between 0 and 1, received {config.threshold}")
-    if config.input_size < 32:
-        raise InputError(f"--input-size must be >= 32, received {config.input_size}")
-    if config.arch != "resnet50" and config.weights == "imagenet":
-        raise InputError(f"--weights imagenet exists for --arch resnet50 only, received --arch {config.arch}")
+    if config.protocol.folds < 2:
+        raise InputError(f"--folds must be >= 2, received {config.protocol.folds}")
+    if config.tuning.trials < 0 or config.training.epochs < 1:
+        raise InputError(f"--trials must be >= 0 and --epochs >= 1, received {config.tuning.trials}, "
+                         f"{config.training.epochs}")
+    if config.tuning.inner_folds < 1:
+        raise InputError(f"--inner-folds must be >= 1, received {config.tuning.inner_folds}")
+    if not 0.0 < config.protocol.threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1, received {config.protocol.threshold}")
+    if config.model.input_size < 32:
+        raise InputError(f"--input-size must be >= 32, received {config.model.input_size}")
+    if config.model.arch != "resnet50" and config.model.weights == "imagenet":
+        raise InputError(f"--weights imagenet exists for --arch resnet50 only, received --arch {config.model.arch}")
     if not MODEL_NAME.fullmatch(config.model_name):
         raise InputError(f"--model-name must be letters, digits, '.', '_' or '-', received {config.model_name!r}")
-    if config.heartbeat_timeout < 4 or config.store_timeout < 0:
+    if config.stores.heartbeat_timeout < 4 or config.stores.store_timeout < 0:
         raise InputError(f"--heartbeat-timeout must be >= 4 s and --store-timeout >= 0 s, received "
-                         f"{config.heartbeat_timeout:g}, {config.store_timeout:g}")
-    if config.fold is not None and not 0 <= config.fold < config.folds:
-        raise InputError(f"--fold must be in 0..{config.folds - 1}, received {config.fold}")
+                         f"{config.stores.heartbeat_timeout:g}, {config.stores.store_timeout:g}")
+    if config.fold is not None and not 0 <= config.fold < config.protocol.folds:
+        raise InputError(f"--fold must be in 0..{config.protocol.folds - 1}, received {config.fold}")

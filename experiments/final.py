@@ -36,10 +36,10 @@ def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: 
     if not tracker.tag(final_run, REGISTERED_TAG).startswith(f"{config.model_name}/"):  # asked under another name
         version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, "summary.md"))
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
-    uri = f"models:/{tracker.tag(final_run, REGISTERED_TAG)}"
+    uri, tracking_uri = f"models:/{tracker.tag(final_run, REGISTERED_TAG)}", config.stores.tracking_uri
     print(f"final model: {uri} (run {final_run}); use it with\n"
           f"  python -m experiments.predict --model {uri} --ct CT --roi ROI --out DIR"
-          + ("" if config.tracking_uri.startswith("http") else f" --tracking-uri {masked(config.tracking_uri)}"))
+          + ("" if tracking_uri.startswith("http") else f" --tracking-uri {masked(tracking_uri)}"))
     return uri
 
 
@@ -49,15 +49,15 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims:
         tracker.restart(final_run)
         patients = tuple(sorted(data.labels))
         study = None
-        if config.trials:
-            while (study := tune(config, config.folds, Split(train=patients, test=()), data, storage, tracker,
+        if config.tuning.trials:
+            while (study := tune(config, config.protocol.folds, Split(train=patients, test=()), data, storage, tracker,
                                  final_run, key)) is None:  # trials of other processes still run
                 claims.wait()
         params, epochs, best_value = chosen_settings(config, study)
         started = time.perf_counter()
         print(f"final: model on all {len(patients)} patients, {epochs} epoch(s)"
-              + ("" if config.trials else " with the default settings (no tuning)"), flush=True)
-        model, history = fit(config, params, data, patients, epochs, seed=config.seed + config.folds,
+              + ("" if config.tuning.trials else " with the default settings (no tuning)"), flush=True)
+        model, history = fit(config, params, data, patients, epochs, seed=config.seed + config.protocol.folds,
                              callbacks=[epoch_lines("final", epochs)])
         seconds = time.perf_counter() - started
         timings["final_model"] = seconds
@@ -70,7 +70,7 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims:
                     "patient_auc_ci": [pooled.get("patient_auc_ci_low"), pooled.get("patient_auc_ci_high")],
                     "patient_sensitivity": pooled.get("patient_sensitivity"),
                     "patient_specificity": pooled.get("patient_specificity"),
-                    "measured_on": f"pooled out-of-fold predictions of {config.folds}-fold CV, "
+                    "measured_on": f"pooled out-of-fold predictions of {config.protocol.folds}-fold CV, "
                                    f"{len(patients)} patients"}
         log_model(tracker, final_run, model,
                   contract(config, params, provenance(tracker, final_run, "final"), expected, epochs))

@@ -22,7 +22,7 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
-from experiments.config import RunConfig
+from experiments.config import ModelSettings, RunConfig
 from experiments.fold_data import FoldData
 from experiments.model_package import contract, log_model, provenance
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
@@ -51,24 +51,22 @@ from vfrac.stats.metrics import aggregate, auc, evaluate
 _TRAINERS: dict[tuple, Trainer] = {}  # the one compiled model of this process, by what its graph bakes in
 
 
-def trainer(config: RunConfig, params: TrialParams) -> Trainer:
+def trainer(model: ModelSettings, seed: int, freeze_stages: int) -> Trainer:
     """The compiled model for these settings: built and traced once, reused by every fold and trial.
 
     Tracing ResNet50's training step costs about 20 s on a CPU; only settings that shape
-    the graph (input size, weights, frozen stages, weight averaging, precision, architecture) need a new one, as
-    learning rate, weight decay and dropout are variables. Its initial weights come from
-    the run's seed, which is also the global seed of every training dataset (`fit`).
+    the graph (the model settings and the frozen stages) need a new one, as learning rate,
+    weight decay and dropout are variables. Its initial weights come from the run's seed,
+    which is also the global seed of every training dataset (`fit`).
     """
-    key = (config.seed, config.input_size, config.weights, params.freeze_stages, config.ema_momentum,
-           config.precision, config.arch, config.conv_gradient)
+    key = (seed, model, freeze_stages)
     if key not in _TRAINERS:
         _TRAINERS.clear()
-        keras.utils.set_random_seed(config.seed)
-        _TRAINERS[key] = Trainer(lambda: build_classifier(config.input_size, weights=config.weights,
-                                                          freeze_stages=params.freeze_stages,
-                                                          precision=config.precision, arch=config.arch,
-                                                          conv_gradient=config.conv_gradient),
-                                 ema_momentum=config.ema_momentum)
+        keras.utils.set_random_seed(seed)
+        _TRAINERS[key] = Trainer(lambda: build_classifier(model.input_size, weights=model.weights,
+                                                          freeze_stages=freeze_stages, precision=model.precision,
+                                                          arch=model.arch, conv_gradient=model.conv_gradient),
+                                 ema_momentum=model.ema_momentum)
     return _TRAINERS[key]
 
 
@@ -82,35 +80,36 @@ def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epoch
     shuffles and draws combine with their own; a process's first datasets made before it
     drew other batches, so a fold resumed in a fresh process trained differently.
     """
-    fitter = trainer(config, params)
-    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.input_size, params.window,
-                            training=True, seed=seed, batch_size=params.batch_size,
+    fitter = trainer(config.model, config.seed, params.freeze_stages)
+    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.model.input_size,
+                            params.window, training=True, seed=seed, batch_size=params.batch_size,
                             augmentation=Augmentation(strength=params.augment_strength))
     val = None
     if val_ids is not None:
-        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.input_size,
+        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.model.input_size,
                               params.window, batch_size=64)
     history = fitter.fit(train, val, epochs=epochs, learning_rate=params.learning_rate,
                          weight_decay=params.weight_decay, dropout=params.dropout, seed=seed,
-                         patience=config.patience, callbacks=callbacks)
+                         patience=config.training.patience, callbacks=callbacks)
     return fitter.model, history
 
 
 def predict_slices(config: RunConfig, params: TrialParams, model, data: FoldData, test_ids):
     """[(patient_id, slice)] of every crop of test_ids, and the model's probability of each."""
-    predictor = Predictor.single(model, config.input_size, params.window, config.aggregation, config.threshold)
+    predictor = Predictor.single(model, config.model.input_size, params.window, config.protocol.aggregation,
+                                 config.protocol.threshold)
     prediction = predictor.predict_entries({p: data.entries[p] for p in test_ids}, data.labels)
     return prediction.index, prediction.slices
 
 
 def chosen_settings(config: RunConfig, study: optuna.Study | None) -> tuple[TrialParams, int, float | None]:
     """(settings, epochs, best inner AUC) of the best trial, or the defaults when there is none."""
-    params, epochs, best_value = replace(DEFAULTS, batch_size=config.batch_size), config.epochs, None
+    params, epochs, best_value = replace(DEFAULTS, batch_size=config.training.batch_size), config.training.epochs, None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
     if complete:  # else no tuning, or every trial was pruned or failed: the defaults
         best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
         params, best_value = TrialParams.from_values(best.params), best.value
-        epochs = int(best.user_attrs.get("best_epoch", config.epochs))
+        epochs = int(best.user_attrs.get("best_epoch", config.training.epochs))
     return params, epochs, best_value
 
 
@@ -118,19 +117,19 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
          fold_run: str, key: str) -> optuna.Study | None:
     """Run this fold's trials still unclaimed; each is an MLflow child run of the fold.
 
-    Fold `config.folds` stands for the final model's tuning on every patient (experiments.final).
+    Fold `config.protocol.folds` stands for the final model's tuning on every patient (experiments.final).
     Returns the study once every trial of the budget is done, None while trials of
     other processes still run.
     """
     unit = unit_name(config, fold)
-    inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.inner_folds,
+    inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.tuning.inner_folds,
                          seed=config.seed + fold)
-    study = fold_study(storage, f"vfrac-{key}-{unit.replace(' ', '')}", pruner=config.pruner)
+    study = fold_study(storage, f"vfrac-{key}-{unit.replace(' ', '')}", pruner=config.tuning.pruner)
     for dead in fail_dead(storage, study):
         _close_dead_trial_run(tracker, fold_run, dead)
 
     def objective(trial: optuna.Trial, position: int) -> float:
-        params = suggest(trial, pretrained=config.weights is not None)
+        params = suggest(trial, pretrained=config.model.weights is not None)
         run = tracker.child_run(fold_run, TRIAL_ROLE, {FOLD_TAG: fold, POSITION_ATTR: position},
                                 name=f"{unit} trial {position}")
         tracker.restart(run)
@@ -140,12 +139,12 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         try:
             for number, inner_split in enumerate(inner):
                 pruning = [counter, KerasPruningCallback(trial, "val_auc")] if number == 0 else []
-                model, history = fit(config, params, data, inner_split.train, config.epochs,
+                model, history = fit(config, params, data, inner_split.train, config.training.epochs,
                                      seed=config.seed + 1000 * fold + position, val_ids=inner_split.test,
                                      callbacks=pruning)
                 index, probabilities = predict_slices(config, params, model, data, inner_split.test)
                 ids, labels, patient_p = aggregate([p for p, _ in index], probabilities,
-                                                   [data.labels[p] for p, _ in index], config.aggregation)
+                                                   [data.labels[p] for p, _ in index], config.protocol.aggregation)
                 scores.append(auc(labels, patient_p))
                 trial.set_user_attr("best_epoch", history["best_epoch"])
                 for epoch, value in enumerate(history.get("val_auc", [])):
@@ -162,9 +161,9 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         tracker.finish(run)
         return score
 
-    if to_run := remaining(study, config.trials):
-        print(f"{unit}: tuning, {to_run} of {config.trials} trial(s) to run", flush=True)
-    while claimed := claim_trial(storage, study, config.trials, seed=config.seed + 1000 * fold):
+    if to_run := remaining(study, config.tuning.trials):
+        print(f"{unit}: tuning, {to_run} of {config.tuning.trials} trial(s) to run", flush=True)
+    while claimed := claim_trial(storage, study, config.tuning.trials, seed=config.seed + 1000 * fold):
         trial, trial_id, position = claimed
         try:
             with heartbeat(storage, trial_id):
@@ -181,8 +180,8 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
 
 
 def unit_name(config: RunConfig, fold: int) -> str:
-    """How the console and the run tree name an outer fold, or the final model's tuning (fold `config.folds`)."""
-    return "final" if fold == config.folds else f"fold {fold}"
+    """How the console and the run tree name an outer fold, or the final model's tuning (fold K = the folds)."""
+    return "final" if fold == config.protocol.folds else f"fold {fold}"
 
 
 def _report_trial(unit: str, position: int, trial: optuna.trial.FrozenTrial) -> None:
@@ -209,7 +208,7 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     params, epochs, best_value = chosen_settings(config, study)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
-          + ("" if config.trials else " with the default settings (no tuning)"), flush=True)
+          + ("" if config.tuning.trials else " with the default settings (no tuning)"), flush=True)
     losses = epoch_lines(f"fold {fold}", epochs)
     model, history = fit(config, params, data, split.train, epochs, seed=config.seed + fold, callbacks=[losses])
     index, probabilities = predict_slices(config, params, model, data, split.test)
@@ -226,16 +225,16 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     rows = [{"patient_id": pid, "fold": fold, "slice": z, "label": data.labels[pid], "probability": float(p)}
             for (pid, z), p in zip(index, probabilities, strict=True)]
     result = evaluate([r["patient_id"] for r in rows], [r["label"] for r in rows],
-                      [r["probability"] for r in rows], config.threshold, config.aggregation,
-                      n_boot=config.n_boot, seed=config.seed)
+                      [r["probability"] for r in rows], config.protocol.threshold, config.protocol.aggregation,
+                      n_boot=config.protocol.n_boot, seed=config.seed)
     baseline_auc = auc([r["label"] for r in baseline_rows], [r["probability"] for r in baseline_rows])
-    print(f"fold {fold}: per-patient AUC {result['patient']['auc']:.3f} ({config.aggregation}), "
+    print(f"fold {fold}: per-patient AUC {result['patient']['auc']:.3f} ({config.protocol.aggregation}), "
           f"baseline {baseline_auc:.3f}", flush=True)
     tracker.params(fold_run, {f"best_{k}": v for k, v in params.as_dict().items()} | {"final_epochs": epochs})
     tracker.metrics(fold_run, fold_metrics(result) | {"best_inner_val_patient_auc": best_value,
                                                       "baseline_patient_auc": baseline_auc,
                                                       "final_training_seconds": training_seconds}
-                    | (pruning_summary(study, config.epochs) if study else {}))
+                    | (pruning_summary(study, config.training.epochs) if study else {}))
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         write_rows(folder / "slices.csv", rows, SLICE_COLUMNS)
@@ -246,7 +245,7 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
         log_model(tracker, fold_run, model, contract(config, params, provenance(tracker, fold_run, "fold", fold=fold),
                                                      expected, epochs))
         if study:
-            (folder / "study.md").write_text(study_summary(study, config.epochs))
+            (folder / "study.md").write_text(study_summary(study, config.training.epochs))
             tracker.artifacts(fold_run, folder / "study.md")
     tracker.finish(fold_run)
     return rows

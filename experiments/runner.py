@@ -76,9 +76,11 @@ def run(config: RunConfig, tracker: Tracker, storage) -> int:
 def cross_validation(config: RunConfig, tracker: Tracker, storage) -> int:
     quiet()
     started, timings = time.perf_counter(), {}
-    print(f"vfrac cross-validation, preset {config.preset}: {config.folds} folds, {config.trials} trials, "
-          f"{config.epochs} epochs, input {config.input_size}, seed {config.seed}")
-    print(f"cohort {config.cohort}\ntracking {masked(config.tracking_uri)}\noptuna {masked(config.storage)}")
+    print(f"vfrac cross-validation, preset {config.preset}: {config.protocol.folds} folds, "
+          f"{config.tuning.trials} trials, "
+          f"{config.training.epochs} epochs, input {config.model.input_size}, seed {config.seed}")
+    stores = config.stores
+    print(f"cohort {config.cohort}\ntracking {masked(stores.tracking_uri)}\noptuna {masked(stores.storage)}")
     t = time.perf_counter()
     data, cohort_hash = prepare(config)
     timings["preparation"] = time.perf_counter() - t
@@ -141,9 +143,9 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
 
     tracker.restart(cv_run)
     tracker.params(cv_run, config.as_params() | library_versions()
-                   | {"conv_gradient_active": active_conv_gradient(config.conv_gradient)})
+                   | {"conv_gradient_active": active_conv_gradient(config.model.conv_gradient)})
     splits = fold_splits(config, data, tracker, claims, cv_run)
-    pending, waiting = [config.fold] if config.fold is not None else list(range(config.folds)), []
+    pending, waiting = [config.fold] if config.fold is not None else list(range(config.protocol.folds)), []
     while pending:
         busy = [fold for fold in pending
                 if not work_on_fold(config, fold, splits[fold], data, storage, tracker, claims, cv_run, key,
@@ -154,7 +156,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
                       flush=True)
             claims.wait()
         pending, waiting = busy, busy
-    if config.trials:
+    if config.tuning.trials:
         pruning = [r.data.metrics for r in tracker.children(cv_run, FOLD_ROLE)]
         print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
               f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
@@ -180,11 +182,11 @@ def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, t
         return True
     if first_visit:
         print(f"fold {fold}: {len(split.train)} training patients"
-              + (" (tuned on these only)" if config.trials else "") + f", {len(split.test)} test patients")
+              + (" (tuned on these only)" if config.tuning.trials else "") + f", {len(split.test)} test patients")
     try:
         tracker.restart(fold_run)
         study = None
-        if config.trials:
+        if config.tuning.trials:
             started = time.perf_counter()
             study = tune(config, fold, split, data, storage, tracker, fold_run, key)
             timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
@@ -219,7 +221,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
         raise InputError(f"{manifest}: cohort manifest not found")
     cohort = read_manifest(manifest, allow_outside=config.allow_outside, skip_bad=config.skip_bad)
     with tqdm(total=len(cohort.patients), unit="patient", desc="prepare") as bar:
-        result = prepare_cohort(cohort.patients, config.crop_settings(), config.cache_dir, workers=config.workers,
+        result = prepare_cohort(cohort.patients, config.crops, config.cache_dir, workers=config.workers,
                                 skip_bad=config.skip_bad, on_progress=lambda *_: bar.update())
     label_of = {p.patient_id: p.label for p in cohort.patients}
     excluded = ([{"patient_id": "", "label": "", "reason": problem} for problem in cohort.problems]
@@ -233,7 +235,7 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
     if len(labels) < 2:
         raise InputError(f"{manifest}: {len(labels)} patient(s) left to analyse")
     counts = slice_counts(result.entries)
-    print(slice_rule_summary(counts, config.min_area))
+    print(slice_rule_summary(counts, config.crops.min_area))
     data = FoldData(entries=result.entries, labels=labels, slice_counts=counts, excluded=excluded,
                     cohort_hash=cohort_hash(manifest, result.entries))
     return data, data.cohort_hash
@@ -256,14 +258,14 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         ids = sorted(data.labels)
-        splits = outer_folds(ids, [data.labels[p] for p in ids], config.folds, config.seed)
+        splits = outer_folds(ids, [data.labels[p] for p in ids], config.protocol.folds, config.seed)
         (folder / "config.json").write_text(json.dumps(config.as_params(), indent=1) + "\n")
         tracker.artifacts(cv_run, folder / "config.json")
-        write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.min_area)
+        write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.crops.min_area)
         tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
         write_rows(folder / EXCLUDED_NAME, data.excluded, EXCLUDED_COLUMNS)  # header only when none
         tracker.artifacts(cv_run, folder / EXCLUDED_NAME)
-        for fold in range(config.folds):  # made here, once, so processes starting together share them
+        for fold in range(config.protocol.folds):  # made here, once, so processes starting together share them
             tracker.schedule(tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}"))
         save_splits(folder / SPLITS, splits)
         tracker.artifacts(cv_run, folder / SPLITS)  # last: its presence says the rest is there
@@ -271,7 +273,7 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
 
 def all_folds_done(config: RunConfig, tracker: Tracker, cv_run: str) -> bool:
     done = {r.data.tags[FOLD_TAG] for r in tracker.children(cv_run, FOLD_ROLE) if tracker.is_done(r.info.run_id)}
-    return len(done) == config.folds
+    return len(done) == config.protocol.folds
 
 
 def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
@@ -284,17 +286,18 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
         for fold, run_id in sorted(folds.items()):
             rows += read_rows(tracker.download(run_id, SLICE_PREDICTIONS, folder / f"fold{fold}"))
             baseline_rows += read_rows(tracker.download(run_id, BASELINE_PREDICTIONS, folder / f"fold{fold}"))
-        patients = patient_rows(rows, config.threshold, config.aggregation)
-        result = pooled(rows, config.threshold, config.aggregation, config.n_boot, config.seed)
-        spread = per_fold(rows, config.threshold, config.aggregation)
-        baseline = baseline_comparison(baseline_rows, patients, config.threshold, config.n_boot, config.seed)
+        patients = patient_rows(rows, config.protocol.threshold, config.protocol.aggregation)
+        rule = config.protocol
+        result = pooled(rows, rule.threshold, rule.aggregation, rule.n_boot, config.seed)
+        spread = per_fold(rows, config.protocol.threshold, config.protocol.aggregation)
+        baseline = baseline_comparison(baseline_rows, patients, rule.threshold, rule.n_boot, config.seed)
         out = folder / "out"
         (out / "predictions").mkdir(parents=True)
         write_rows(out / "predictions" / "slices.csv", rows, SLICE_COLUMNS)
         write_rows(out / "predictions" / "patients.csv", patients, PATIENT_COLUMNS)
         write_rows(out / "predictions" / "baseline.csv", baseline_rows, BASELINE_COLUMNS)
-        plots(out / "plots", rows, patients, config.threshold)
-        summary = summary_markdown(result, spread, config.aggregation, config.threshold, baseline)
+        plots(out / "plots", rows, patients, config.protocol.threshold)
+        summary = summary_markdown(result, spread, config.protocol.aggregation, config.protocol.threshold, baseline)
         (out / "summary.md").write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
         tracker.artifacts(cv_run, out)
         tracker.metrics(cv_run, cv_metrics(result) | baseline_metrics(baseline))
@@ -306,7 +309,7 @@ def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_ru
 
     Each reads and writes the store through its own client: done again from the start while the store is lost.
     """
-    again = {"store": tracker.store, "patience": config.store_timeout}
+    again = {"store": tracker.store, "patience": config.stores.store_timeout}
     if config.explain:
         claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
                     lambda: retried(explain, config, cv_run, timings, **again))
@@ -321,7 +324,7 @@ def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
     started = time.perf_counter()
     print("\nexplanation: Grad-CAM and HiResCAM on each test patient's top slices (--no-explain skips)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        review(cv_run, config.tracking_uri, layer=config.cam_layer, out=Path(folder))
+        review(cv_run, config.stores.tracking_uri, layer=config.cam_layer, out=Path(folder))
     timings["explanation"] = time.perf_counter() - started
     print("review page: review/index.html in the CV run's artifacts")
 
@@ -331,7 +334,7 @@ def report(config: RunConfig, cv_run: str) -> None:
     from experiments.report import write_report
 
     with tempfile.TemporaryDirectory() as folder:
-        write_report(cv_run, config.tracking_uri, Path(folder))
+        write_report(cv_run, config.stores.tracking_uri, Path(folder))
     print("study report: report/report.md and report/report.html in the CV run's artifacts")
 
 

@@ -55,8 +55,9 @@ def open_stores(config: RunConfig) -> tuple[Tracker, RetryingStorage]:
     off the console."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tracker = Tracker(config.tracking_uri, config.experiment, patience=config.store_timeout)
-    return tracker, open_storage(config.storage, config.heartbeat_timeout, patience=config.store_timeout)
+    stores = config.stores
+    tracker = Tracker(stores.tracking_uri, stores.experiment, patience=stores.store_timeout)
+    return tracker, open_storage(stores.storage, stores.heartbeat_timeout, patience=stores.store_timeout)
 
 
 class Tracker:

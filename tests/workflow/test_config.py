@@ -13,8 +13,8 @@ def test_crop_flags_reach_the_run_config_and_its_key(tmp_path):
     default = resolve(parse_args(["--cohort", "manifest.csv", *stores]))
     custom = resolve(parse_args(["--cohort", "manifest.csv", "--margin", "0.2", "--box-mode", "union",
                                  "--context", "0.1", "--cache-size", "64", "--min-area", "0.5", *stores]))
-    assert default.crop_settings() == CropSettings()
-    assert custom.crop_settings() == CropSettings(margin=0.2, box_mode="union", context=0.1, cache_size=64,
+    assert default.crops == CropSettings()
+    assert custom.crops == CropSettings(margin=0.2, box_mode="union", context=0.1, cache_size=64,
                                                   min_area=0.5)
     assert default.key("cohort") != custom.key("cohort")
 
@@ -22,12 +22,14 @@ def test_crop_flags_reach_the_run_config_and_its_key(tmp_path):
 def test_tuning_and_call_flags_reach_the_run_config_and_its_key(tmp_path):
     stores = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
     default = resolve(parse_args(["--cohort", "manifest.csv", *stores]))
-    assert (default.inner_folds, default.pruner, default.threshold, default.aggregation) == (1, "median", 0.5, "mean")
+    assert (default.tuning.inner_folds, default.tuning.pruner) == (1, "median")
+    assert (default.protocol.threshold, default.protocol.aggregation) == (0.5, "mean")
     paper = resolve(parse_args(["--cohort", "manifest.csv", "--preset", "paper", *stores]))
-    assert paper.aggregation == "max"  # the study's rule
+    assert paper.protocol.aggregation == "max"  # the study's rule
     custom = resolve(parse_args(["--cohort", "manifest.csv", "--inner-folds", "3", "--pruner", "hyperband",
                                  "--threshold", "0.4", "--aggregation", "topk", *stores]))
-    assert (custom.inner_folds, custom.pruner, custom.threshold, custom.aggregation) == (3, "hyperband", 0.4, "topk")
+    assert (custom.tuning.inner_folds, custom.tuning.pruner) == (3, "hyperband")
+    assert (custom.protocol.threshold, custom.protocol.aggregation) == (0.4, "topk")
     keys = {resolve(parse_args(["--cohort", "manifest.csv", *flags, *stores])).key("cohort")
             for flags in ([], ["--inner-folds", "3"], ["--pruner", "hyperband"], ["--threshold", "0.4"],
                           ["--aggregation", "max"], ["--arch", "resnet-tiny"])}

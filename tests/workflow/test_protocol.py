@@ -7,17 +7,27 @@ import pytest
 import tensorflow as tf
 
 from experiments import protocol
-from experiments.config import RunConfig
+from experiments.config import (
+    ModelSettings,
+    ProtocolSettings,
+    RunConfig,
+    StoreSettings,
+    TrainingSettings,
+    TuningSettings,
+)
 from experiments.tuning import DEFAULTS
 from tests.data.test_pipeline import write_patients
+from vfrac.data.cache import CropSettings
 
 
 @pytest.mark.slow
 def test_a_processs_first_fit_equals_a_later_one_with_the_same_seed(tmp_path):
     entries, labels = write_patients(tmp_path, [1, 0, 1, 0, 1, 0, 1, 0])
-    config = RunConfig(preset="demo", cohort="", folds=2, trials=0, epochs=1, input_size=32, seed=3, experiment="",
-                       tracking_uri="", storage="", fold=None, explain=False, patience=3, batch_size=4, n_boot=10,
-                       arch="resnet-tiny")
+    config = RunConfig(preset="demo", cohort="", seed=3, crops=CropSettings(),
+                       model=ModelSettings(input_size=32, arch="resnet-tiny"),
+                       training=TrainingSettings(epochs=1, patience=3, batch_size=4), tuning=TuningSettings(trials=0),
+                       protocol=ProtocolSettings(folds=2, n_boot=10),
+                       stores=StoreSettings(tracking_uri="", storage="", experiment=""), explain=False)
     data = protocol.FoldData(entries, labels)
     params = dataclasses.replace(DEFAULTS, batch_size=4)
 
