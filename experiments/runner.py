@@ -319,7 +319,7 @@ def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_ru
 
 def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
     """Grad-CAM review of every fold model on its test patients, logged to the CV run."""
-    from explain.review import review
+    from explain.run_review import review
 
     started = time.perf_counter()
     print("\nexplanation: Grad-CAM and HiResCAM on each test patient's top slices (--no-explain skips)", flush=True)
@@ -331,7 +331,7 @@ def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
 
 def report(config: RunConfig, cv_run: str) -> None:
     """The study's tables (experiments.report), logged to the CV run."""
-    from experiments.report import write_report
+    from experiments.study_report import write_report
 
     with tempfile.TemporaryDirectory() as folder:
         write_report(cv_run, config.stores.tracking_uri, Path(folder))

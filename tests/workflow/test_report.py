@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.report import build
+from experiments.study_report import build
 from vfrac.document import to_html, to_markdown
 
 # (patient, label, probability of its one slice, reader a's call or None, reader b's call)
@@ -106,7 +106,7 @@ def test_two_by_two_tables_folds_and_agreement_by_hand(report):
 
 def test_limitations_and_model_card_come_from_the_runs_facts(report):
     from experiments.model_card import model_card
-    from experiments.report import _limitations, patient_table
+    from experiments.study_report import _limitations, patient_table
 
     text, _, _, data = report
     assert "## 7. Limitations" in text and "8 patients (4 malignant, 4 benign)" in text
