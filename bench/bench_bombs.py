@@ -37,7 +37,8 @@ CHILD = """
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
 import nibabel, numpy as np, pydicom
-from vfrac.io.volume import Volume, load_mask, load_volume
+from vfrac.io.grid import Volume
+from vfrac.io.volume import load_mask, load_volume
 
 def megabytes(field):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field)) / 1024

@@ -26,8 +26,8 @@ def map_volume(shape, slices, maps, transforms) -> np.ndarray:
 
 
 def write_nifti(path: Path, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
-    """The map volume as a NIfTI file (vfrac.io.volume.write_nifti), its folder made first."""
-    from vfrac.io.volume import write_nifti as save
+    """The map volume as a NIfTI file (vfrac.io.nifti.write_nifti), its folder made first."""
+    from vfrac.io.nifti import write_nifti as save
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return save(path, volume_zyx, affine_lps_zyx)

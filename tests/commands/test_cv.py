@@ -28,7 +28,8 @@ from explain.review import main as review
 from tests.mlflow_store import artifact_rows, runs
 from tests.shared_run import tiny_cohort, uninterrupted_run
 from vfrac.cohort import read_manifest
-from vfrac.io.volume import load_volume, read_nifti
+from vfrac.io.nifti import read_nifti
+from vfrac.io.volume import load_volume
 from vfrac.stats.metrics import evaluate
 from vfrac.stats.statistics import delong_test
 

@@ -21,7 +21,9 @@ from tests.shared_run import final_model_store
 from vfrac.cohort import read_manifest
 from vfrac.data.crops import input_to_slice
 from vfrac.errors import InputError
-from vfrac.io.volume import load_mask, load_volume, place_on_grid, read_nifti
+from vfrac.io.grid import place_on_grid
+from vfrac.io.nifti import read_nifti
+from vfrac.io.volume import load_mask, load_volume
 from vfrac.stats.ensemble import UncertaintyRule, fit_recalibration, flagged_share
 from vfrac.stats.metrics import aggregate
 

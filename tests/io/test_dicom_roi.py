@@ -20,7 +20,8 @@ from vfrac.cohort import Patient
 from vfrac.data.cache import CropSettings, build_entry
 from vfrac.errors import InputError
 from vfrac.io.dicom_roi import rasterise
-from vfrac.io.volume import Volume, load_mask, load_volume
+from vfrac.io.grid import Volume
+from vfrac.io.volume import load_mask, load_volume
 
 REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
 SERIES, LABELS = REAL / "abdomen-t11-t12-dicom", REAL / "abdomen-t11-t12-labels.nii.gz"

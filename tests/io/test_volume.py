@@ -9,7 +9,8 @@ import pytest
 from tests.dicom_factory import write_series
 from vfrac.data.crops import crop_stack, roi_boxes
 from vfrac.errors import InputError
-from vfrac.io.volume import IJK_FROM_ZYX, RAS_TO_LPS, Volume, load_mask, load_volume
+from vfrac.io.grid import IJK_FROM_ZYX, RAS_TO_LPS, Volume
+from vfrac.io.volume import load_mask, load_volume
 
 # The project's shared copy, or the byte-identical one the repository carries.
 SHARED_REAL_CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
@@ -71,7 +72,7 @@ def test_nifti_stored_in_any_axis_order_reads_the_same(tmp_path, ct, axes, flips
 @pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
 def test_nifti_voxels_are_streamed_scaled_and_typed_like_nibabel(
         tmp_path, monkeypatch, ct, image_class, dtype, slope, inter, name):
-    monkeypatch.setattr("vfrac.io.volume.READ_CHUNK_BYTES", 64)  # several reads per slice
+    monkeypatch.setattr("vfrac.io.nifti.READ_CHUNK_BYTES", 64)  # several reads per slice
     stored = (np.abs(ct.hu) % 200).astype(dtype)
     image = image_class(np.transpose(stored, (2, 1, 0)), RAS_TO_LPS @ ct.affine @ IJK_FROM_ZYX)
     image.header.set_slope_inter(slope, inter)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfrac.errors import InputError
-from vfrac.io.volume import MASK_SUFFIXES, is_nifti
+from vfrac.io.nifti import is_nifti
+from vfrac.io.volume import MASK_SUFFIXES
 
 REQUIRED_COLUMNS = ("patient_id", "label", "ct", "roi")
 LABELS = ("benign", "malignant")

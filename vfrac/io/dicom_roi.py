@@ -20,6 +20,7 @@ import numpy as np
 
 from vfrac.errors import InputError
 from vfrac.io.budget import check_voxel_budget
+from vfrac.io.grid import place_on_grid
 
 MODALITIES = ("SEG", "RTSTRUCT")
 ON_SLICE = 0.05  # a contour point may lie this far (in slices) from a CT slice's plane
@@ -50,9 +51,7 @@ def read_dicom_roi(path: Path, reference, label: int | None = None) -> np.ndarra
 # -- SEG ------------------------------------------------------------------------------------
 
 def _segmentation(path: Path, reference, label: int | None) -> np.ndarray:
-    import highdicom as hd
-
-    from vfrac.io.volume import place_on_grid
+    import highdicom as hd  # here: it takes about a second to import, and only SEG files need it
 
     try:
         with _quiet_highdicom():  # its warnings quote the file's UIDs

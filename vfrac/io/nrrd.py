@@ -17,7 +17,7 @@ import numpy as np
 
 from vfrac.errors import InputError
 from vfrac.io.budget import check_voxel_budget
-from vfrac.io.volume import RAS_TO_LPS
+from vfrac.io.grid import RAS_TO_LPS
 
 SPACES = {"left-posterior-superior": np.eye(3), "lps": np.eye(3),
           "right-anterior-superior": RAS_TO_LPS[:3, :3], "ras": RAS_TO_LPS[:3, :3]}
@@ -37,7 +37,7 @@ CHUNK = 1 << 20  # compressed bytes inflated at a time
 
 def read_nrrd_mask(path) -> tuple[np.ndarray, np.ndarray]:
     """(labels, affine): the mask indexed by the file's spatial axes, and the 4 x 4 map from
-    those indices to patient LPS mm (what `vfrac.io.volume.place_on_grid` takes)."""
+    those indices to patient LPS mm (what `vfrac.io.grid.place_on_grid` takes)."""
     import nrrd
 
     path = Path(path)

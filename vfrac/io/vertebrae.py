@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vfrac.errors import InputError
-from vfrac.io.volume import is_nifti, read_nifti
+from vfrac.io.nifti import is_nifti, read_nifti
 
 # A level as written by people: a region letter and a number, nothing else (after strip and upper-casing).
 LEVEL = re.compile(r"([CTLS])([1-9][0-9]?)")

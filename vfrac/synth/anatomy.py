@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vfrac.synth import lesions
+import vfrac.synth.lesions as lesions
 from vfrac.synth.params import Lesion, Scan
 from vfrac.synth.shapes import box, ellipse, mix, ramp, smooth_noise
 

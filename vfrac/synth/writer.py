@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from vfrac.data.window import BONE_WINDOW
-from vfrac.io.volume import write_nifti
+from vfrac.io.nifti import write_nifti
 from vfrac.synth.anatomy import Rendered
 from vfrac.synth.params import Scan
 
