@@ -10,9 +10,8 @@ cross-entropy) on batches of `--batch` crops of `--size` pixels:
   (augmentation, per-patient weights), TensorFlow backend, as `experiments.cv` runs it;
 - `tf-stock`: the same with TensorFlow's own convolution gradients (what vfrac ran
   before `vfrac.model.conv_gradient`);
-- `tf-onednn`: the same with TensorFlow's oneDNN kernels (`TF_ENABLE_ONEDNN_OPTS=1`,
-  TensorFlow's default on x86, which vfrac's commands turn off: their results changed
-  from run to run with the threads' timing);
+- `tf-no-onednn`: the same without TensorFlow's oneDNN kernels (`TF_ENABLE_ONEDNN_OPTS=0`;
+  they are TensorFlow's default on x86, and vfrac's);
 - `tf-lazy`: the same with the optimizer's variables made inside the first step, as
   Keras does by default (what vfrac ran before the Trainer built them itself): the
   first step traces twice;
@@ -44,9 +43,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PATHS = ("tf", "tf-stock", "tf-onednn", "tf-lazy", "tf-xla", "jax", "torch")
+PATHS = ("tf", "tf-stock", "tf-no-onednn", "tf-lazy", "tf-xla", "jax", "torch")
 WARMUP_STEPS = 3
-BACKENDS = {"tf": "tensorflow", "tf-stock": "tensorflow", "tf-onednn": "tensorflow", "tf-lazy": "tensorflow",
+BACKENDS = {"tf": "tensorflow", "tf-stock": "tensorflow", "tf-no-onednn": "tensorflow", "tf-lazy": "tensorflow",
             "tf-xla": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
@@ -175,7 +174,7 @@ def child(path: str, size: int, batch: int, steps: int) -> dict:
 def run_child(path: str, python: str, size: int, batch: int, steps: int, threads: int | None) -> dict:
     """One measurement in a fresh process: {"rate": images/s, "first": first step's seconds} or {"error": why}."""
     env = os.environ | {"KERAS_BACKEND": BACKENDS[path], "TF_CPP_MIN_LOG_LEVEL": "3",
-                        "TF_ENABLE_ONEDNN_OPTS": "1" if path == "tf-onednn" else "0"}
+                        **({"TF_ENABLE_ONEDNN_OPTS": "0"} if path == "tf-no-onednn" else {})}
     if threads:
         env |= {name: str(threads) for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")}
     command = [python, __file__, "--child", path, "--size", str(size), "--batch", str(batch), "--steps", str(steps)]

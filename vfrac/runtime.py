@@ -11,10 +11,6 @@ import os
 PROCESS_DEFAULTS = {
     # TensorFlow's C++ start-up chatter; errors still raise.
     "TF_CPP_MIN_LOG_LEVEL": "3",
-    # TensorFlow's oneDNN kernels (its default on x86) gave other weights for the same seed from one process to
-    # the next, with the threads' timing; its own kernels give the same weights, about 5 % slower per training
-    # step (bench/bench_train.py --paths tf tf-onednn).
-    "TF_ENABLE_ONEDNN_OPTS": "0",
     # More than one inter-op thread ran independent ops of a step at once, in an order that changed the sums.
     # One costs no measurable speed: each op still spreads over every core.
     "TF_NUM_INTEROP_THREADS": "1",
