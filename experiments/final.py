@@ -18,7 +18,7 @@ from experiments.claims import Claims
 from experiments.config import RunConfig
 from experiments.fold_data import FoldData
 from experiments.model_package import contract, log_cohort, log_model, provenance, register
-from experiments.protocol import chosen_settings, epoch_lines, fit, tune
+from experiments.protocol import chosen_settings, epoch_lines, final_unit, fit, tune
 from experiments.stores import masked
 from experiments.tracking import Tracker
 from vfrac.data.splits import Split
@@ -26,13 +26,16 @@ from vfrac.run_tree import FINAL_ROLE, REGISTERED_TAG
 
 
 def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims,
-                           cv_run: str, key: str, timings: dict) -> str:
-    """The final model's registry URI (models:/NAME/VERSION), trained unless a finished one exists."""
+                           cv_run: str, key: str) -> tuple[str, dict[str, float]]:
+    """The final model's registry URI (models:/NAME/VERSION), trained unless a finished one exists, and the
+    seconds this process spent training it."""
     final_run = tracker.child_run(cv_run, FINAL_ROLE, {}, name="final")
     if tracker.is_done(final_run):
         print("final: already trained, reused")
+    spent = {}
     claims.once("final", lambda: tracker.is_done(final_run),
-                lambda: _train(config, data, storage, tracker, claims, cv_run, final_run, key, timings))
+                lambda: spent.update(final_model=_train(config, data, storage, tracker, claims, cv_run, final_run,
+                                                        key)))
     if not tracker.tag(final_run, REGISTERED_TAG).startswith(f"{config.model_name}/"):  # asked under another name
         version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, "summary.md"))
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
@@ -40,27 +43,28 @@ def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: 
     print(f"final model: {uri} (run {final_run}); use it with\n"
           f"  python -m experiments.predict --model {uri} --ct CT --roi ROI --out DIR"
           + ("" if tracking_uri.startswith("http") else f" --tracking-uri {masked(tracking_uri)}"))
-    return uri
+    return uri, spent
 
 
 def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims, cv_run: str, final_run: str,
-           key: str, timings: dict) -> None:
+           key: str) -> float:
+    """Tune (with a budget) and train the final model on every patient, log and register it; returns the seconds
+    its training took."""
     try:
         tracker.restart(final_run)
         patients = tuple(sorted(data.labels))
         study = None
         if config.tuning.trials:
-            while (study := tune(config, config.protocol.folds, Split(train=patients, test=()), data, storage, tracker,
+            while (study := tune(config, final_unit(config), Split(train=patients, test=()), data, storage, tracker,
                                  final_run, key)) is None:  # trials of other processes still run
                 claims.wait()
         params, epochs, best_value = chosen_settings(config, study)
         started = time.perf_counter()
         print(f"final: model on all {len(patients)} patients, {epochs} epoch(s)"
               + ("" if config.tuning.trials else " with the default settings (no tuning)"), flush=True)
-        model, history = fit(config, params, data, patients, epochs, seed=config.seed + config.protocol.folds,
+        model, history = fit(config, params, data, patients, epochs, seed=config.seed + final_unit(config).index,
                              callbacks=[epoch_lines("final", epochs)])
         seconds = time.perf_counter() - started
-        timings["final_model"] = seconds
         for epoch, loss in enumerate(history["loss"]):
             tracker.metrics(final_run, {"train_loss": loss, "train_slice_auc": history["auc"][epoch]}, step=epoch)
         tracker.params(final_run, {f"best_{k}": v for k, v in params.as_dict().items()} | {"final_epochs": epochs})
@@ -79,6 +83,7 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims:
         version = register(tracker.client, config.model_name, final_run, description)
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
         tracker.finish(final_run)
+        return seconds
     except BaseException as error:
         tracker.fail(final_run, error)
         raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -113,25 +113,44 @@ def chosen_settings(config: RunConfig, study: optuna.Study | None) -> tuple[Tria
     return params, epochs, best_value
 
 
-def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tracker: Tracker,
-         fold_run: str, key: str) -> optuna.Study | None:
-    """Run this fold's trials still unclaimed; each is an MLflow child run of the fold.
+@dataclass(frozen=True)
+class Unit:
+    """What a tuning study serves: an outer fold, or the final model on every patient.
 
-    Fold `config.protocol.folds` stands for the final model's tuning on every patient (experiments.final).
+    `index` places the unit's seeds and its trials' fold tag: outer folds 0..K-1, the final
+    model K, after them, so its seeds never repeat a fold's.
+    """
+
+    name: str
+    index: int
+
+
+def fold_unit(fold: int) -> Unit:
+    return Unit(f"fold {fold}", fold)
+
+
+def final_unit(config: RunConfig) -> Unit:
+    return Unit("final", config.protocol.folds)
+
+
+def tune(config: RunConfig, unit: Unit, split: Split, data: FoldData, storage, tracker: Tracker,
+         unit_run: str, key: str) -> optuna.Study | None:
+    """Run this unit's trials still unclaimed; each is an MLflow child run of the unit's run.
+
     Returns the study once every trial of the budget is done, None while trials of
     other processes still run.
     """
-    unit = unit_name(config, fold)
+    fold, fold_run = unit.index, unit_run
     inner = inner_splits(split.train, [data.labels[p] for p in split.train], config.tuning.inner_folds,
                          seed=config.seed + fold)
-    study = fold_study(storage, f"vfrac-{key}-{unit.replace(' ', '')}", pruner=config.tuning.pruner)
+    study = fold_study(storage, f"vfrac-{key}-{unit.name.replace(' ', '')}", pruner=config.tuning.pruner)
     for dead in fail_dead(storage, study):
         _close_dead_trial_run(tracker, fold_run, dead)
 
     def objective(trial: optuna.Trial, position: int) -> float:
         params = suggest(trial, pretrained=config.model.weights is not None)
         run = tracker.child_run(fold_run, TRIAL_ROLE, {FOLD_TAG: fold, POSITION_ATTR: position},
-                                name=f"{unit} trial {position}")
+                                name=f"{unit.name} trial {position}")
         tracker.restart(run)
         tracker.params(run, params.as_dict())
         scores, epochs_seen = [], []
@@ -162,7 +181,7 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
         return score
 
     if to_run := remaining(study, config.tuning.trials):
-        print(f"{unit}: tuning, {to_run} of {config.tuning.trials} trial(s) to run", flush=True)
+        print(f"{unit.name}: tuning, {to_run} of {config.tuning.trials} trial(s) to run", flush=True)
     while claimed := claim_trial(storage, study, config.tuning.trials, seed=config.seed + 1000 * fold):
         trial, trial_id, position = claimed
         try:
@@ -175,13 +194,8 @@ def tune(config: RunConfig, fold: int, split: Split, data: FoldData, storage, tr
             if not lost(error, storage.store):  # else its heartbeats stop, and it is failed as stale
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        _report_trial(unit, position, study.trials[trial.number])
+        _report_trial(unit.name, position, study.trials[trial.number])
     return None if others_running(study) else study
-
-
-def unit_name(config: RunConfig, fold: int) -> str:
-    """How the console and the run tree name an outer fold, or the final model's tuning (fold K = the folds)."""
-    return "final" if fold == config.protocol.folds else f"fold {fold}"
 
 
 def _report_trial(unit: str, position: int, trial: optuna.trial.FrozenTrial) -> None:
@@ -202,9 +216,11 @@ def _close_dead_trial_run(tracker: Tracker, fold_run: str, trial: optuna.trial.F
 
 
 def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, study: optuna.Study | None,
-                tracker: Tracker, fold_run: str, timings: dict) -> list[dict]:
+                tracker: Tracker, fold_run: str) -> tuple[list[dict], dict[str, float]]:
     """Train the fold's final model with the best trial's settings (or the defaults), predict its
-    test patients, fit the baseline beside it; log all to the fold run and mark it done."""
+    test patients, fit the baseline beside it; log all to the fold run and mark it done.
+
+    Returns the fold's slice rows and the seconds spent training and on the baseline."""
     params, epochs, best_value = chosen_settings(config, study)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
@@ -213,13 +229,13 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     model, history = fit(config, params, data, split.train, epochs, seed=config.seed + fold, callbacks=[losses])
     index, probabilities = predict_slices(config, params, model, data, split.test)
     training_seconds = time.perf_counter() - started
-    timings["final_training"] = timings.get("final_training", 0.0) + training_seconds
+
     for epoch, loss in enumerate(history["loss"]):
         tracker.metrics(fold_run, {"train_loss": loss, "train_slice_auc": history["auc"][epoch]}, step=epoch)
     started = time.perf_counter()
     baseline = baseline_fold({p: data.entries[p] for p in split.train}, data.labels,
                              {p: data.entries[p] for p in split.test}, seed=config.seed + fold)
-    timings["baseline"] = timings.get("baseline", 0.0) + time.perf_counter() - started
+    baseline_seconds = time.perf_counter() - started
     baseline_rows = [{"patient_id": pid, "fold": fold, "label": data.labels[pid], "probability": p}
                      for pid, p in baseline.items()]
     rows = [{"patient_id": pid, "fold": fold, "slice": z, "label": data.labels[pid], "probability": float(p)}
@@ -248,7 +264,7 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
             (folder / "study.md").write_text(study_summary(study, config.training.epochs))
             tracker.artifacts(fold_run, folder / "study.md")
     tracker.finish(fold_run)
-    return rows
+    return rows, {"final_training": training_seconds, "baseline": baseline_seconds}
 
 
 def epoch_lines(unit: str, epochs: int) -> keras.callbacks.Callback:

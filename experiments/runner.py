@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from experiments.claims import Claims
@@ -75,7 +76,7 @@ def run(config: RunConfig, tracker: Tracker, storage) -> int:
 
 def cross_validation(config: RunConfig, tracker: Tracker, storage) -> int:
     quiet()
-    started, timings = time.perf_counter(), {}
+    started, timings = time.perf_counter(), Counter()
     print(f"vfrac cross-validation, preset {config.preset}: {config.protocol.folds} folds, "
           f"{config.tuning.trials} trials, "
           f"{config.training.epochs} epochs, input {config.model.input_size}, seed {config.seed}")
@@ -89,7 +90,8 @@ def cross_validation(config: RunConfig, tracker: Tracker, storage) -> int:
     claims = Claims(storage, key)
     cv_run, resumed = the_cv_run(config, tracker, claims, key, cohort_hash, code, settings)
     try:
-        finished = cross_validate(config, data, tracker, claims, storage, cv_run, key, timings)
+        finished, spent = cross_validate(config, data, tracker, claims, storage, cv_run, key)
+        timings.update(spent)
     except BaseException as error:
         tracker.fail(cv_run, error)
         raise
@@ -100,7 +102,7 @@ def cross_validation(config: RunConfig, tracker: Tracker, storage) -> int:
     elif config.final:  # after the CV run is closed: a failure here leaves its finished results as they are
         from experiments.final import registered_final_model  # TensorFlow-free runs never load it
 
-        registered_final_model(config, data, storage, tracker, claims, cv_run, key, timings)
+        timings.update(registered_final_model(config, data, storage, tracker, claims, cv_run, key)[1])
     if claims.waited:
         timings["waiting"] = claims.waited
     timings["total"] = time.perf_counter() - started
@@ -128,17 +130,16 @@ def the_cv_run(config: RunConfig, tracker: Tracker, claims: Claims, key: str, co
 
 
 def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, storage, cv_run: str,
-                   key: str, timings: dict) -> bool:
+                   key: str) -> tuple[bool, Counter]:
     """Every fold this process can do, then (once all are done) the pooled results, review and report.
 
     Folds that other processes are working on are left to them and visited again until
-    done; returns whether the pooled results exist.
+    done; returns whether the pooled results exist, and the seconds this process spent by phase.
     """
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
         print(tracker.read_text(cv_run, "summary.md"))
-        review_and_report(config, tracker, claims, cv_run, timings)
-        return True
+        return True, review_and_report(config, tracker, claims, cv_run)
     from vfrac.model.network import active_conv_gradient  # TensorFlow loads here: a finished run never needs it
 
     tracker.restart(cv_run)
@@ -146,10 +147,15 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
                    | {"conv_gradient_active": active_conv_gradient(config.model.conv_gradient)})
     splits = fold_splits(config, data, tracker, claims, cv_run)
     pending, waiting = [config.fold] if config.fold is not None else list(range(config.protocol.folds)), []
+    spent = Counter()
     while pending:
-        busy = [fold for fold in pending
-                if not work_on_fold(config, fold, splits[fold], data, storage, tracker, claims, cv_run, key,
-                                    timings, first_visit=fold not in waiting)]
+        busy = []
+        for fold in pending:
+            done, seconds = work_on_fold(config, fold, splits[fold], data, storage, tracker, claims, cv_run, key,
+                                         first_visit=fold not in waiting)
+            spent.update(seconds)
+            if not done:
+                busy.append(fold)
         if busy:
             if busy != waiting:
                 print(f"fold(s) {', '.join(map(str, busy))}: other processes are working on them; waiting",
@@ -161,25 +167,26 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
         print(f"pruning: {sum(m.get('trials_pruned', 0) for m in pruning):.0f} trial(s) pruned, "
               f"{sum(m.get('epochs_saved', 0) for m in pruning):.0f} epoch(s) saved")
     if not all_folds_done(config, tracker, cv_run):
-        return False
+        return False, spent
     claims.once("pooled", lambda: tracker.tag(cv_run, POOLED_TAG) is not None,
                 lambda: write_pooled(config, tracker, cv_run))
     print(f"\npooled out-of-fold results, {tracker.tag(cv_run, POOLED_TAG)}:\n\n"
           f"{tracker.read_text(cv_run, 'summary.md')}")
-    review_and_report(config, tracker, claims, cv_run, timings)
-    return True
+    spent.update(review_and_report(config, tracker, claims, cv_run))
+    return True, spent
 
 
 def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, tracker: Tracker, claims: Claims,
-                 cv_run: str, key: str, timings: dict, first_visit: bool) -> bool:
-    """Tune and train this fold as far as this process can; returns whether the fold is done."""
-    from experiments.protocol import final_model, tune  # TensorFlow loads here: a finished run never needs it
+                 cv_run: str, key: str, first_visit: bool) -> tuple[bool, Counter]:
+    """Tune and train this fold as far as this process can; returns whether the fold is done and the seconds
+    this process spent on it by phase."""
+    from experiments.protocol import final_model, fold_unit, tune  # TensorFlow loads here, only to train
 
-    fold_run = tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}")
+    fold_run, spent = tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}"), Counter()
     if tracker.is_done(fold_run):
         if first_visit:
             print(f"fold {fold}: already done, reused")
-        return True
+        return True, spent
     if first_visit:
         print(f"fold {fold}: {len(split.train)} training patients"
               + (" (tuned on these only)" if config.tuning.trials else "") + f", {len(split.test)} test patients")
@@ -188,16 +195,17 @@ def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, t
         study = None
         if config.tuning.trials:
             started = time.perf_counter()
-            study = tune(config, fold, split, data, storage, tracker, fold_run, key)
-            timings["tuning"] = timings.get("tuning", 0.0) + time.perf_counter() - started
+            study = tune(config, fold_unit(fold), split, data, storage, tracker, fold_run, key)
+            spent["tuning"] = time.perf_counter() - started
             if study is None:  # trials of other processes still run
-                return False
+                return False, spent
 
         def train() -> None:
-            rows = final_model(config, fold, split, data, study, tracker, fold_run, timings)
+            rows, seconds = final_model(config, fold, split, data, study, tracker, fold_run)
+            spent.update(seconds)
             print(f"fold {fold}: done; {len({r['patient_id'] for r in rows})} test patients predicted")
 
-        return claims.once(f"fold{fold}", lambda: tracker.is_done(fold_run), train, wait=False)
+        return claims.once(f"fold{fold}", lambda: tracker.is_done(fold_run), train, wait=False), spent
     except BaseException as error:
         tracker.fail(fold_run, error)
         raise
@@ -304,20 +312,22 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
     tracker.set_tag(cv_run, POOLED_TAG, f"{len(patients)} patients, {len(rows)} slices")
 
 
-def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str, timings: dict) -> None:
+def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_run: str) -> Counter:
     """What a finished CV run still lacks: the Grad-CAM review (unless --no-explain), the study report.
 
     Each reads and writes the store through its own client: done again from the start while the store is lost.
+    Returns the seconds this process spent explaining.
     """
-    again = {"store": tracker.store, "patience": config.stores.store_timeout}
+    again, spent = {"store": tracker.store, "patience": config.stores.store_timeout}, Counter()
     if config.explain:
         claims.once("review", lambda: tracker.has_artifact(cv_run, "review/index.html"),
-                    lambda: retried(explain, config, cv_run, timings, **again))
+                    lambda: spent.update(explanation=retried(explain, config, cv_run, **again)))
     claims.once("report", lambda: tracker.has_artifact(cv_run, "report/report.md"),
                 lambda: retried(report, config, cv_run, **again))
+    return spent
 
 
-def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
+def explain(config: RunConfig, cv_run: str) -> float:
     """Grad-CAM review of every fold model on its test patients, logged to the CV run."""
     from explain.run_review import review
 
@@ -325,8 +335,8 @@ def explain(config: RunConfig, cv_run: str, timings: dict) -> None:
     print("\nexplanation: Grad-CAM and HiResCAM on each test patient's top slices (--no-explain skips)", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         review(cv_run, config.stores.tracking_uri, layer=config.cam_layer, out=Path(folder))
-    timings["explanation"] = time.perf_counter() - started
     print("review page: review/index.html in the CV run's artifacts")
+    return time.perf_counter() - started
 
 
 def report(config: RunConfig, cv_run: str) -> None:
