@@ -95,3 +95,4 @@ def test_the_setting_picks_the_gradient_and_auto_is_fast_on_a_cpu(tmp_path):
     assert any("convolution_op" in vars(layer) for layer in model.layers)
     with pytest.raises(ValueError, match="conv_gradient must be one of"):
         active_conv_gradient("quick")
+

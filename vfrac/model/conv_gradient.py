@@ -51,8 +51,13 @@ def _convolution(inputs, kernel, stride: int, padding: str):
 
     @tf.custom_gradient
     def convolve(images, weights):
+        # Flipped and swapped here, in the forward pass, not in `gradient`: taken there, it raced with the
+        # optimizer's update of the same kernel (TensorFlow orders the update after the variable's read, not
+        # after every later use of what it read). With a host call in the step, fits of the same seed in two
+        # processes then parted from the second step; taken here, they did not (docs/reproducibility.md).
+        swapped = tf.transpose(tf.reverse(weights, [0, 1]), (0, 1, 3, 2))
+
         def gradient(upstream):
-            swapped = tf.transpose(tf.reverse(weights, [0, 1]), (0, 1, 3, 2))
             images_gradient = tf.nn.conv2d(upstream, swapped, 1, "SAME")
             if stride > 1:  # a strided 1 x 1 kernel: the gradient lands on every stride-th pixel
                 channels = images_gradient.shape[-1]
