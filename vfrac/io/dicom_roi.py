@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from vfrac.errors import InputError
 from vfrac.io.budget import check_voxel_budget
@@ -28,9 +30,6 @@ ON_SLICE = 0.05  # a contour point may lie this far (in slices) from a CT slice'
 
 def dicom_modality(path: Path) -> str | None:
     """The Modality of a DICOM file, None when the file is not DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:  # force: RT files of older planning systems often lack the preamble
         dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"], force=True)
         return str(dataset.get("Modality", "")) or None
@@ -99,8 +98,6 @@ def _quiet_highdicom():
 # -- RTSTRUCT -------------------------------------------------------------------------------
 
 def _structure_set(path: Path, reference, label: int | None) -> np.ndarray:
-    import pydicom
-
     dataset = pydicom.dcmread(path, force=True)
     names = {int(r.ROINumber): str(r.get("ROIName", "")) for r in dataset.get("StructureSetROISequence", [])}
     contours = {int(r.ReferencedROINumber): [c for c in r.get("ContourSequence", [])
@@ -122,7 +119,7 @@ def _structure_set(path: Path, reference, label: int | None) -> np.ndarray:
 
 def rasterise(contours, reference, source: str) -> np.ndarray:
     """(z, y, x) booleans: voxels whose centre lies inside the closed planar contours (even-odd per slice)."""
-    from matplotlib.path import Path as Polygon
+    from matplotlib.path import Path as Polygon  # here: matplotlib takes a quarter second, only RTSTRUCTs need it
 
     to_voxel = np.linalg.inv(reference.affine)
     inside = np.zeros(reference.shape, bool)

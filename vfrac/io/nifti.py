@@ -7,7 +7,10 @@ import math
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nibabel import orientations
+from numpy.lib import format as npy
 
 from vfrac.errors import InputError
 from vfrac.io.budget import check_voxel_budget
@@ -31,8 +34,6 @@ def read_nifti(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
     checked before any voxel is read, and the voxels are streamed straight into
     their reoriented place: the peak memory is the volume plus a few MiB.
     """
-    from nibabel import orientations
-
     header = _nifti_header(path)
     try:
         claimed, stored, affine = header.get_data_shape(), header.get_data_dtype(), header.get_best_affine()
@@ -61,8 +62,6 @@ def read_nifti(path: Path, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 def write_nifti(path, data_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
     """A (z, y, x) array with its (z, y, x) -> LPS affine as a NIfTI-1 file: read_nifti's inverse."""
-    import nibabel as nib
-
     image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(data_zyx, (2, 1, 0))),
                             RAS_TO_LPS @ np.asarray(affine_lps_zyx, float) @ IJK_FROM_ZYX)
     image.header.set_xyzt_units("mm")
@@ -78,8 +77,6 @@ def _nifti_header(path: Path):
     Not nibabel.load: it reads every header extension whole, whatever size the file
     claims for it, so a 1 MB .nii.gz could make it allocate gigabytes.
     """
-    import nibabel as nib
-
     try:
         with _open_stream(path) as stream:
             block = stream.read(nib.Nifti2Header.sizeof_hdr)
@@ -159,8 +156,6 @@ def _read_into(stream, piece: memoryview, path: Path, done: int, total: int) -> 
 
 def read_npy_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """A .npy mask, loaded only after its header shows the CT's shape within the budget."""
-    from numpy.lib import format as npy
-
     try:
         with open(path, "rb") as handle:
             version = npy.read_magic(handle)

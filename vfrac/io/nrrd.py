@@ -13,6 +13,7 @@ import math
 import zlib
 from pathlib import Path
 
+import nrrd
 import numpy as np
 
 from vfrac.errors import InputError
@@ -38,8 +39,6 @@ CHUNK = 1 << 20  # compressed bytes inflated at a time
 def read_nrrd_mask(path) -> tuple[np.ndarray, np.ndarray]:
     """(labels, affine): the mask indexed by the file's spatial axes, and the 4 x 4 map from
     those indices to patient LPS mm (what `vfrac.io.grid.place_on_grid` takes)."""
-    import nrrd
-
     path = Path(path)
     try:
         with open(path, "rb") as handle:

@@ -98,6 +98,7 @@ class Recalibration:
 
 def fit_recalibration(labels, probabilities, method: str) -> Recalibration:
     """Platt or isotonic recalibration fitted on (out-of-fold) patient predictions."""
+    # here: scikit-learn takes a second or two to import; `predict --help` and the flag's rule need none of it
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -34,8 +35,6 @@ def mix(image, value, occupancy):
 
 def smooth_noise(rng, shape, sigma_pixels):
     """Zero-mean, unit-variance Gaussian noise blurred in-plane: texture or CT noise."""
-    import cv2
-
     field = rng.standard_normal(shape, dtype=np.float32)
     if sigma_pixels > 0:
         for plane in field.reshape(-1, *shape[-2:]):
