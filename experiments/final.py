@@ -22,7 +22,7 @@ from experiments.protocol import chosen_settings, epoch_lines, final_unit, fit, 
 from experiments.stores import masked
 from experiments.tracking import Tracker
 from vfrac.data.splits import Split
-from vfrac.run_tree import FINAL_ROLE, REGISTERED_TAG
+from vfrac.run_tree import FINAL_ROLE, REGISTERED_TAG, SUMMARY
 
 
 def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims: Claims,
@@ -37,7 +37,7 @@ def registered_final_model(config: RunConfig, data: FoldData, storage, tracker: 
                 lambda: spent.update(final_model=_train(config, data, storage, tracker, claims, cv_run, final_run,
                                                         key)))
     if not tracker.tag(final_run, REGISTERED_TAG).startswith(f"{config.model_name}/"):  # asked under another name
-        version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, "summary.md"))
+        version = register(tracker.client, config.model_name, final_run, tracker.read_text(cv_run, SUMMARY))
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
     uri, tracking_uri = f"models:/{tracker.tag(final_run, REGISTERED_TAG)}", config.stores.tracking_uri
     print(f"final model: {uri} (run {final_run}); use it with\n"
@@ -79,7 +79,7 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims:
         log_model(tracker, final_run, model,
                   contract(config, params, provenance(tracker, final_run, "final"), expected, epochs))
         log_cohort(tracker.client, final_run, Path(config.cohort), data.cohort_hash)
-        description = tracker.read_text(cv_run, "summary.md")
+        description = tracker.read_text(cv_run, SUMMARY)
         version = register(tracker.client, config.model_name, final_run, description)
         tracker.set_tag(final_run, REGISTERED_TAG, f"{config.model_name}/{version}")
         tracker.finish(final_run)

@@ -13,7 +13,7 @@ from vfrac.stats.statistics import delong_test
 SLICE_COLUMNS = ("patient_id", "fold", "slice", "label", "probability")
 PATIENT_COLUMNS = ("patient_id", "fold", "label", "probability", "prediction")
 BASELINE_COLUMNS = ("patient_id", "fold", "label", "probability")
-EXCLUDED_NAME, EXCLUDED_COLUMNS = "excluded.csv", ("patient_id", "label", "reason")  # left out by --skip-bad
+EXCLUDED_COLUMNS = ("patient_id", "label", "reason")  # left out by --skip-bad
 REPORTED = ("sensitivity", "specificity", "accuracy", "auc")
 STUDY = {  # Li et al. 2021, ResNet50, 10-fold CV
     "slice": {"sensitivity": 0.90, "specificity": 0.79, "accuracy": 0.85},

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from experiments.results import EXCLUDED_NAME, read_rows
+from experiments.results import read_rows
 from explain.runs import finished_folds
 from vfrac.errors import InputError
 from vfrac.prepare import SLICE_REPORT_NAME
-from vfrac.run_tree import COHORT_HASH_TAG, SLICE_PREDICTIONS
+from vfrac.run_tree import COHORT_HASH_TAG, EXCLUDED, SLICE_PREDICTIONS
 
 
 def read_run(client, run, scratch: Path) -> dict:
@@ -23,7 +23,7 @@ def read_run(client, run, scratch: Path) -> dict:
         raise InputError(f"run {run_id} has no pooled predictions yet: finish every fold first")
     slices = read_rows(Path(client.download_artifacts(run_id, SLICE_PREDICTIONS, str(scratch))))
     attention, sanity = _optional_csvs(client, run_id, "explain", ("attention_summary.csv", "sanity.csv"), scratch)
-    excluded, slice_report = _optional_csvs(client, run_id, None, (EXCLUDED_NAME, SLICE_REPORT_NAME), scratch)
+    excluded, slice_report = _optional_csvs(client, run_id, None, (EXCLUDED, SLICE_REPORT_NAME), scratch)
     manifest = Path(params["cohort"])
     outside = params.get("allow_outside") == "True"
     skip_bad = params.get("skip_bad") == "True"

@@ -19,7 +19,6 @@ from experiments.fold_data import FoldData
 from experiments.results import (
     BASELINE_COLUMNS,
     EXCLUDED_COLUMNS,
-    EXCLUDED_NAME,
     PATIENT_COLUMNS,
     SLICE_COLUMNS,
     baseline_comparison,
@@ -40,6 +39,8 @@ from vfrac.run_tree import (
     BASELINE_PREDICTIONS,
     CODE_VERSION_TAG,
     COHORT_HASH_TAG,
+    CONFIG,
+    EXCLUDED,
     FOLD_ROLE,
     FOLD_TAG,
     GIT_COMMIT_TAG,
@@ -48,6 +49,7 @@ from vfrac.run_tree import (
     SETTINGS_KEY_TAG,
     SLICE_PREDICTIONS,
     SPLITS,
+    SUMMARY,
 )
 
 TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL: a store was lost; the same command later continues the run
@@ -138,7 +140,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
     """
     if tracker.is_done(cv_run):
         print("every fold and the pooled results are already done:\n")
-        print(tracker.read_text(cv_run, "summary.md"))
+        print(tracker.read_text(cv_run, SUMMARY))
         return True, review_and_report(config, tracker, claims, cv_run)
     from vfrac.model.network import active_conv_gradient  # TensorFlow loads here: a finished run never needs it
 
@@ -171,7 +173,7 @@ def cross_validate(config: RunConfig, data: FoldData, tracker: Tracker, claims: 
     claims.once("pooled", lambda: tracker.tag(cv_run, POOLED_TAG) is not None,
                 lambda: write_pooled(config, tracker, cv_run))
     print(f"\npooled out-of-fold results, {tracker.tag(cv_run, POOLED_TAG)}:\n\n"
-          f"{tracker.read_text(cv_run, 'summary.md')}")
+          f"{tracker.read_text(cv_run, SUMMARY)}")
     spent.update(review_and_report(config, tracker, claims, cv_run))
     return True, spent
 
@@ -267,12 +269,12 @@ def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str)
         folder = Path(folder)
         ids = sorted(data.labels)
         splits = outer_folds(ids, [data.labels[p] for p in ids], config.protocol.folds, config.seed)
-        (folder / "config.json").write_text(json.dumps(config.as_params(), indent=1) + "\n")
-        tracker.artifacts(cv_run, folder / "config.json")
+        (folder / CONFIG).write_text(json.dumps(config.as_params(), indent=1) + "\n")
+        tracker.artifacts(cv_run, folder / CONFIG)
         write_slice_report(folder / SLICE_REPORT_NAME, data.slice_counts, config.crops.min_area)
         tracker.artifacts(cv_run, folder / SLICE_REPORT_NAME)
-        write_rows(folder / EXCLUDED_NAME, data.excluded, EXCLUDED_COLUMNS)  # header only when none
-        tracker.artifacts(cv_run, folder / EXCLUDED_NAME)
+        write_rows(folder / EXCLUDED, data.excluded, EXCLUDED_COLUMNS)  # header only when none
+        tracker.artifacts(cv_run, folder / EXCLUDED)
         for fold in range(config.protocol.folds):  # made here, once, so processes starting together share them
             tracker.schedule(tracker.child_run(cv_run, FOLD_ROLE, {FOLD_TAG: fold}, name=f"fold {fold}"))
         save_splits(folder / SPLITS, splits)
@@ -306,7 +308,7 @@ def write_pooled(config: RunConfig, tracker: Tracker, cv_run: str) -> None:
         write_rows(out / "predictions" / "baseline.csv", baseline_rows, BASELINE_COLUMNS)
         plots(out / "plots", rows, patients, config.protocol.threshold)
         summary = summary_markdown(result, spread, config.protocol.aggregation, config.protocol.threshold, baseline)
-        (out / "summary.md").write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
+        (out / SUMMARY).write_text(f"# vfrac cross-validation ({config.preset})\n\n{summary}")
         tracker.artifacts(cv_run, out)
         tracker.metrics(cv_run, cv_metrics(result) | baseline_metrics(baseline))
     tracker.set_tag(cv_run, POOLED_TAG, f"{len(patients)} patients, {len(rows)} slices")

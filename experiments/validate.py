@@ -33,6 +33,7 @@ from vfrac.run_tree import (
     COHORT_HASH_TAG,
     CV_RUN_ID_TAG,
     DONE_TAG,
+    EXCLUDED,
     GIT_COMMIT_TAG,
     MODEL_RUN_ID_TAG,
     MODEL_TAG,
@@ -282,7 +283,7 @@ def write_outputs(folder: Path, result: dict, excluded: list[dict], context: dic
     write_rows(folder / "predictions" / "slices.csv", result["slices"], SLICE_COLUMNS)
     write_rows(folder / "predictions" / "patients.csv", result["patients"], PATIENT_COLUMNS)
     if excluded:
-        write_rows(folder / "excluded.csv", excluded, EXCLUDED_COLUMNS)
+        write_rows(folder / EXCLUDED, excluded, EXCLUDED_COLUMNS)
     levels = {name: ([r["label"] for r in rows], [r["probability"] for r in rows])
               for name, rows in (("per slice", result["slices"]), ("per patient", result["patients"]))}
     curves = {"external, per patient": levels["per patient"]}
