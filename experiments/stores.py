@@ -123,9 +123,11 @@ class Retrying:
 
 
 class RetryingStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, each of its public calls retried while the database is unreachable.
+    """Optuna's RDB storage, each of its calls retried while the database is unreachable.
 
-    Heartbeats are not retried: a missed beat is sent again at the next interval.
+    Optuna puts a cache in front of an RDB storage that calls some private methods too
+    (`PRIVATE_CALLS`); those are retried as well. Heartbeats are not: a missed beat is
+    sent again at the next interval.
     """
 
     def __init__(self, url: str, store: str, patience: float, **options):
@@ -136,17 +138,18 @@ class RetryingStorage(optuna.storages.RDBStorage):
         return retried(call, *args, store=self.store, patience=self.patience, **kwargs)
 
 
-def _retrying(name: str):
-    inner = getattr(optuna.storages.RDBStorage, name)
+PRIVATE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids")
 
-    @functools.wraps(inner)
+
+def _retrying(name: str):
+    @functools.wraps(getattr(optuna.storages.RDBStorage, name))
     def method(self, *args, **kwargs):
-        return self.retried(inner, self, *args, **kwargs)
+        return self.retried(getattr(optuna.storages.RDBStorage, name), self, *args, **kwargs)
 
     return method
 
 
-for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")]:
+for _name in [n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")] + list(PRIVATE_CALLS):
     setattr(RetryingStorage, _name, _retrying(_name))
 
 

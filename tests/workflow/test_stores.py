@@ -1,5 +1,9 @@
 """Store URLs shown without their password, and calls retried only while a store is unreachable (no servers)."""
 
+import inspect
+import re
+
+import optuna
 import pytest
 import requests
 import sqlalchemy.exc
@@ -85,3 +89,26 @@ def test_the_command_stops_with_exit_code_75_when_a_store_is_lost(monkeypatch, c
     assert runner.run(None, None, None) == runner.TEMPORARY_FAILURE == 75
     error = capsys.readouterr().err
     assert error.startswith("error: the MLflow tracking store http://m stopped answering") and "run the same" in error
+
+
+def test_every_call_optunas_cache_makes_on_the_database_is_retried(tmp_path, monkeypatch, capsys):
+    """Optuna's cache in front of an RDB storage calls private methods too: a restart during one is retried."""
+    cache_source = inspect.getsource(optuna.storages._cached_storage)
+    called = set(re.findall(r"_backend\.(\w+)\(", cache_source)) - {"record_heartbeat", "get_heartbeat_interval",
+                                                                      "get_heartbeat_stale_trial_callback"}
+    assert called and all(name in vars(stores.RetryingStorage) for name in called), called
+    monkeypatch.setattr(stores.time, "sleep", lambda seconds: None)
+    read_trials, failures = optuna.storages.RDBStorage._get_trials, iter([lost_connection()])
+
+    def fails_once(*args, **kwargs):
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return read_trials(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_trials", fails_once)
+    storage = stores.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="restart", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert next(failures, None) is None and "is not answering" in capsys.readouterr().err
