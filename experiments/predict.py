@@ -268,11 +268,9 @@ def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict
              dicom: bool) -> Path:
     """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
     An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
-    from explain import secondary_capture
     from explain.cam import DEFAULT_LAYER, Explainer, called_classes, slice_shares, windowed_rgb
-    from explain.overlay import overlay_pair
     from explain.page import write_sheet
-    from explain.volumes import map_volume, write_nifti, write_parametric_map
+    from explain.render import Folders, draw
     from vfrac.data.crops import input_to_slice
     from vfrac.data.window import BONE_WINDOW
 
@@ -285,32 +283,19 @@ def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict
         found, shares = Explainer(member.model, layer).explain(images, classes, methods)  # layer checked at loading
         maps = {m: maps.get(m, 0.0) + found[m] / count for m in methods}
         attribution = attribution + shares / count
-    shown, captures, cache_size = [], [], prepared.crops.shape[1]
+    cache_size = prepared.crops.shape[1]
     transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
-    zs = [entry["slice"] for entry in prediction["slices"]]
-    prediction["maps"] = {}
-    for method in methods:
-        placed = map_volume(volume.shape, zs, maps[method], transforms)
-        prediction["maps"][method] = str(write_nifti(out / "maps" / f"{method}.nii.gz", placed, volume.affine)
-                                         .relative_to(out))
-        if dicom and placed.any():
-            written = write_parametric_map(out / "dicom" / "maps" / f"{method}.dcm", prediction["patient_id"], placed,
-                                           volume.affine, method)
-            prediction["maps"][f"{method}_dicom"] = str(written.relative_to(out))
+    chosen = [(entry["slice"], entry["probability"]) for entry in prediction["slices"]]
+    drawn = draw(volume, prediction["patient_id"], chosen, maps, bone, transforms,
+                 Folders(out / "maps", out / "overlays", out / "dicom" if dicom else None))
+    prediction["maps"] = {m: str(path.relative_to(out)) for m, path in drawn.maps.items()}
+    prediction["maps"] |= {f"{m}_dicom": str(path.relative_to(out)) for m, path in drawn.dicom_maps.items()}
+    shown = []
     for k, entry in enumerate(prediction["slices"]):
-        z, p, transform = entry["slice"], entry["probability"], transforms[k]
-        item = {"slice": z, "probability": p, "images": {}, "attention": None,
-                "attribution": slice_shares(attribution[k])}
-        for method in methods:
-            crop_png, slice_png, whole = overlay_pair(out / "overlays", prediction["patient_id"], method, z, p,
-                                                      maps[method][k], bone[k], volume.hu[z], transform)
-            item["images"][method] = (crop_png, slice_png)
-            entry.setdefault("overlays", {})[method] = {"crop": str(crop_png.relative_to(out)),
-                                                        "slice": str(slice_png.relative_to(out))}
-            captures.append((f"{method} slice {z}", whole))
-        shown.append(item)
-    if dicom:
-        secondary_capture.write_series(out / "dicom", prediction["patient_id"], captures)
+        entry["overlays"] = {m: {"crop": str(crop.relative_to(out)), "slice": str(whole.relative_to(out))}
+                             for m, (crop, whole) in drawn.overlays[k].items()}
+        shown.append({"slice": entry["slice"], "probability": entry["probability"], "images": drawn.overlays[k],
+                      "attention": None, "attribution": slice_shares(attribution[k])})
     return write_sheet(out / "sheet.html", prediction, shown, methods, layer)
 
 
