@@ -1,8 +1,10 @@
 """Numbers and documents as vfrac prints them: one CI, one p-value, one Markdown and one HTML writer.
 
-A document is a list of blocks: ("h1", text), ("h2", text), ("p", text), ("img", path, alt)
-or ("table", header, rows). The study report, the validation report and the model card
-are written as blocks and rendered by `to_markdown` and `to_html`.
+A document is a list of blocks: ("h1", text), ("h2", text), ("p", text), ("img", path, alt),
+("table", header, rows), ("figures", caption, [img blocks]) and ("group", css class,
+[blocks]); h2, p, img and table take a dict of HTML attributes last ({"class": "note"}).
+The study report, the validation report, the model card, the review page and a
+prediction's sheet are written as blocks and rendered by `to_markdown` and `to_html`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def to_markdown(blocks) -> str:
             lines += [block[1], ""]
         elif kind == "img":
             lines += [f"![{block[2]}]({block[1]})", ""]
+        elif kind == "figures":
+            lines += [block[1], "", to_markdown(block[2])]
+        elif kind == "group":
+            lines.append(to_markdown(block[2]))
         else:
             header, rows = block[1], block[2]
             lines += ["| " + " | ".join(map(str, header)) + " |", "|" + " --- |" * len(header)]
@@ -64,17 +70,37 @@ def to_markdown(blocks) -> str:
     return "\n".join(lines)
 
 
-def to_html(blocks, title: str = "vfrac report") -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body>"]
+def to_html(blocks, title: str = "vfrac report", style: str = "", script: str = "") -> str:
+    """A self-contained page: `style` adds to the house style, `script` (HTML) goes at the end of the body."""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{STYLE}{style}</style></head><body>\n" + html_body(blocks) + script + "</body></html>\n")
+
+
+def html_body(blocks) -> str:
+    parts = []
     for block in blocks:
-        kind = block[0]
+        kind, extra = block[0], _attributes(block)
         if kind in ("h1", "h2", "p"):
-            parts.append(f"<{kind}>{escape(block[1])}</{kind}>")
+            parts.append(f"<{kind}{extra}>{escape(block[1])}</{kind}>")
         elif kind == "img":
-            parts.append(f"<img src='{escape(block[1])}' alt='{escape(block[2])}'>")
+            parts.append(f"<img src='{escape(block[1])}' alt='{escape(block[2])}'{extra}>")
+        elif kind == "figures":
+            parts.append(f"<div class='figures'><p>{escape(block[1])}</p>"
+                         + "".join(html_body([image]) for image in block[2]) + "</div>")
+        elif kind == "group":
+            parts.append(f"<div class='{escape(block[1])}'>{html_body(block[2])}</div>")
         else:
-            parts.append("<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in block[1]) + "</tr>"
+            parts.append(f"<table{extra}><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in block[1]) + "</tr>"
                          + "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
                                    for row in block[2]) + "</table>")
-    return "\n".join(parts) + "</body></html>\n"
+    return "\n".join(parts)
+
+
+ARITY = {"h1": 2, "h2": 2, "p": 2, "img": 3, "table": 3}
+
+
+def _attributes(block) -> str:
+    """The HTML attributes of a block that carries a dict of them after its usual fields ({"class": "note"})."""
+    if len(block) <= ARITY.get(block[0], len(block)):
+        return ""
+    return "".join(f" {escape(name)}='{escape(str(value))}'" for name, value in block[-1].items())

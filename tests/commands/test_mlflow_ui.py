@@ -37,7 +37,7 @@ def ui(tmp_path_factory):
     """A CV-like run in a sqlite store, the lines vfrac prints for it, and `mlflow ui` started as printed."""
     folder = tmp_path_factory.mktemp("ui")
     tracker = Tracker(f"sqlite:///{folder}/mlflow.db", "vfrac")
-    run, _ = tracker.cv_run("key", {}, name=RUN_NAME)
+    run = tracker.create_cv_run("key", {}, name=RUN_NAME)
     tracker.metrics(run, {METRIC: VALUE})
     tracker.finish(run)
     command, link = tracker.browse_lines(run)
