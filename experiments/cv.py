@@ -94,11 +94,10 @@ def main(argv=None) -> int:
         config = resolve(args)
         # MLflow and Optuna load now, TensorFlow once both stores answer (a wrong address fails in seconds); the
         # cache's worker processes re-import this module and need none of them.
+        from experiments.runner import run
         from experiments.tracking import open_stores
 
         stores = open_stores(config)
-        from experiments.runner import run
-
         return run(config, *stores)
     except (InputError, FileExistsError) as error:  # a bug's ValueError keeps its traceback
         print(f"error: {error}", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from vfrac.stats.metrics import binary_metrics, calibration, confusion, roc_points
@@ -21,10 +23,8 @@ def fold_spread(values) -> str:
 
 
 def _pyplot():
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt
 

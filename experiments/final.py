@@ -53,16 +53,17 @@ def _train(config: RunConfig, data: FoldData, storage, tracker: Tracker, claims:
     try:
         tracker.restart(final_run)
         patients = tuple(sorted(data.labels))
-        study = None
+        study, unit = None, final_unit(config.protocol.folds)
         if config.tuning.trials:
-            while (study := tune(config, final_unit(config), Split(train=patients, test=()), data, storage, tracker,
-                                 final_run, key)) is None:  # trials of other processes still run
+            while (study := tune(config, unit, Split(train=patients, test=()), data, storage, tracker, final_run,
+                                 key)) is None:  # trials of other processes still run
                 claims.wait()
-        params, epochs, best_value = chosen_settings(config, study)
+        params, epochs, best_value = chosen_settings(config.training, study)
         started = time.perf_counter()
         print(f"final: model on all {len(patients)} patients, {epochs} epoch(s)"
               + ("" if config.tuning.trials else " with the default settings (no tuning)"), flush=True)
-        model, history = fit(config, params, data, patients, epochs, seed=config.seed + final_unit(config).index,
+        model, history = fit(config.model, config.training.patience, config.seed, params, data, patients, epochs,
+                             seed=config.seed + unit.index,
                              callbacks=[epoch_lines("final", epochs)])
         seconds = time.perf_counter() - started
         for epoch, loss in enumerate(history["loss"]):

@@ -9,8 +9,11 @@ in the database itself, released when its connection closes, also if the process
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import zlib
 from pathlib import Path
+
+import sqlalchemy
 
 
 @contextlib.contextmanager
@@ -28,7 +31,6 @@ def database_lock(url: str, engine_options: dict | None = None):
 
 @contextlib.contextmanager
 def _file_lock(database: Path):
-    import fcntl
 
     with open(database.with_name(database.name + ".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -40,7 +42,6 @@ def _file_lock(database: Path):
 
 @contextlib.contextmanager
 def _advisory_lock(url: str, engine_options: dict):
-    import sqlalchemy
 
     key = zlib.crc32(b"vfrac: create tables")  # one lock per database: advisory locks are per database
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,

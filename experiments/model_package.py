@@ -14,16 +14,27 @@ from __future__ import annotations
 import tempfile
 import warnings
 from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
+import mlflow
 import numpy as np
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
 import vfrac
 from experiments import pyfunc_model
 from experiments.config import RunConfig
 from experiments.tuning import TrialParams
+from vfrac.data.cache import CropSettings
 from vfrac.errors import InputError
 from vfrac.run_tree import MODEL, PARENT_TAG, PRESET_TAG
+from vfrac.stats.metrics import AGGREGATIONS
 
 CONTRACT_VERSION = 1
 # HU window to 0..255 per channel (slices z-1, z, z+1), then keras.applications.resnet50.preprocess_input.
@@ -63,9 +74,6 @@ def provenance(tracker, run_id: str, role: str, **extra) -> dict:
 
 def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
     """The model with its signature, an all-air input example and its contract, under `model/` of the run."""
-    import mlflow
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
 
     size = model_contract["input_size"]
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, 3), "image")]),
@@ -84,12 +92,11 @@ def log_model(tracker, run_id: str, model, model_contract: dict) -> None:
 def _requirements() -> list[str]:
     """What loading the model needs, stated (MLflow's inference would load it without vfrac's layers and fail):
     vfrac itself, for the model's VariableDropout layer, and the Keras and TensorFlow it was saved with."""
-    from importlib.metadata import PackageNotFoundError, version
 
     pinned = [f"vfrac=={vfrac.__version__}"]
     for package in ("keras", "tensorflow", "tensorflow-cpu", "tensorflow-macos"):
         try:
-            pinned.append(f"{package}=={version(package)}")
+            pinned.append(f"{package}=={installed_version(package)}")
         except PackageNotFoundError:
             continue
     return pinned
@@ -97,7 +104,7 @@ def _requirements() -> list[str]:
 
 def _air_input(model_contract: dict) -> np.ndarray:
     """One network input made from a crop of air: valid for the signature, no patient's pixels."""
-    from vfrac.data.pipeline import AIR_HU, evaluation_images
+    from vfrac.data.pipeline import AIR_HU, evaluation_images  # TensorFlow (tf.data) loads here, only to log a model
 
     crop = model_contract["crop"]
     air = np.full((1, crop["cache_size"], crop["cache_size"], 3), AIR_HU, np.int16)
@@ -107,10 +114,6 @@ def _air_input(model_contract: dict) -> np.ndarray:
 def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str, context: str = "training") -> None:
     """The cohort as the run's dataset (`context`: training, or validation for another site's cohort): the UI's
     Dataset column, digest = the cohort hash."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.types.schema import ColSpec, DataType, Schema
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them a local file
         warnings.simplefilter("ignore")
@@ -124,7 +127,6 @@ def log_cohort(client, run_id: str, manifest: Path, cohort_hash: str, context: s
 
 def register(client, name: str, run_id: str, description: str) -> str:
     """The registry version of this run's model, created (with `description`) unless it exists; its number."""
-    from mlflow.exceptions import MlflowException
 
     for version in client.search_model_versions(f"run_id = '{run_id}'"):
         if version.name == name:
@@ -140,8 +142,6 @@ def register(client, name: str, run_id: str, description: str) -> str:
 
 def check_contract(metadata: dict | None, input_shape, where: str) -> dict:
     """The model's contract, refused unless this code can reproduce its input exactly."""
-    from vfrac.data.cache import CropSettings
-    from vfrac.stats.metrics import AGGREGATIONS
 
     found = (metadata or {}).get(METADATA_KEY)
     if not isinstance(found, dict):

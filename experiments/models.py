@@ -1,5 +1,5 @@
-"""Choosing and loading vfrac models from MLflow: one fold's, the registered final model, or a CV run's
-fold models as an ensemble, with the flags that choose them (experiments.predict, experiments.validate).
+"""Loading vfrac models from MLflow: one fold's, the registered final model, or a CV run's fold models as
+an ensemble, as experiments.model_flags chose them (experiments.predict, experiments.validate).
 
 Models load with their contract (experiments.model_package) checked; `predictor_of` makes them one
 `vfrac.model.predictor.Predictor`.
@@ -7,51 +7,25 @@ Models load with their contract (experiments.model_package) checked; `predictor_
 
 from __future__ import annotations
 
-import argparse
 import re
 import tempfile
 from pathlib import Path
 
-from explain.runs import masked
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from experiments.model_package import check_contract
+from experiments.results import read_rows
+from explain.methods import DEFAULT_LAYER
+from explain.runs import cv_run, finished_folds, masked
 from vfrac.errors import InputError
 from vfrac.run_tree import CODE_VERSION_TAG, COHORT_HASH_TAG, MODEL, PATIENT_PREDICTIONS
 
 # What every fold model of an ensemble must share: the same crops, inputs, patient rule and call.
 SHARED_BY_MEMBERS = ("crop", "input_size", "aggregation", "threshold", "cam_layer", "preprocessing")
 REGISTERED = re.compile(r"models:/([^/@]+)/(\d+)")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model or --ensemble, one of them required (predict and validate)."""
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model",
-                       help="models:/NAME/VERSION (the --final model), models:/NAME@ALIAS, or runs:/RUN_ID/model "
-                            "(a fold's model)")
-    which.add_argument("--ensemble", metavar="CV_RUN_ID",
-                       help="the k fold models of this CV run as one ensemble: mean probability, their spread, "
-                            "and Grad-CAM maps averaged over them")
-
-
-def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
-    """The uncertain flag's --margin and --max-spread (vfrac.stats.ensemble.UncertaintyRule)."""
-    from vfrac.stats.ensemble import UncertaintyRule
-
-    parser.add_argument("--margin", type=float, default=UncertaintyRule.margin,
-                        help="uncertain when the probability lies closer than this to the threshold "
-                             "(default: %(default)s)")
-    parser.add_argument("--max-spread", type=float, default=UncertaintyRule.max_spread,
-                        help="with --ensemble, uncertain when the fold models' probabilities have a larger SD "
-                             "(default: %(default)s)")
-
-
-def uncertainty_rule(args, parser: argparse.ArgumentParser):
-    """The rule the flags give, or the parser's error (exit 2) for values it refuses."""
-    from vfrac.stats.ensemble import UncertaintyRule
-
-    try:
-        return UncertaintyRule(args.margin, args.max_spread)
-    except ValueError as error:
-        parser.error(str(error))
 
 
 def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], dict]:
@@ -61,9 +35,7 @@ def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], di
         model, model_contract, label = load_model(args.model, tracking_uri, folder)
         return [(model, model_contract)], {"uri": args.model, "label": label,
                                            **{k: model_contract.get(k) for k in keys}}
-    from mlflow import MlflowClient
 
-    from explain.runs import cv_run, finished_folds
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = cv_run(client, args.ensemble)
@@ -94,10 +66,7 @@ def load_members(args, tracking_uri: str, folder: Path) -> tuple[list[tuple], di
 
 def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
     """The CV run's pooled out-of-fold patient rows, None where the run is not in this store."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from experiments.results import read_rows
 
     if not cv_run_id:
         return None
@@ -112,13 +81,8 @@ def cv_patients(tracking_uri: str, cv_run_id: str | None) -> list[dict] | None:
 
 def load_model(uri: str, tracking_uri: str, folder: Path):
     """(keras model, its checked contract, how to name it) from an MLflow model URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
-    from experiments.model_package import check_contract
-    from explain.methods import DEFAULT_LAYER
-    from vfrac.model.network import load_classifier
+    from vfrac.model.network import load_classifier  # TensorFlow loads here, not for --help
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -144,7 +108,7 @@ def label_of(uri: str) -> str:
 
 def predictor_of(members: list[tuple]):
     """The loaded [(keras model, contract)] as one Predictor under the first's rule (members share it)."""
-    from vfrac.model.predictor import Member, Predictor
+    from vfrac.model.predictor import Member, Predictor  # TensorFlow (see above)
 
     first = members[0][1]
     return Predictor([Member(model, int(contract["input_size"]), tuple(contract["window"]))

@@ -22,7 +22,7 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from experiments.claims import OWNER_ATTR, fail_dead, heartbeat
-from experiments.config import ModelSettings, RunConfig
+from experiments.config import ModelSettings, ProtocolSettings, RunConfig, TrainingSettings
 from experiments.fold_data import FoldData
 from experiments.model_package import contract, log_model, provenance
 from experiments.results import BASELINE_COLUMNS, SLICE_COLUMNS, write_rows
@@ -70,8 +70,8 @@ def trainer(model: ModelSettings, seed: int, freeze_stages: int) -> Trainer:
     return _TRAINERS[key]
 
 
-def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epochs: int, seed: int,
-        val_ids=None, callbacks=()):
+def fit(model: ModelSettings, patience: int, run_seed: int, params: TrialParams, data: FoldData, train_ids,
+        epochs: int, seed: int, val_ids=None, callbacks=()):
     """Fit on train_ids (validating on val_ids when given); returns (model, history).
 
     `seed` fixes the batches and the dropout masks. Not through `keras.utils.set_random_seed`:
@@ -80,36 +80,35 @@ def fit(config: RunConfig, params: TrialParams, data: FoldData, train_ids, epoch
     shuffles and draws combine with their own; a process's first datasets made before it
     drew other batches, so a fold resumed in a fresh process trained differently.
     """
-    fitter = trainer(config.model, config.seed, params.freeze_stages)
-    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, config.model.input_size,
+    fitter = trainer(model, run_seed, params.freeze_stages)
+    train, _ = make_dataset({p: data.entries[p] for p in train_ids}, data.labels, model.input_size,
                             params.window, training=True, seed=seed, batch_size=params.batch_size,
                             augmentation=Augmentation(strength=params.augment_strength))
     val = None
     if val_ids is not None:
-        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, config.model.input_size,
+        val, _ = make_dataset({p: data.entries[p] for p in val_ids}, data.labels, model.input_size,
                               params.window, batch_size=64)
     history = fitter.fit(train, val, epochs=epochs, learning_rate=params.learning_rate,
                          weight_decay=params.weight_decay, dropout=params.dropout, seed=seed,
-                         patience=config.training.patience, callbacks=callbacks)
+                         patience=patience, callbacks=callbacks)
     return fitter.model, history
 
 
-def predict_slices(config: RunConfig, params: TrialParams, model, data: FoldData, test_ids):
+def predict_slices(model, input_size: int, window, protocol: ProtocolSettings, data: FoldData, test_ids):
     """[(patient_id, slice)] of every crop of test_ids, and the model's probability of each."""
-    predictor = Predictor.single(model, config.model.input_size, params.window, config.protocol.aggregation,
-                                 config.protocol.threshold)
+    predictor = Predictor.single(model, input_size, window, protocol.aggregation, protocol.threshold)
     prediction = predictor.predict_entries({p: data.entries[p] for p in test_ids}, data.labels)
     return prediction.index, prediction.slices
 
 
-def chosen_settings(config: RunConfig, study: optuna.Study | None) -> tuple[TrialParams, int, float | None]:
+def chosen_settings(training: TrainingSettings, study: optuna.Study | None) -> tuple[TrialParams, int, float | None]:
     """(settings, epochs, best inner AUC) of the best trial, or the defaults when there is none."""
-    params, epochs, best_value = replace(DEFAULTS, batch_size=config.training.batch_size), config.training.epochs, None
+    params, epochs, best_value = replace(DEFAULTS, batch_size=training.batch_size), training.epochs, None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if study else []
     if complete:  # else no tuning, or every trial was pruned or failed: the defaults
         best = max(sorted(complete, key=lambda t: t.user_attrs[POSITION_ATTR]), key=lambda t: t.value)
         params, best_value = TrialParams.from_values(best.params), best.value
-        epochs = int(best.user_attrs.get("best_epoch", config.training.epochs))
+        epochs = int(best.user_attrs.get("best_epoch", training.epochs))
     return params, epochs, best_value
 
 
@@ -129,8 +128,8 @@ def fold_unit(fold: int) -> Unit:
     return Unit(f"fold {fold}", fold)
 
 
-def final_unit(config: RunConfig) -> Unit:
-    return Unit("final", config.protocol.folds)
+def final_unit(folds: int) -> Unit:
+    return Unit("final", folds)
 
 
 def tune(config: RunConfig, unit: Unit, split: Split, data: FoldData, storage, tracker: Tracker,
@@ -158,10 +157,12 @@ def tune(config: RunConfig, unit: Unit, split: Split, data: FoldData, storage, t
         try:
             for number, inner_split in enumerate(inner):
                 pruning = [counter, KerasPruningCallback(trial, "val_auc")] if number == 0 else []
-                model, history = fit(config, params, data, inner_split.train, config.training.epochs,
+                model, history = fit(config.model, config.training.patience, config.seed, params, data,
+                                     inner_split.train, config.training.epochs,
                                      seed=config.seed + 1000 * fold + position, val_ids=inner_split.test,
                                      callbacks=pruning)
-                index, probabilities = predict_slices(config, params, model, data, inner_split.test)
+                index, probabilities = predict_slices(model, config.model.input_size, params.window, config.protocol,
+                                                      data, inner_split.test)
                 ids, labels, patient_p = aggregate([p for p, _ in index], probabilities,
                                                    [data.labels[p] for p, _ in index], config.protocol.aggregation)
                 scores.append(auc(labels, patient_p))
@@ -221,13 +222,15 @@ def final_model(config: RunConfig, fold: int, split: Split, data: FoldData, stud
     test patients, fit the baseline beside it; log all to the fold run and mark it done.
 
     Returns the fold's slice rows and the seconds spent training and on the baseline."""
-    params, epochs, best_value = chosen_settings(config, study)
+    params, epochs, best_value = chosen_settings(config.training, study)
     started = time.perf_counter()
     print(f"fold {fold}: final model on all {len(split.train)} training patients, {epochs} epoch(s)"
           + ("" if config.tuning.trials else " with the default settings (no tuning)"), flush=True)
     losses = epoch_lines(f"fold {fold}", epochs)
-    model, history = fit(config, params, data, split.train, epochs, seed=config.seed + fold, callbacks=[losses])
-    index, probabilities = predict_slices(config, params, model, data, split.test)
+    model, history = fit(config.model, config.training.patience, config.seed, params, data, split.train, epochs,
+                         seed=config.seed + fold, callbacks=[losses])
+    index, probabilities = predict_slices(model, config.model.input_size, params.window, config.protocol, data,
+                                          split.test)
     training_seconds = time.perf_counter() - started
 
     for epoch, loss in enumerate(history["loss"]):

@@ -26,6 +26,6 @@ class SliceClassifier:
 
 def _load_pyfunc(path: str) -> SliceClassifier:
     """MLflow's loader protocol: `path` is the model's folder (its Keras flavour's data/model.keras inside)."""
-    from vfrac.model.network import load_classifier
+    from vfrac.model.network import load_classifier  # TensorFlow (see above)
 
     return SliceClassifier(load_classifier(Path(path) / "data" / "model.keras"))

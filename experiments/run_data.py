@@ -8,14 +8,16 @@ from pathlib import Path
 
 from experiments.results import read_rows
 from explain.runs import finished_folds
+from vfrac.cohort import read_manifest
+from vfrac.data.cache import CropSettings, cached_entry, current_cohort_hash, entry_spacing
 from vfrac.errors import InputError
+from vfrac.io.series import acquisition
 from vfrac.prepare import SLICE_REPORT_NAME
 from vfrac.run_tree import COHORT_HASH_TAG, EXCLUDED, SLICE_PREDICTIONS
 
 
 def read_run(client, run, scratch: Path) -> dict:
     """What the report needs of a finished CV run: its rows, metrics, folds, artifacts and cohort."""
-    from vfrac.cohort import read_manifest
 
     run_id, params = run.info.run_id, run.data.params
     names = {a.path for a in client.list_artifacts(run_id, "predictions")}
@@ -44,8 +46,6 @@ def read_run(client, run, scratch: Path) -> dict:
 
 def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
     """patient_id -> voxel spacing (from the run's cache entries) and -> DICOM acquisition fields."""
-    from vfrac.data.cache import CropSettings, cached_entry, entry_spacing
-    from vfrac.io.series import acquisition
 
     spacing, scans = {}, {}
     settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))
@@ -63,7 +63,6 @@ def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:
 
 def check_same_cohort(run, manifest: Path, patients) -> None:
     """Refuse a cohort whose manifest, CTs or ROIs changed since the run: its tables would mix two cohorts."""
-    from vfrac.data.cache import CropSettings, current_cohort_hash
 
     params, logged = run.data.params, run.data.tags.get(COHORT_HASH_TAG)
     settings = CropSettings.from_values(params, defaults=CropSettings(min_area=0.0))

@@ -11,8 +11,13 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import optuna
+from tqdm import tqdm
+
+import vfrac
 from experiments.claims import Claims
 from experiments.config import DEMO_COHORT, RunConfig
 from experiments.fold_data import FoldData
@@ -33,8 +38,14 @@ from experiments.results import (
     write_rows,
 )
 from experiments.stores import StoreUnavailable, masked, retried
+from experiments.study_report import write_report
 from experiments.tracking import Tracker
+from explain.run_review import review
+from vfrac.cohort import read_manifest
+from vfrac.data.cache import cohort_hash, prepare_cohort, slice_counts
+from vfrac.data.splits import load_splits, outer_folds, save_splits
 from vfrac.errors import InputError
+from vfrac.prepare import SLICE_REPORT_NAME, slice_rule_summary, write_slice_report
 from vfrac.run_tree import (
     BASELINE_PREDICTIONS,
     CODE_VERSION_TAG,
@@ -51,13 +62,13 @@ from vfrac.run_tree import (
     SPLITS,
     SUMMARY,
 )
+from vfrac.synth import DEMO, generate_cohort
 
 TEMPORARY_FAILURE = 75  # sysexits' EX_TEMPFAIL: a store was lost; the same command later continues the run
 
 
 def quiet() -> None:
     """Keep the console to what a user needs: our progress lines, warnings that matter."""
-    import optuna
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # TensorFlow's own logger, whenever it loads
     for message in ("`shuffle=True` was passed", "Your input ran out of data", "fail_stale_trials"):
@@ -215,15 +226,10 @@ def work_on_fold(config: RunConfig, fold: int, split, data: FoldData, storage, t
 
 def prepare(config: RunConfig) -> tuple[FoldData, str]:
     """The cohort (the demo is written first if absent) and its crop cache; returns the data and cohort hash."""
-    from tqdm import tqdm
 
-    from vfrac.cohort import read_manifest
-    from vfrac.data.cache import cohort_hash, prepare_cohort, slice_counts
-    from vfrac.prepare import slice_rule_summary
 
     manifest = Path(config.cohort)
     if config.preset == "demo" and manifest == DEMO_COHORT.resolve():
-        from vfrac.synth import DEMO, generate_cohort
 
         with tqdm(total=DEMO["patients"], unit="patient", desc="demo cohort", disable=manifest.is_file()) as bar:
             generate_cohort(manifest.parent, seed=0, workers=config.workers, on_progress=bar.update, **DEMO)
@@ -253,7 +259,6 @@ def prepare(config: RunConfig) -> tuple[FoldData, str]:
 
 def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Claims, cv_run: str):
     """The run's splits: made and logged once (with the config, slice report and fold runs), then read back."""
-    from vfrac.data.splits import load_splits
 
     claims.once("splits", lambda: tracker.has_artifact(cv_run, SPLITS),
                 lambda: log_splits(config, data, tracker, cv_run))
@@ -262,8 +267,6 @@ def fold_splits(config: RunConfig, data: FoldData, tracker: Tracker, claims: Cla
 
 
 def log_splits(config: RunConfig, data: FoldData, tracker: Tracker, cv_run: str) -> None:
-    from vfrac.data.splits import outer_folds, save_splits
-    from vfrac.prepare import SLICE_REPORT_NAME, write_slice_report
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -331,7 +334,6 @@ def review_and_report(config: RunConfig, tracker: Tracker, claims: Claims, cv_ru
 
 def explain(config: RunConfig, cv_run: str) -> float:
     """Grad-CAM review of every fold model on its test patients, logged to the CV run."""
-    from explain.run_review import review
 
     started = time.perf_counter()
     print("\nexplanation: Grad-CAM and HiResCAM on each test patient's top slices (--no-explain skips)", flush=True)
@@ -343,7 +345,6 @@ def explain(config: RunConfig, cv_run: str) -> float:
 
 def report(config: RunConfig, cv_run: str) -> None:
     """The study's tables (experiments.report), logged to the CV run."""
-    from experiments.study_report import write_report
 
     with tempfile.TemporaryDirectory() as folder:
         write_report(cv_run, config.stores.tracking_uri, Path(folder))
@@ -360,7 +361,6 @@ def code_version() -> str:
     Part of the run key: a rerun after the code changed starts a new CV run instead of
     pooling folds computed by other code.
     """
-    import vfrac
 
     commit = _git("rev-parse", "--short=12", "HEAD")
     if not commit:
@@ -381,7 +381,6 @@ def _git(*args: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
     for package in ("tensorflow", "keras", "pydicom", "optuna", "mlflow", "numpy", "scikit-learn"):

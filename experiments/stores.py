@@ -19,6 +19,9 @@ import warnings
 from urllib.parse import unquote, urlsplit
 
 import optuna
+import requests
+import sqlalchemy.exc
+from mlflow.exceptions import RestException
 
 from experiments.config import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_STORE_TIMEOUT
 from experiments.locks import database_lock
@@ -58,9 +61,6 @@ def first_line(error: BaseException) -> str:
 
 def connection_lost(error: BaseException) -> bool:
     """Whether the error (or one it arose from) says the server is unreachable, not that the call was wrong."""
-    import requests
-    import sqlalchemy.exc
-    from mlflow.exceptions import RestException
 
     seen = set()
     while error is not None and id(error) not in seen:

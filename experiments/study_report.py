@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from mlflow import MlflowClient
 
 from experiments.figures import calibration_figure, flow_figure, fold_spread, roc_figure
 from experiments.model_card import model_card
@@ -41,7 +42,6 @@ CLASSES = ("benign", "malignant")
 
 def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) -> Path:
     """Build the report of a finished CV run under out/report/; returns report.md's path."""
-    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = cv_run(client, run_id)

@@ -28,6 +28,9 @@ import cv2
 import keras
 import numpy as np
 import tensorflow as tf
+from tf_keras_vis.gradcam import Gradcam, GradcamPlusPlus
+from tf_keras_vis.layercam import Layercam
+from tf_keras_vis.scorecam import Scorecam
 
 from explain.methods import DEFAULT_LAYER, METHODS
 from vfrac.data.pipeline import CAFFE_MEAN_BGR as PIPELINE_MEAN_BGR
@@ -146,10 +149,6 @@ class Explainer:
 
     def _tf_keras_vis(self, images, method, classes, max_n) -> np.ndarray:
         """Maps at the layer's resolution from tf-keras-vis (before ReLU)."""
-        from tf_keras_vis.gradcam import Gradcam, GradcamPlusPlus
-        from tf_keras_vis.layercam import Layercam
-        from tf_keras_vis.scorecam import Scorecam
-
         tool = {"gradcam": Gradcam, "gradcam++": GradcamPlusPlus, "scorecam": Scorecam,
                 "layercam": Layercam}[method](self.two_logits, clone=False)
         options = dict(penultimate_layer=self.layer, seek_penultimate_conv_layer=False, expand_cam=False,

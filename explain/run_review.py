@@ -18,15 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow import MlflowClient
 
 from explain.attention import COLUMNS, SUMMARY_COLUMNS, summarize
 from explain.methods import DEFAULT_LAYER
 from explain.page import write_page
 from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, finished_folds
+from vfrac.cohort import read_manifest
+from vfrac.data.cache import CropSettings, cached_entry, read_entry
 from vfrac.data.window import BONE_WINDOW
 from vfrac.errors import InputError
 from vfrac.run_tree import SLICE_PREDICTIONS
+from vfrac.stats.metrics import aggregate
 
 DEFAULT_METHODS = ("gradcam", "hirescam")
 SANITY_IMAGES = 6
@@ -83,10 +87,9 @@ class ExplainedSlices:
 def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str | None = None, top: int = 3,
            out: Path = Path("."), dicom: bool = False, log: bool = True) -> Path:
     """Explain a CV run's fold models on their test patients; returns the page's path."""
-    from mlflow import MlflowClient
 
     # TensorFlow loads here, not when the module is imported: main() sets its process defaults first.
-    from explain.cam import Explainer, slice_shares
+    from explain.cam import Explainer, slice_shares  # TensorFlow loads here, only to explain
 
     if top < 1:
         raise InputError(f"--top-slices must be >= 1, received {top}")
@@ -155,7 +158,6 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
 
 
 def _cohort(params: dict) -> dict:
-    from vfrac.cohort import read_manifest
 
     manifest = Path(params["cohort"])
     if not manifest.is_file():
@@ -167,8 +169,7 @@ def _cohort(params: dict) -> dict:
 
 def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
     """The fold's model, window, threshold and test patients' slice probabilities."""
-    from vfrac.data.cache import CropSettings
-    from vfrac.model.network import load_classifier
+    from vfrac.model.network import load_classifier  # TensorFlow loads here, only to explain
 
     folder.mkdir(parents=True)
     run_id = fold_run.info.run_id
@@ -193,9 +194,7 @@ def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
 
 def _choose(patient, fold, slice_rows, fold_model: FoldModel, top) -> ExplainedSlices:
     """The patient's `top` most probable slices (cached crops), with what rendering needs."""
-    from explain.cam import called_classes
-    from vfrac.data.cache import cached_entry, read_entry
-    from vfrac.stats.metrics import aggregate
+    from explain.cam import called_classes  # TensorFlow (see above)
 
     pid, threshold = patient.patient_id, fold_model.threshold
     label = "malignant" if patient.is_malignant else "benign"
@@ -218,8 +217,8 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     One input pipeline for the whole fold (every entry has the run's crop settings):
     building it per patient cost more than the maps of a fold.
     """
-    from explain.cam import windowed_rgb
-    from vfrac.model.predictor import Predictor
+    from explain.cam import windowed_rgb  # TensorFlow (see above)
+    from vfrac.model.predictor import Predictor  # TensorFlow (see above)
 
     predictor = Predictor.single(fold_model.model, fold_model.input_size, fold_model.window)
     crops, crop_context = np.concatenate([item.crops for item in chosen]), fold_model.crop_settings.context
@@ -233,7 +232,7 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
 def _sanity(explainer, model, trained: dict, images, classes) -> list[dict]:
     """The randomisation cascade's maps of `images` (an `explain.cam.Explainer`'s), against the trained
     model's `trained` maps."""
-    from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check
+    from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check  # TensorFlow (see above)
 
     return sanity_check(trained, randomized_maps(explainer, model, images, classes, list(trained),
                                                  RANDOMIZATION_SEEDS[:SANITY_DRAWS]))

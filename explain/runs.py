@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vfrac.errors import InputError
 from vfrac.run_tree import CV_ROLE, DONE_TAG, FOLD_ROLE, FOLD_TAG, PARENT_TAG, ROLE_TAG
 
 DEFAULT_STORE = Path("mlruns")
@@ -33,7 +34,6 @@ def masked(url: str) -> str:
 
 def cv_run(client, run_id: str):
     """The run with this id, refused clearly when it is unknown or not a vfrac CV run."""
-    from vfrac.errors import InputError
 
     try:
         run = client.get_run(run_id)

@@ -12,8 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import CTImageStorage, generate_uid
 
 from explain.overlay import cam_on_slice
+from vfrac.io.nifti import write_nifti as save
 
 
 def map_volume(shape, slices, maps, transforms) -> np.ndarray:
@@ -27,7 +31,6 @@ def map_volume(shape, slices, maps, transforms) -> np.ndarray:
 
 def write_nifti(path: Path, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray) -> Path:
     """The map volume as a NIfTI file (vfrac.io.nifti.write_nifti), its folder made first."""
-    from vfrac.io.nifti import write_nifti as save
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return save(path, volume_zyx, affine_lps_zyx)
@@ -42,9 +45,7 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
     does not link to the CT's study in a PACS. Its planes carry the CT's positions and
     orientation, so a viewer that places images by geometry (3D Slicer) lays it over the CT.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
+    import highdicom as hd  # here: it takes about a second to import, and only DICOM output needs it
 
     present = np.argwhere(volume_zyx > 0)
     if not len(present):
@@ -68,8 +69,6 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
 
 def _pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
     """A header-only CT image in a new study: the patient and study modules the map copies, and the geometry."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import CTImageStorage, generate_uid
 
     source = Dataset()
     source.SOPClassUID, source.SOPInstanceUID, source.Modality = CTImageStorage, generate_uid(), "CT"

@@ -342,7 +342,7 @@ def test_bad_flags_are_refused(argv, message, capsys):
 
 
 def test_force_replaces_only_an_earlier_predictions_files(tmp_path):
-    from experiments.predict import OUTPUTS, clear_outputs
+    from experiments.prediction import OUTPUTS, clear_outputs
 
     for name in OUTPUTS:
         (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("old")

@@ -32,7 +32,8 @@ def test_a_processs_first_fit_equals_a_later_one_with_the_same_seed(tmp_path):
     params = dataclasses.replace(DEFAULTS, batch_size=4)
 
     def fit_once():
-        model, history = protocol.fit(config, params, data, sorted(entries), epochs=1, seed=7)
+        model, history = protocol.fit(config.model, config.training.patience, config.seed, params, data,
+                                      sorted(entries), epochs=1, seed=7)
         return history["loss"], model.get_layer("malignancy").get_weights()[0]
 
     protocol._TRAINERS.clear()

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from vfrac.errors import InputError
@@ -377,7 +378,6 @@ def decode_frames(frames: list[Frame]) -> np.ndarray:
 def decode_pixels(frame: Frame) -> np.ndarray:
     """Stored values of one frame, after checking the file holds what it claims."""
     # here: pydicom.pixels loads every decoder plugin (0.4 s), which only decoding needs
-    from pydicom.pixels import get_decoder
 
     place = frame.file.place
     dataset = frame.file.load_pixel_data()

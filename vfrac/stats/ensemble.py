@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 
 EPSILON = 1e-6
 METHODS = ("platt", "isotonic")
@@ -99,8 +101,6 @@ class Recalibration:
 def fit_recalibration(labels, probabilities, method: str) -> Recalibration:
     """Platt or isotonic recalibration fitted on (out-of-fold) patient predictions."""
     # here: scikit-learn takes a second or two to import; `predict --help` and the flag's rule need none of it
-    from sklearn.isotonic import IsotonicRegression
-    from sklearn.linear_model import LogisticRegression
 
     y, p = np.asarray(labels).astype(int), np.clip(np.asarray(probabilities, dtype=float), EPSILON, 1 - EPSILON)
     if method not in METHODS:
