@@ -19,6 +19,7 @@ COMMANDS = {
     "report": ("experiments.report", [], "the study report of a CV run"),
     "predict": ("experiments.predict", [], "apply a registered model or a CV run's fold ensemble to new CTs"),
     "validate": ("experiments.validate", [], "validate a model on another cohort"),
+    "doctor": ("experiments.doctor", [], "check an install: versions, devices, what a run would use here"),
 }
 
 

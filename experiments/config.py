@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from explain.runs import DEFAULT_STORE, default_tracking_uri, masked
+from explain.runs import DEFAULT_STORE, default_storage, default_tracking_uri, masked
 from vfrac.data.cache import CropSettings
 from vfrac.errors import InputError
 from vfrac.prepare import crop_settings
@@ -31,12 +30,12 @@ PRESETS = {
     # validation split of a few patients ranks settings by noise), the default settings
     # trained for a fixed number of epochs with a decaying learning rate and averaged weights.
     # 8 epochs: on three new cohort seeds mean-rule AUC 0.920-0.944 (10 epochs: 0.929-0.981 on three
-    # others, 25 % more time; README), so the command fits its 600 s on a 2-core CPU.
+    # others, 25 % more time; docs/benchmarks.md).
     # Pre-specified rule: the mean of the slices, which ranked patients better than the
-    # study's max on every cohort seed measured (bench/bench_learning.py, README) and whose
+    # study's max on every cohort seed measured (bench/bench_learning.py) and whose
     # 0.5 threshold is not pushed up by the highest of a dozen slices.
     "demo": dict(folds=2, trials=0, epochs=8, input_size=64, patience=3, batch_size=16, n_boot=300,
-                 aggregation="mean", cam_layer="conv2_block3_out"),  # 16 x 16 maps at 64 (README: why)
+                 aggregation="mean", cam_layer="conv2_block3_out"),  # 16 x 16 maps at 64 (docs/review.md)
     # The study's protocol, with a real tuning budget, for a GPU machine.
     "paper": dict(folds=10, trials=30, epochs=60, input_size=224, patience=10, batch_size=32, n_boot=2000,
                   aggregation="max", cam_layer="conv5_block3_out"),
@@ -147,7 +146,7 @@ def resolve(args) -> RunConfig:
         return preset[name] if value is None else value
 
     tracking = args.tracking_uri or default_tracking_uri()
-    storage = args.storage or os.environ.get("VFRAC_STORAGE") or f"sqlite:///{store / 'optuna.db'}"
+    storage = args.storage or default_storage()
     if not (args.tracking_uri and args.storage):
         store.mkdir(exist_ok=True)  # the default stores' folder
     cohort = args.cohort or (DEMO_COHORT if args.preset == "demo" else None)

@@ -24,8 +24,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-id", required=True, help="the CV run (tag vfrac.role = cv)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlruns/)")
     parser.add_argument("--out", type=Path, help="also keep the files in this folder")
-    parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
-    return parser.parse_args(argv)
+    parser.add_argument("--no-log", action="store_true", help="write files only (needs --out); log nothing to MLflow")
+    args = parser.parse_args(argv)
+    if args.no_log and args.out is None:
+        parser.error("--no-log needs --out: without it nothing would be kept")
+    return args
 
 
 def main(argv=None) -> int:

@@ -50,7 +50,8 @@ def per_fold(slice_rows: list[dict], threshold: float, aggregation: str) -> dict
 
 
 def cv_metrics(result: dict) -> dict[str, float]:
-    """DESIGN.md's metric names: slice_/patient_ sensitivity, specificity, accuracy, auc, with CIs."""
+    """The run tree's metric names (docs/architecture.md): slice_/patient_ sensitivity, specificity,
+    accuracy, auc, with CIs."""
     metrics = {}
     for level in ("slice", "patient"):
         for name in REPORTED:
@@ -77,7 +78,7 @@ def baseline_comparison(baseline_rows: list[dict], patients: list[dict], thresho
 
 
 def baseline_metrics(comparison: dict) -> dict[str, float]:
-    """`baseline_` metric names for the CV run (DESIGN.md), beside the network's."""
+    """`baseline_` metric names for the CV run (docs/architecture.md), beside the network's."""
     metrics = {}
     for name in REPORTED:
         metrics[f"baseline_patient_{name}"] = comparison[name]

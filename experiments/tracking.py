@@ -1,4 +1,4 @@
-"""The MLflow run tree of DESIGN.md: a CV run, its fold runs, their trial runs.
+"""The MLflow run tree (docs/architecture.md): a CV run, its fold runs, their trial runs.
 
 Parents are set explicitly (`mlflow.parentRunId`) through the client, never through
 the fluent API's active-run stack, so several processes can add folds and trials to

@@ -1,4 +1,4 @@
-"""`python -m experiments.validate`: a registered vfrac model tested on another site's cohort.
+"""`python -m experiments.validate`: a vfrac model (registered, a fold's, or a fold ensemble) on another site's cohort.
 
 Flags and exit codes only; the work is `experiments.validation.validate`.
 """

@@ -32,9 +32,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "conv4_block6_out gives finer maps")
     parser.add_argument("--top-slices", type=int, default=3, help="slices explained per patient")
     parser.add_argument("--out", type=Path, help="folder for the files (default: a temporary one)")
-    parser.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Capture series")
-    parser.add_argument("--no-log", action="store_true", help="write files only; log nothing to MLflow")
-    return parser.parse_args(argv)
+    parser.add_argument("--dicom", action="store_true", help="also write each patient's overlays as a DICOM "
+                        "Secondary Capture series and each method's maps as a DICOM Parametric Map")
+    parser.add_argument("--no-log", action="store_true", help="write files only (needs --out); log nothing to MLflow")
+    args = parser.parse_args(argv)
+    if args.no_log and args.out is None:
+        parser.error("--no-log needs --out: without it nothing would be kept")
+    return args
 
 
 def main(argv=None) -> int:

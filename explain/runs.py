@@ -23,6 +23,11 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE.resolve() / 'mlflow.db'}"
 
 
+def default_storage() -> str:
+    """The Optuna storage a run uses without --storage: $VFRAC_STORAGE, or the SQLite file in mlruns/."""
+    return os.environ.get("VFRAC_STORAGE") or f"sqlite:///{DEFAULT_STORE.resolve() / 'optuna.db'}"
+
+
 def masked(url: str) -> str:
     """The store's URL with its password, if any, replaced by ***: how vfrac shows and logs it."""
     try:

@@ -85,8 +85,9 @@ def main(argv=None) -> int:
         print("interrupted: finished patients stay cached; run again to continue", file=sys.stderr)
         return 130
     problems = [("(manifest)", p) for p in cohort.problems] + sorted(result.failures.items())
+    report = args.cache_dir / REPORT_NAME
+    report.unlink(missing_ok=True)  # an earlier run's list would read as this one's
     if problems:
-        report = args.cache_dir / REPORT_NAME
         with open(report, "w", newline="") as handle:
             csv.writer(handle).writerows([("patient_id", "reason"), *problems])
         print(f"left out {len(problems)} patient(s) or row(s); reasons in {report}", file=sys.stderr)

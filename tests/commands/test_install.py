@@ -55,7 +55,7 @@ def test_the_wheel_gives_the_vfrac_command_with_every_subcommand(environment, tm
     assert where.returncode == 0 and "/venv/lib/" in where.stdout and str(ROOT) not in where.stdout, where
     listed = run_there(environment, "vfrac", "--help", cwd=tmp_path)
     assert listed.returncode == 0
-    for name in ("cv", "prepare", "synth", "import", "review", "report", "predict", "validate"):
+    for name in ("cv", "prepare", "synth", "import", "review", "report", "predict", "validate", "doctor"):
         assert f"\n  {name} " in listed.stdout, listed.stdout
         helped = run_there(environment, "vfrac", name, "--help", cwd=tmp_path)
         assert helped.returncode == 0 and "usage:" in helped.stdout, (name, helped.stderr[-2000:])

@@ -140,7 +140,7 @@ def test_the_fold_ensemble_averages_its_members_and_flags_what_a_radiologist_mus
         assert run_predict(folder, "--model", f"runs:/{fold.info.run_id}/model", *where, "--out", str(out)) == 0
         singles.append(json.loads((out / "prediction.json").read_text()))
     assert run_predict(folder, "--ensemble", cv_run.info.run_id, *where, "--out", str(tmp_path / "e"),
-                       "--recalibrate", "platt", "--margin", "0.45") == 0
+                       "--recalibrate", "platt", "--uncertainty-margin", "0.45") == 0
     prediction = json.loads((tmp_path / "e" / "prediction.json").read_text())
     members = [single["probability"] for single in singles]
     found = prediction["uncertainty"]
@@ -174,7 +174,8 @@ def test_an_ensemble_needs_a_cv_run_and_sane_rule(store, capsys):
     assert run_predict(folder, "--ensemble", final.info.run_id, "--ct", str(patient.ct), "--roi", str(patient.roi),
                        "--out", str(folder / "never")) == 2
     assert "not a vfrac CV run" in capsys.readouterr().err
-    for argv, message in ((["--margin", "0.7"], "margin must be in"), (["--model", "models:/m/1"], "not allowed")):
+    for argv, message in ((["--uncertainty-margin", "0.7"], "margin must be in"),
+                          (["--model", "models:/m/1"], "not allowed")):
         with pytest.raises(SystemExit):
             predict(["--ensemble", final.info.run_id, "--ct", "c", "--roi", "r", *argv])
         assert message in capsys.readouterr().err

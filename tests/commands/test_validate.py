@@ -118,7 +118,7 @@ def test_a_rerun_reuses_the_finished_validation_unless_the_rule_changed(store, s
     assert "already done" in capsys.readouterr().out
     assert len(validations(client)) == len(before)
     assert (out / "report" / "report.md").is_file()  # the reused run's files, as a new run would write them
-    assert run_validate(store, "--cohort", str(shifted), "--margin", "0.2", "--out", str(out)) == 0
+    assert run_validate(store, "--cohort", str(shifted), "--uncertainty-margin", "0.2", "--out", str(out)) == 0
     assert "already done" not in capsys.readouterr().out
     (newest,) = [r for r in validations(client) if r.info.run_id not in {b.info.run_id for b in before}]
     logged = {a.path for a in client.list_artifacts(newest.info.run_id)}
@@ -176,8 +176,9 @@ def test_the_fold_ensemble_on_the_other_site_gives_each_patients_spread_and_flag
         assert run_validate(store, "--cohort", str(shifted), "--out", str(out),
                             model=f"runs:/{fold.info.run_id}/model") == 0
         members.append({r["patient_id"]: float(r["probability"]) for r in read(out / "predictions" / "patients.csv")})
-    assert run_validate(store, "--cohort", str(shifted), "--ensemble", cv_run.info.run_id, "--margin", "0.05",
-                        "--max-spread", "0.02", "--out", str(tmp_path / "e"), model=None) == 0
+    assert run_validate(store, "--cohort", str(shifted), "--ensemble", cv_run.info.run_id,
+                        "--uncertainty-margin", "0.05", "--max-spread", "0.02", "--out", str(tmp_path / "e"),
+                        model=None) == 0
     patients = read(tmp_path / "e" / "predictions" / "patients.csv")
     flagged = errors = errors_flagged = 0
     for row in patients:

@@ -188,6 +188,10 @@ def test_command_prepares_reports_and_fails_clearly(tmp_path, capsys):
     assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--workers", "1", "--skip-bad",
                  "--min-area", "0"]) == 0
     assert "kept 8 of 8 ROI slices" in capsys.readouterr().out
+    manifest.write_text("".join(line for line in manifest.read_text().splitlines(keepends=True)
+                                if not line.startswith("P003,")))  # the broken patient taken out
+    assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--workers", "1"]) == 0
+    assert not (cache_dir / "prepare_report.csv").exists()  # the earlier run's list is not left to mislead
     assert main(["--cohort", str(manifest), "--cache-dir", str(cache_dir), "--min-area", "2"]) == 2
     assert "min_area must be in [0, 1]" in capsys.readouterr().err
     assert main(["--cohort", str(tmp_path / "none.csv"), "--cache-dir", str(cache_dir)]) == 2

@@ -3,6 +3,7 @@
 import csv
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -12,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from vfrac.cohort import read_manifest
 from vfrac.io.volume import load_mask, load_volume
+from vfrac.synth import DEMO as DEMO_SETTINGS
 from vfrac.synth import FEATURES, generate_cohort
 from vfrac.synth.__main__ import main
 from vfrac.synth.anatomy import render
@@ -204,6 +206,59 @@ def test_demo_flag_takes_the_demos_settings_and_refuses_others(capsys):
     with pytest.raises(SystemExit) as stopped:
         parse_args(["--demo", "--out", "x", "--matrix", "64"])
     assert stopped.value.code == 2 and "drop --matrix" in capsys.readouterr().err
+    # the site options are allowed with --demo, as its help says
+    shifted = parse_args(["--demo", "--out", "x", "--noise-scale", "3", "--slice-thickness", "5",
+                          "--hu-offset", "100"])
+    assert shifted.settings == DEMO and (shifted.noise_scale, shifted.slice_thickness, shifted.hu_offset) == (3, 5, 100)
+    assert "the site options below may be given with it" in " ".join(_help(capsys).split())
+
+
+def _help(capsys) -> str:
+    from vfrac.synth.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    return capsys.readouterr().out
+
+
+def test_demo_without_out_writes_the_cv_demos_folder_and_nothing_else_does(tmp_path, monkeypatch, capsys):
+    from experiments.config import DEMO_COHORT
+    from vfrac.synth import generate
+    from vfrac.synth.__main__ import parse_args
+
+    assert generate.DEMO_FOLDER / "manifest.csv" == DEMO_COHORT and generate.DEMO_SEED == 0  # what the CV reads
+    args = parse_args(["--demo"])
+    assert args.out == Path("data/demo") and args.seed == 0 and args.settings == DEMO_SETTINGS
+    assert parse_args(["--demo", "--seed", "0", "--workers", "1", "--overwrite"]).out == Path("data/demo")
+    refusals = {  # argv -> what the error names
+        (): "--out is required",
+        ("--patients", "2"): "--out is required",
+        ("--demo", "--seed", "5"): "with --seed 5, give --out DIR",
+        ("--demo", "--hu-offset", "100"): "with --hu-offset, give --out DIR",
+        ("--demo", "--slice-thickness", "5", "--noise-scale", "2"): "with --noise-scale, --slice-thickness, give",
+        ("--out", "x", "--workers", "0"): "--workers must be 1 or more",
+    }
+    for argv, message in refusals.items():
+        with pytest.raises(SystemExit) as stopped:
+            parse_args(list(argv))
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, argv
+    # the command itself, run from a folder as a user would: data/demo/ relative to it
+    calls = []
+    monkeypatch.setattr("vfrac.synth.__main__.generate_cohort",
+                        lambda out, **kwargs: calls.append((out, kwargs)) or out / "manifest.csv")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--demo", "--workers", "1"]) == 0
+    (out, kwargs), = calls
+    assert out == Path("data/demo") and kwargs["seed"] == 0 and kwargs["matrix"] == 256 and kwargs["patients"] == 120
+    help_text = " ".join(_help(capsys).split())
+    assert "required unless --demo (default then: data/demo)" in help_text
+
+
+def test_bad_settings_are_errors_not_tracebacks(tmp_path, capsys):
+    for matrix in ("0", "8", "-5", "100000"):
+        assert main(["--out", str(tmp_path / "m"), "--patients", "1", "--matrix", matrix, "--workers", "1"]) == 2
+        assert f"matrix must be 16 to 1024 pixels, received {matrix}" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_the_destruction_mask_takes_in_the_bone_at_its_edge_only():

@@ -85,7 +85,7 @@ def _segmentation(path: Path, reference, label: int | None) -> np.ndarray:
 
 @contextmanager
 def _quiet_highdicom():
-    """highdicom's log lines quote SOP Instance UIDs: none may reach the console (DESIGN.md, privacy)."""
+    """highdicom's log lines quote SOP Instance UIDs: none may reach the console (docs/architecture.md, privacy)."""
     logger = logging.getLogger("highdicom")
     level = logger.level
     logger.setLevel(logging.ERROR + 1)

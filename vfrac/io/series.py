@@ -103,8 +103,8 @@ def choose_series(groups: list[list[Frame]], series, folder: Path) -> list[Frame
         return chosen[0]
     if len(groups) > 1:
         raise InputError(
-            f"{folder}: holds {len(groups)} series, pick one with series= (its number or "
-            "description): " + "; ".join(describe(g) for g in groups)
+            f"{folder}: holds {len(groups)} series; move the one to use into a folder of its own and "
+            "name that folder in the manifest: " + "; ".join(describe(g) for g in groups)
         )
     return groups[0]
 

@@ -23,10 +23,15 @@ from vfrac.synth.params import FEATURES, SAME_SITE, Site, draw_lesion, draw_scan
 from vfrac.synth.writer import write_masks, write_series
 
 GENERATOR_VERSION = 1
-# The built-in demo's cohort: every generator setting but the seed. 256 x 256 halves the
+# The built-in demo's cohort: every generator setting but the seed. 256 x 256 doubles the
 # pixel size of a 512 matrix (1.2-1.8 mm), still finer than the network's 64 px input
 # sees a vertebra, and makes writing and reading the cohort four times faster.
 DEMO = {"patients": 120, "malignant_fraction": 0.68, "difficulty": 0.3, "matrix": 256}
+# Where `python -m experiments.cv` writes and reads the demo's cohort (experiments.config.DEMO_COHORT's
+# folder, relative to the folder commands run in), with this seed.
+DEMO_FOLDER = Path("data/demo")
+DEMO_SEED = 0
+MATRIX_RANGE = (16, 1024)  # image rows and columns: smaller shows no anatomy, larger takes gigabytes a patient
 
 
 def patient_id(index: int) -> str:
@@ -67,6 +72,8 @@ def generate_cohort(out, patients: int, seed: int = 0, malignant_fraction: float
     if not 0.0 <= malignant_fraction <= 1.0 or not 0.0 <= difficulty <= 1.0:
         raise ValueError("malignant fraction and difficulty must lie in [0, 1], "
                          f"received {malignant_fraction}, {difficulty}")
+    if not MATRIX_RANGE[0] <= matrix <= MATRIX_RANGE[1]:
+        raise ValueError(f"matrix must be {MATRIX_RANGE[0]} to {MATRIX_RANGE[1]} pixels, received {matrix}")
     recipe = {"version": GENERATOR_VERSION, "patients": patients, "seed": seed,
               "malignant_fraction": malignant_fraction, "difficulty": difficulty, "matrix": matrix}
     if site != SAME_SITE:  # a default cohort keeps the recipe it always had
