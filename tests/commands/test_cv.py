@@ -341,3 +341,26 @@ def test_the_study_report_has_every_section_and_the_runs_numbers(cohort, finishe
     assert "Randomisation sanity check (Adebayo et al." in text
     assert "the readers' calls came with a synthetic cohort" in text  # the cohort has vfrac.synth's synth.json
     assert all(identity not in text and identity not in html and identity not in card for identity in identities)
+
+
+def documented_artifacts() -> set[str]:
+    """The paths of docs/tracking.md's table of a CV run's artifacts (first column, in backticks)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
+    table = text.split("### Artifacts of a CV run", 1)[1].split("\n\n", 3)[2]
+    return {re.match(r"\| `([^`]+)`", row).group(1) for row in table.splitlines()[2:]}
+
+
+def test_the_docs_list_exactly_what_a_cv_run_holds(finished, tmp_path):
+    """docs/tracking.md says what the first README command writes into its CV run: every documented file is
+    there, and every file or folder of the run's first two levels is documented."""
+    store, _ = finished
+    local = Path(MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db")
+                 .download_artifacts(cv_run_id(store), "", str(tmp_path)))
+    present = {p.relative_to(local).as_posix() + ("/" if p.is_dir() else "")
+               for p in [*local.glob("*"), *local.glob("*/*")]}
+    documented = documented_artifacts()
+    assert len(documented) > 20
+    assert documented - present == set(), "documented but not in the run"
+    folders = {path for path in documented if path.endswith("/")}
+    undocumented = {p for p in present - documented if not any(p.startswith(f) for f in folders)}
+    assert undocumented <= {"explain/", "plots/", "predictions/", "report/", "review/"}, undocumented
