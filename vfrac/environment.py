@@ -145,7 +145,7 @@ def tensorflow_facts() -> TensorFlowFacts:
     errors: dict[str, str] = {}
     facts: dict = {}
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # here: a missing or broken TensorFlow is reported in words, not raised
     except Exception as error:  # ImportError, or a broken install's own
         tf = None
         errors["tensorflow"] = _words(error)
@@ -153,19 +153,19 @@ def tensorflow_facts() -> TensorFlowFacts:
         facts |= _tensorflow_build(tf, errors)
         facts["devices"] = _devices(tf, errors)
         try:
-            from tensorflow.python.framework.config import is_op_determinism_enabled
+            from tensorflow.python.framework.config import is_op_determinism_enabled  # as Keras reads it
 
             facts["op_determinism"] = bool(is_op_determinism_enabled())
         except Exception:  # a private module: leave it unknown where it moved
             pass
     try:
-        import keras
+        import keras  # (see above)
     except Exception as error:
         errors["keras"] = _words(error)
         return TensorFlowFacts(errors=errors, **facts)
     facts["keras_version"], facts["keras_backend"] = keras.__version__, keras.backend.backend()
     try:
-        from vfrac.model.network import active_conv_gradient
+        from vfrac.model.network import active_conv_gradient  # loads Keras: only once it is known to load
 
         facts["conv_gradient"] = active_conv_gradient("auto")
     except Exception as error:
