@@ -13,6 +13,12 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+# Type 2 attributes of the Secondary Capture IOD that a pseudonymous object has no value for (dciodvfy
+# reports each one absent as an error). Laterality is not among them: the body part, the spine, is unpaired.
+TYPE_2_EMPTY = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+                "PatientOrientation")
+BODY_PART = "SPINE"
+
 
 def write_series(folder: Path, patient_id: str, images: list[tuple[str, np.ndarray]],
                  description: str = "vfrac attention overlays") -> list[Path]:
@@ -41,12 +47,15 @@ def _dataset(patient_id, study, series, number, title, rgb, now, description) ->
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientName = patient_id
+    ds.PatientName = f"{patient_id}^"  # the id as a family name: a name of one component is a retired form
     ds.PatientID = patient_id
+    ds.BodyPartExamined = BODY_PART
+    for name in TYPE_2_EMPTY:  # required to be present, and known here to be nothing: present and empty
+        setattr(ds, name, "")
     ds.Modality = "OT"
     ds.ConversionType = "WSD"  # workstation
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.ContentTime = now.strftime("%H%M%S")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.SeriesDescription = description
     ds.ImageComments = title
     ds.DerivationDescription = "vfrac class-activation map over CT; not for diagnosis"

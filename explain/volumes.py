@@ -9,6 +9,7 @@ RAS), so a viewer that loaded the DICOM series lays it over the right voxels; an
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, generate_uid
 
 from explain.overlay import cam_on_slice
+from explain.secondary_capture import BODY_PART
 from vfrac.io.nifti import write_nifti as save
 
 
@@ -62,6 +64,7 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
         manufacturer_model_name="vfrac", software_versions="vfrac", device_serial_number="none",
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping], window_center=0.5,
         window_width=1.0, content_label=method.upper()[:16], content_description=f"vfrac {method} attention")
+    parametric_map.BodyPartExamined = BODY_PART  # unpaired: no Laterality
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     parametric_map.save_as(path)
     return Path(path)
@@ -74,9 +77,10 @@ def _pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
     source.SOPClassUID, source.SOPInstanceUID, source.Modality = CTImageStorage, generate_uid(), "CT"
     source.StudyInstanceUID, source.SeriesInstanceUID = generate_uid(), generate_uid()
     source.FrameOfReferenceUID = generate_uid()
-    source.PatientID = source.PatientName = patient_id
-    for name in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                 "ReferringPhysicianName"):
+    source.PatientID, source.PatientName = patient_id, f"{patient_id}^"
+    now = datetime.datetime.now()
+    source.StudyDate, source.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for name in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         setattr(source, name, "")
     source.Rows, source.Columns = int(shape[1]), int(shape[2])
     row_step, column_step = np.linalg.norm(affine[:3, 1]), np.linalg.norm(affine[:3, 2])

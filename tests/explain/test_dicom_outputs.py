@@ -1,0 +1,44 @@
+"""The DICOM objects vfrac writes for a viewer pass dicom3tools' IOD checker, with the pseudonymous id only."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pydicom
+import pytest
+
+from explain import secondary_capture
+from explain.volumes import write_parametric_map
+
+pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+
+
+def dciodvfy_errors(path) -> list[str]:
+    checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+
+
+def a_map() -> tuple[np.ndarray, np.ndarray]:
+    volume = np.zeros((5, 16, 16), np.float32)
+    volume[2, 4:8, 4:10] = 0.7
+    return volume, np.diag([2.5, 0.7, 0.7, 1.0])
+
+
+def test_a_secondary_capture_series_validates_and_names_only_the_pseudonym(tmp_path):
+    overlay = np.zeros((32, 48, 3), np.uint8)
+    overlay[..., 2] = 200
+    paths = secondary_capture.write_series(tmp_path, "VF-001", [("gradcam slice 3", overlay)] * 2)
+    for path in paths:
+        assert dciodvfy_errors(path) == []
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID == ds.PatientName.family_name == "VF-001" and ds.BodyPartExamined == "SPINE"
+        assert all(ds.get(name) == "" for name in ("PatientBirthDate", "PatientSex", "AccessionNumber"))
+    assert len({pydicom.dcmread(p).SeriesInstanceUID for p in paths}) == 1
+
+
+def test_a_parametric_map_validates(tmp_path):
+    volume, affine = a_map()
+    path = write_parametric_map(tmp_path / "gradcam.dcm", "VF-001", volume, affine, "gradcam")
+    assert dciodvfy_errors(path) == []
+    ds = pydicom.dcmread(path)
+    assert ds.PatientID == "VF-001" and ds.BodyPartExamined == "SPINE" and "Laterality" not in ds
