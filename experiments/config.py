@@ -151,7 +151,7 @@ def resolve(args) -> RunConfig:
         store.mkdir(exist_ok=True)  # the default stores' folder
     cohort = args.cohort or (DEMO_COHORT if args.preset == "demo" else None)
     if cohort is None:
-        raise InputError("--cohort is required with --preset paper")
+        raise InputError(f"--cohort is required with --preset {args.preset}")
     config = RunConfig(
         preset=args.preset, cohort=str(Path(cohort).resolve()), seed=args.seed,
         crops=crop_settings(args),
@@ -163,11 +163,19 @@ def resolve(args) -> RunConfig:
                                   aggregation=args.aggregation or preset["aggregation"]),
         stores=StoreSettings(tracking_uri=tracking, storage=storage, experiment=args.experiment,
                              heartbeat_timeout=args.heartbeat_timeout, store_timeout=args.store_timeout),
-        fold=args.fold, explain=not args.no_explain, cam_layer=preset["cam_layer"], allow_outside=args.allow_outside,
+        fold=args.fold, explain=not args.no_explain, cam_layer=cam_layer_of(preset["cam_layer"], args.arch),
+        allow_outside=args.allow_outside,
         skip_bad=args.skip_bad, final=args.final, model_name=args.model_name,
     )
     _check(config)
     return config
+
+
+def cam_layer_of(layer: str, arch: str) -> str:
+    """The preset's Grad-CAM layer in the network that runs: resnet-tiny has one block in conv3 to conv5
+    (vfrac.model.network.TINY_BLOCKS), so the last block of those stages is block1."""
+    stage = re.fullmatch(r"conv([3-5])_block\d+_out", layer)
+    return f"conv{stage.group(1)}_block1_out" if arch == "resnet-tiny" and stage else layer
 
 
 def _check(config: RunConfig) -> None:

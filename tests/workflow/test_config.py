@@ -110,3 +110,11 @@ def test_the_settings_key_of_each_kind_of_run_is_the_one_recorded(name, tmp_path
     stores = ["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", f"sqlite:///{tmp_path}/optuna.db"]
     config = resolve(parse_args(["--cohort", "/cohorts/site-a/manifest.csv", *flags, *stores]))
     assert config.key("0123456789abcdef") == key
+
+
+def test_the_paper_presets_grad_cam_layer_exists_in_the_tiny_network():
+    """--preset paper --arch resnet-tiny checks a cohort quickly: its review's layer must be one the network has."""
+    config = resolve(parse_args(["--cohort", "manifest.csv", "--preset", "paper", "--arch", "resnet-tiny"]))
+    assert config.cam_layer == "conv5_block1_out"
+    assert resolve(parse_args(["--cohort", "manifest.csv", "--preset", "paper"])).cam_layer == "conv5_block3_out"
+    assert resolve(parse_args(["--arch", "resnet-tiny"])).cam_layer == "conv2_block3_out"  # the demo's: conv2 has 3
