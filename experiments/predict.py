@@ -6,6 +6,7 @@ Flags and exit codes only; the work is `experiments.prediction.predict`.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from vfrac.runtime import apply_process_defaults
 from vfrac.stats.ensemble import METHODS
 
 DEFAULT_METHODS = ("gradcam",)
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def uid(value: str) -> str:
+    """A DICOM UID: digits in dot-separated groups, at most 64 characters."""
+    if len(value) > 64 or not UID.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a DICOM UID (digits and dots, at most 64)")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,7 +37,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.splitlines()[0])
     add_model_arguments(parser)
-    parser.add_argument("--ct", required=True, type=Path, help="the CT: a DICOM series folder or a NIfTI file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ct", type=Path, help="the CT: a DICOM series folder or a NIfTI file")
+    source.add_argument("--dicomweb", metavar="URL",
+                        help="a PACS's DICOMweb root (e.g. https://pacs.example.org/dicom-web): the CT series of "
+                             "--study is fetched from it (QIDO-RS, WADO-RS); login from $VFRAC_DICOMWEB_USER and "
+                             "$VFRAC_DICOMWEB_PASSWORD or --dicomweb-credentials")
+    parser.add_argument("--study", type=uid, help="with --dicomweb: the Study Instance UID")
+    parser.add_argument("--series", type=uid, help="with --dicomweb: the CT series, when the study holds several")
+    parser.add_argument("--dicomweb-credentials", type=Path, metavar="FILE",
+                        help="a file holding one line user:password, readable by its owner only")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--roi", type=Path,
                        help="mask of the vertebra to classify: NIfTI, NRRD (3D Slicer's .seg.nrrd), DICOM SEG or "
@@ -36,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     where.add_argument("--segmentation", type=Path,
                        help="TotalSegmentator (v2) output: its multi-label map (total-task ids, 31 = L1) or its "
                             "folder of per-structure masks (vertebrae_L1.nii.gz); needs --vertebra")
+    where.add_argument("--seg-series", type=uid, metavar="UID",
+                       help="with --dicomweb: a DICOM SEG series of the same study holding the ROI (--roi-label "
+                            "picks its segment)")
     parser.add_argument("--roi-label", type=int, help="voxel value of the vertebra in a multi-label --roi (the "
                         "segment number of a DICOM SEG, the ROI number of an RTSTRUCT)")
     parser.add_argument("--vertebra", help="the level to classify in --segmentation, e.g. L1")
@@ -64,7 +85,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.vertebra and not args.segmentation:
         parser.error("--vertebra picks a level in --segmentation; with --roi use --roi-label")
     if args.roi_label is not None and (args.segmentation or args.roi_label < 1):
-        parser.error("--roi-label goes with --roi and must be >= 1")
+        parser.error("--roi-label goes with --roi or --seg-series and must be >= 1")
+    if args.dicomweb and not args.study:
+        parser.error("--dicomweb needs --study (the Study Instance UID)")
+    pacs_only = [flag for flag, value in (("--study", args.study), ("--series", args.series),
+                                          ("--seg-series", args.seg_series),
+                                          ("--dicomweb-credentials", args.dicomweb_credentials)) if value]
+    if pacs_only and not args.dicomweb:
+        parser.error(f"{', '.join(pacs_only)} go(es) with --dicomweb")
     return args
 
 

@@ -41,6 +41,7 @@ from vfrac.data.cache import CropSettings, cut_crops, roi_voxels
 from vfrac.data.crops import input_to_slice
 from vfrac.data.window import BONE_WINDOW
 from vfrac.errors import InputError
+from vfrac.io.dicomweb import Pacs, credentials
 from vfrac.io.vertebrae import totalsegmentator_roi
 from vfrac.io.volume import load_mask, load_volume
 from vfrac.run_tree import RECALIBRATION
@@ -157,13 +158,38 @@ def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: 
 
 
 def read_patient(args):
-    """(Volume, ROI booleans on its grid, the label used) from --roi or --segmentation with --vertebra."""
+    """(Volume, ROI booleans on its grid, the label used) from files or from a PACS (--dicomweb)."""
+    if args.dicomweb:
+        with tempfile.TemporaryDirectory(prefix="vfrac-dicomweb-") as scratch:  # gone once read
+            return _read(args, *fetch_from_pacs(args, Path(scratch)))
+    return _read(args, args.ct, None)
 
-    roi_path, roi_label = args.roi, args.roi_label
-    if args.segmentation:
+
+def fetch_from_pacs(args, folder: Path) -> tuple[Path, Path | None]:
+    """The CT series of --study, and the --seg-series SEG if named, retrieved into `folder`."""
+    pacs = Pacs(args.dicomweb, credentials(args.dicomweb_credentials))
+    series = pacs.ct_series(args.study, args.series)
+    pacs.check_budget(args.study, series)
+    print(f"fetching {series.describe()} from {pacs.url}", flush=True)
+    ct = folder / "ct"
+    pacs.fetch(args.study, series, ct)
+    if not args.seg_series:
+        return ct, None
+    segs = pacs.fetch(args.study, pacs.seg_series(args.study, args.seg_series), folder / "seg")
+    if len(segs) != 1:
+        raise InputError(f"SEG series {args.seg_series} holds {len(segs)} instances; vfrac reads a SEG of one")
+    return ct, segs[0]
+
+
+def _read(args, ct: Path, seg: Path | None):
+    if seg is not None:
+        roi_path, roi_label = seg, args.roi_label
+    elif args.segmentation:
         roi_path, roi_label = totalsegmentator_roi(args.segmentation, args.vertebra)
-    volume = load_volume(args.ct)
-    patient = Patient(args.patient_id, "benign", args.ct, roi_path, roi_label)  # the label is not used
+    else:
+        roi_path, roi_label = args.roi, args.roi_label
+    volume = load_volume(ct)
+    patient = Patient(args.patient_id, "benign", ct, roi_path, roi_label)  # the label is not used
     return volume, roi_voxels(load_mask(roi_path, volume, roi_label), patient), roi_label
 
 

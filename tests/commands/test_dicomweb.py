@@ -1,0 +1,232 @@
+"""experiments.predict fetching its CT (and the ROI as a DICOM SEG) from a real PACS: Debian's Orthanc with its
+DICOMweb plugin on 127.0.0.1, holding the real JPEG 2000 CT series of examples/real-ct/ under a patient identity."""
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import requests
+from pydicom.sr.codedict import codes
+from pydicom.uid import MRImageStorage, generate_uid
+
+from experiments.predict import main as predict
+from tests.shared_run import final_model_store
+from vfrac.errors import InputError
+from vfrac.io.dicomweb import Pacs, credentials
+from vfrac.io.volume import load_mask, load_volume
+
+REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")  # Debian puts it in sbin
+USER, PASSWORD = "radiology", "pacs-secret-7"
+IDENTITY = {"PatientID": "MRN-0042", "PatientName": "Doe^Jane"}
+
+pytestmark = pytest.mark.skipif(ORTHANC is None or not PLUGIN.is_file(),
+                                reason="Debian's orthanc and orthanc-dicomweb are not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Orthanc:
+    """One Orthanc server with its DICOMweb plugin and a login, in its own folder."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/dicom-web"
+        config = {"Name": "vfrac-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+                  "HttpPort": self.port, "DicomPort": free_port(), "RemoteAccessAllowed": False,
+                  "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
+                  "Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{self.port}/system", auth=(USER, PASSWORD), timeout=1).ok:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError("Orthanc did not start")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    def upload(self, datasets):
+        for ds in datasets:
+            path = self.folder / "upload.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            answer = requests.post(f"http://127.0.0.1:{self.port}/instances", data=path.read_bytes(),
+                                   auth=(USER, PASSWORD), timeout=30)
+            assert answer.ok, answer.text
+
+
+def hospital_series(study: str) -> list[pydicom.Dataset]:
+    """The real CT series as a hospital stores it: UIDs and a patient identity (the example's were removed)."""
+    series = generate_uid()
+    datasets = []
+    for path in sorted((REAL / "abdomen-t11-t12-dicom").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        ds.PatientID, ds.PatientName = IDENTITY["PatientID"], IDENTITY["PatientName"]
+        datasets.append(ds)
+    return datasets
+
+
+def t12_seg(cts: list[pydicom.Dataset], folder: Path) -> pydicom.Dataset:
+    """A DICOM SEG of the example's T12 (label 32), written with highdicom on the CT's own frames."""
+    for k, ds in enumerate(cts):
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+    volume = load_volume(folder)
+    t12 = load_mask(REAL / "abdomen-t11-t12-labels.nii.gz", volume, 32) == 32  # the label map, T12 picked
+    by_position = {round(float(np.dot(ds.ImagePositionPatient, volume.affine[:3, 0] / np.linalg.norm(
+        volume.affine[:3, 0]))), 3): ds for ds in cts}
+    ordered = [by_position[round(float(np.dot(volume.affine[:3, 3] + z * volume.affine[:3, 0],
+                                              volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0]))), 3)]
+               for z in range(volume.shape[0])]
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="T12", segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Bone, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    return hd.seg.Segmentation(ordered, t12.astype(np.uint8), hd.seg.SegmentationTypeValues.BINARY, [segment],
+                               generate_uid(), 50, generate_uid(), 1, "vfrac tests", "tests", "0.1", "1")
+
+
+def mr_series(ct: pydicom.Dataset, study: str) -> pydicom.Dataset:
+    mr = copy.deepcopy(ct)  # Dataset.copy() shares its elements: setting one would change the CT's
+    mr.Modality, mr.SOPClassUID = "MR", MRImageStorage
+    mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    mr.SeriesInstanceUID, mr.SOPInstanceUID = generate_uid(), generate_uid()
+    mr.file_meta.MediaStorageSOPInstanceUID = mr.SOPInstanceUID
+    mr.StudyInstanceUID = study
+    return mr
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc holding one study (the CT, a SEG of its T12, an MR series) and a study with an MR only."""
+    folder = tmp_path_factory.mktemp("orthanc")
+    server = Orthanc(folder)
+    server.start()
+    study, mr_study = generate_uid(), generate_uid()
+    cts = hospital_series(study)
+    seg = t12_seg(cts, tmp_path_factory.mktemp("ct"))
+    mr = mr_series(cts[0], study)
+    server.upload([*cts, seg, mr, mr_series(cts[0], mr_study)])
+    yield {"server": server, "study": study, "mr_study": mr_study, "ct": cts[0].SeriesInstanceUID,
+           "seg": seg.SeriesInstanceUID, "mr": mr.SeriesInstanceUID}
+    server.stop()
+
+
+def test_a_ct_series_fetched_over_dicomweb_reads_as_the_files_do(pacs, tmp_path):
+    client = Pacs(pacs["server"].url, (USER, PASSWORD))
+    series = client.ct_series(pacs["study"])  # the MR and the SEG beside it are not candidates
+    assert series.uid == pacs["ct"] and series.instances == 20 and series.modality == "CT"
+    paths = client.fetch(pacs["study"], series, tmp_path / "ct")
+    assert len(paths) == 20
+    assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # as stored
+    fetched, local = load_volume(tmp_path / "ct"), load_volume(REAL / "abdomen-t11-t12-dicom")
+    assert np.array_equal(fetched.hu, local.hu) and np.allclose(fetched.affine, local.affine)
+    (seg,) = client.fetch(pacs["study"], client.seg_series(pacs["study"], pacs["seg"]), tmp_path / "seg")
+    t12 = load_mask(REAL / "abdomen-t11-t12-labels.nii.gz", local, 32) == 32
+    assert np.array_equal(load_mask(seg, fetched, 1) != 0, t12)  # voxel for voxel
+
+
+def test_the_pacs_answers_that_are_not_a_ct_are_clear_errors(pacs, monkeypatch):
+    url, study = pacs["server"].url, pacs["study"]
+    client = Pacs(url, (USER, PASSWORD))
+    for call, message in [
+            (lambda: Pacs(url, (USER, "wrong")).series(study), "refused the credentials \\(HTTP 401\\)"),
+            (lambda: Pacs(url).series(study), "refused the credentials"),
+            (lambda: client.series("1.2.3.4"), "has no study 1.2.3.4"),
+            (lambda: client.ct_series(study, pacs["mr"]), "is MR, not CT"),
+            (lambda: client.ct_series(pacs["mr_study"]), "holds no CT series"),
+            (lambda: client.seg_series(study, pacs["ct"]), "is CT, not a DICOM SEG"),
+            (lambda: Pacs("http://127.0.0.1:9/dicom-web").series(study), "cannot reach the DICOMweb server"),
+            (lambda: Pacs("pacs.example.org"), "expected the server's DICOMweb root")]:
+        with pytest.raises(InputError, match=message) as refused:
+            call()
+        assert PASSWORD not in str(refused.value) and "wrong" not in str(refused.value)
+    monkeypatch.setenv("VFRAC_MAX_VOXELS", "1000000")
+    with pytest.raises(InputError, match="claims 20 x 512 x 512 voxels"):
+        client.check_budget(study, client.ct_series(study))
+
+
+def test_credentials_come_from_the_environment_or_a_private_file(tmp_path):
+    assert credentials(environ={"VFRAC_DICOMWEB_USER": "u", "VFRAC_DICOMWEB_PASSWORD": "p"}) == ("u", "p")
+    assert credentials(environ={}) is None
+    with pytest.raises(InputError, match="set both"):
+        credentials(environ={"VFRAC_DICOMWEB_USER": "u"})
+    login = tmp_path / "pacs-login"
+    login.write_text("u:p:with:colons\n")
+    login.chmod(0o644)
+    with pytest.raises(InputError, match="chmod 600"):
+        credentials(login)
+    login.chmod(0o600)
+    assert credentials(login) == ("u", "p:with:colons")
+
+
+@pytest.mark.slow
+def test_predict_from_the_pacs_gives_the_files_prediction_and_keeps_the_identity_out(pacs, tmp_path_factory,
+                                                                                       tmp_path, monkeypatch):
+    folder, _, _ = final_model_store(tmp_path_factory)
+    tracking = ["--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--model", "models:/vfrac-resnet50/1"]
+    assert predict([*tracking, "--ct", str(REAL / "abdomen-t11-t12-dicom"), "--roi",
+                    str(REAL / "abdomen-t11-t12-labels.nii.gz"), "--roi-label", "32",
+                    "--out", str(tmp_path / "files")]) == 0
+    monkeypatch.setenv("VFRAC_DICOMWEB_USER", USER)
+    monkeypatch.setenv("VFRAC_DICOMWEB_PASSWORD", PASSWORD)
+    assert predict([*tracking, "--dicomweb", pacs["server"].url, "--study", pacs["study"], "--seg-series",
+                    pacs["seg"], "--out", str(tmp_path / "pacs")]) == 0
+    files, fetched = (json.loads((tmp_path / name / "prediction.json").read_text()) for name in ("files", "pacs"))
+    assert fetched["probability"] == pytest.approx(files["probability"], abs=1e-6)
+    assert [s["probability"] for s in fetched["slices"]] == pytest.approx([s["probability"] for s in files["slices"]],
+                                                                          abs=1e-6)
+    written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "pacs").rglob("*") if p.suffix in
+                      (".json", ".html"))
+    assert all(identity not in written for identity in (*IDENTITY.values(), PASSWORD, pacs["study"]))
+
+
+@pytest.mark.slow
+def test_a_pacs_gone_before_the_retrieval_leaves_no_outputs(tmp_path_factory, tmp_path, monkeypatch, capsys):
+    folder, _, _ = final_model_store(tmp_path_factory)
+    server = Orthanc(tmp_path_factory.mktemp("orthanc-gone"))
+    server.start()
+    study = generate_uid()
+    server.upload(hospital_series(study))
+    fetch = Pacs.fetch
+
+    def server_stops_first(self, *args):
+        server.stop()
+        return fetch(self, *args)
+
+    monkeypatch.setattr(Pacs, "fetch", server_stops_first)
+    monkeypatch.setenv("VFRAC_DICOMWEB_USER", USER)
+    monkeypatch.setenv("VFRAC_DICOMWEB_PASSWORD", PASSWORD)
+    out = tmp_path / "out"
+    assert predict(["--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--model", "models:/vfrac-resnet50/1",
+                    "--dicomweb", server.url, "--study", study, "--roi", str(REAL / "abdomen-t11-t12-labels.nii.gz"),
+                    "--roi-label", "32", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "error: cannot reach the DICOMweb server" in error and PASSWORD not in error
+    assert not out.exists() or not any(out.iterdir())
