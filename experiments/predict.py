@@ -68,7 +68,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="replace the outputs of an earlier prediction in --out (its files of other patients "
                              "would otherwise mix with this one's)")
     parser.add_argument("--dicom", action="store_true", help="also write the overlays as a DICOM Secondary Capture "
-                        "and each method's maps as a DICOM Parametric Map (dicom/maps/METHOD.dcm)")
+                        "and each method's maps as a DICOM Parametric Map (dicom/maps/METHOD.dcm): "
+                        "--dicom-output pseudonymous")
+    parser.add_argument("--dicom-output", choices=("pseudonymous", "study"),
+                        help="the DICOM outputs' identity: pseudonymous (a new study named by --patient-id, for "
+                             "research stores) or study (new series of the CT's own study, with its patient, "
+                             "referencing its images: for the hospital's PACS; needs a DICOM CT)")
+    parser.add_argument("--send", action="store_true",
+                        help="with --dicomweb and --dicom-output study: store the DICOM outputs in the PACS "
+                             "(STOW-RS)")
     parser.add_argument("--method", action="append", choices=MAP_METHODS,
                         help=f"map method, repeatable (default: {' and '.join(DEFAULT_METHODS)})")
     parser.add_argument("--recalibrate", choices=METHODS,
@@ -91,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     pacs_only = [flag for flag, value in (("--study", args.study), ("--series", args.series),
                                           ("--seg-series", args.seg_series),
                                           ("--dicomweb-credentials", args.dicomweb_credentials)) if value]
+    args.dicom_output = args.dicom_output or ("pseudonymous" if args.dicom else None)
+    args.dicom = args.dicom_output is not None
+    if args.send and not (args.dicomweb and args.dicom_output == "study"):
+        parser.error("--send stores the outputs filed with the CT's study: it needs --dicomweb and "
+                     "--dicom-output study (pseudonymous objects do not belong in the hospital's PACS)")
     if pacs_only and not args.dicomweb:
         parser.error(f"{', '.join(pacs_only)} go(es) with --dicomweb")
     return args

@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from mlflow import MlflowClient
 
 from experiments.models import (
@@ -36,12 +37,13 @@ from experiments.models import (
 from explain.page import write_sheet
 from explain.render import Folders, draw
 from explain.runs import default_tracking_uri, masked
+from explain.source_study import SourceStudy
 from vfrac.cohort import Patient
 from vfrac.data.cache import CropSettings, cut_crops, roi_voxels
 from vfrac.data.crops import input_to_slice
 from vfrac.data.window import BONE_WINDOW
 from vfrac.errors import InputError
-from vfrac.io.dicomweb import Pacs, credentials
+from vfrac.io.dicomweb import Pacs, credentials, shown
 from vfrac.io.vertebrae import totalsegmentator_roi
 from vfrac.io.volume import load_mask, load_volume
 from vfrac.run_tree import RECALIBRATION
@@ -71,7 +73,7 @@ def predict(args) -> dict:
     out = args.out or Path("predictions") / args.patient_id
     clear_outputs(out, args.force)
     seconds, started = {}, time.perf_counter()
-    volume, roi, roi_label = read_patient(args)  # first: bad input is refused before the model loads
+    volume, roi, roi_label, source = read_patient(args)  # first: bad input is refused before the model loads
     seconds["read CT and ROI"] = time.perf_counter() - started
     started = time.perf_counter()
     tracking_uri = args.tracking_uri or default_tracking_uri()
@@ -104,8 +106,12 @@ def predict(args) -> dict:
     }
     started = time.perf_counter()
     methods = tuple(args.method)
-    sheet = _explain(predictor, model_contract, prepared, volume, prediction, methods, out, args.dicom)
+    sheet = _explain(predictor, model_contract, prepared, volume, prediction, methods, out, args.dicom, source)
     seconds["explain"] = time.perf_counter() - started
+    if args.send:
+        started = time.perf_counter()
+        prediction["sent"] = send_to_pacs(args, out / "dicom")
+        seconds["send"] = time.perf_counter() - started
     prediction["seconds"] = {name: round(value, 3) for name, value in seconds.items()}
     prediction["files"] = {"prediction": str(out / "prediction.json"), "sheet": str(sheet)}
     (out / "prediction.json").write_text(json.dumps(prediction, indent=1) + "\n")
@@ -158,11 +164,24 @@ def _recalibration(tracking_uri: str, cv_run_id: str, rows: list[dict], method: 
 
 
 def read_patient(args):
-    """(Volume, ROI booleans on its grid, the label used) from files or from a PACS (--dicomweb)."""
+    """(Volume, ROI booleans on its grid, the label used, the CT's study for --dicom-output study or None)
+    from files or from a PACS (--dicomweb)."""
     if args.dicomweb:
         with tempfile.TemporaryDirectory(prefix="vfrac-dicomweb-") as scratch:  # gone once read
             return _read(args, *fetch_from_pacs(args, Path(scratch)))
     return _read(args, args.ct, None)
+
+
+def send_to_pacs(args, folder: Path) -> dict:
+    """The DICOM objects written under `folder` stored in the PACS (STOW-RS); how many of each kind."""
+    datasets = [pydicom.dcmread(path) for path in sorted(folder.rglob("*.dcm"))]
+    Pacs(args.dicomweb, credentials(args.dicomweb_credentials)).store(datasets)
+    kinds = {}
+    for dataset in datasets:
+        kinds[str(dataset.SOPClassUID.name)] = kinds.get(str(dataset.SOPClassUID.name), 0) + 1
+    print(f"sent to {shown(args.dicomweb)}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()),
+          flush=True)
+    return kinds
 
 
 def fetch_from_pacs(args, folder: Path) -> tuple[Path, Path | None]:
@@ -190,7 +209,8 @@ def _read(args, ct: Path, seg: Path | None):
         roi_path, roi_label = args.roi, args.roi_label
     volume = load_volume(ct)
     patient = Patient(args.patient_id, "benign", ct, roi_path, roi_label)  # the label is not used
-    return volume, roi_voxels(load_mask(roi_path, volume, roi_label), patient), roi_label
+    source = SourceStudy.read(ct, volume.affine) if args.dicom_output == "study" else None
+    return volume, roi_voxels(load_mask(roi_path, volume, roi_label), patient), roi_label, source
 
 
 def _crops(patient_id: str, volume, roi: np.ndarray, model_contract: dict):
@@ -219,7 +239,7 @@ def clear_outputs(out: Path, force: bool) -> None:
 
 
 def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict, methods, out: Path,
-             dicom: bool) -> Path:
+             dicom: bool, source=None) -> Path:
     """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
     An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
     from explain.cam import (  # TensorFlow (see above)
@@ -243,7 +263,7 @@ def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict
     transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
     chosen = [(entry["slice"], entry["probability"]) for entry in prediction["slices"]]
     drawn = draw(volume, prediction["patient_id"], chosen, maps, bone, transforms,
-                 Folders(out / "maps", out / "overlays", out / "dicom" if dicom else None))
+                 Folders(out / "maps", out / "overlays", out / "dicom" if dicom else None), source)
     prediction["maps"] = {m: str(path.relative_to(out)) for m, path in drawn.maps.items()}
     prediction["maps"] |= {f"{m}_dicom": str(path.relative_to(out)) for m, path in drawn.dicom_maps.items()}
     shown = []

@@ -60,10 +60,11 @@ class Drawn:
 
 
 def draw(volume, patient_id: str, chosen: list, maps: dict, bone: np.ndarray, transforms: list,
-         folders: Folders) -> Drawn:
+         folders: Folders, source=None) -> Drawn:
     """The maps of one patient's chosen [(slice, probability)] placed on its CT grid and drawn over its slices.
 
-    The single place overlays are drawn, for the review and for `experiments.predict`.
+    The single place overlays are drawn, for the review and for `experiments.predict`. The DICOM objects are
+    pseudonymous, or, given `source` (an explain.source_study.SourceStudy), filed with the CT's study.
     """
     written, dicom_maps = {}, {}
     for method, method_maps in maps.items():  # each method's maps on the CT's grid, to open over it
@@ -71,8 +72,8 @@ def draw(volume, patient_id: str, chosen: list, maps: dict, bone: np.ndarray, tr
         written[method] = write_nifti(folders.maps / f"{method}.nii.gz", placed, volume.affine)
         if folders.dicom is not None and placed.any():
             dicom_maps[method] = write_parametric_map(folders.dicom / "maps" / f"{method}.dcm", patient_id, placed,
-                                                      volume.affine, method)
-    overlays, captures = [], []
+                                                      volume.affine, method, source)
+    overlays, captures, captured_slices = [], [], []
     for k, (z, p) in enumerate(chosen):
         overlays.append({})
         for method, method_maps in maps.items():
@@ -80,8 +81,9 @@ def draw(volume, patient_id: str, chosen: list, maps: dict, bone: np.ndarray, tr
                                                       bone[k], volume.hu[z], transforms[k])
             overlays[k][method] = (crop_png, slice_png)
             captures.append((f"{method} slice {z}", whole))
+            captured_slices.append(z)
     if folders.dicom is not None:
-        secondary_capture.write_series(folders.dicom, patient_id, captures)
+        secondary_capture.write_series(folders.dicom, patient_id, captures, source=source, slices=captured_slices)
     return Drawn(written, dicom_maps, overlays)
 
 

@@ -1,7 +1,9 @@
 """Overlays as a DICOM Secondary Capture series, to open in a PACS viewer beside the CT.
 
-Every UID is new and the only patient identity written is the manifest's pseudonymous
-id (as PatientName and PatientID): nothing is copied from the original headers.
+By default every UID is new and the only patient identity written is the pseudonymous
+id (as PatientName and PatientID): nothing is copied from the original headers. Given
+the source study (explain.source_study, `--dicom-output study`), the series is a new
+series of the CT's own study, with its patient, and each image names its CT slice.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ BODY_PART = "SPINE"
 
 
 def write_series(folder: Path, patient_id: str, images: list[tuple[str, np.ndarray]],
-                 description: str = "vfrac attention overlays") -> list[Path]:
-    """One file per (title, BGR uint8 image), all in one new study and series."""
+                 description: str = "vfrac attention overlays", source=None, slices=None) -> list[Path]:
+    """One file per (title, BGR uint8 image), all in one new series: of a new study, or of the CT's study
+    when `source` (a SourceStudy) is given, with `slices` the CT slice each image shows."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
@@ -31,6 +34,9 @@ def write_series(folder: Path, patient_id: str, images: list[tuple[str, np.ndarr
     for number, (title, bgr) in enumerate(images, start=1):
         rgb = np.ascontiguousarray(np.asarray(bgr, dtype=np.uint8)[..., ::-1])
         ds = _dataset(patient_id, study, series, number, title, rgb, now, description)
+        if source is not None:
+            source.stamp(ds)
+            ds.SourceImageSequence = [source.reference(slices[number - 1])]
         path = folder / f"{number:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -39,13 +39,15 @@ def write_nifti(path: Path, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray) 
 
 
 def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, affine_lps_zyx: np.ndarray,
-                         method: str) -> Path:
+                         method: str, source_study=None) -> Path:
     """The map volume as a DICOM Parametric Map (highdicom), cropped to its non-zero extent.
 
-    As the Secondary Capture series, it is a new study whose only identity is the
-    pseudonymous id: every UID is new and nothing is copied from the CT's headers, so it
-    does not link to the CT's study in a PACS. Its planes carry the CT's positions and
-    orientation, so a viewer that places images by geometry (3D Slicer) lays it over the CT.
+    By default, as the Secondary Capture series, it is a new study whose only identity is
+    the pseudonymous id: every UID is new and nothing is copied from the CT's headers, so
+    it does not link to the CT's study in a PACS. Given the source study (a SourceStudy),
+    it is a new series of the CT's study, in its frame of reference, referencing the CT
+    slices it covers. Its planes carry the CT's positions and orientation, so a viewer
+    that places images by geometry (3D Slicer) lays it over the CT.
     """
     import highdicom as hd  # here: it takes about a second to import, and only DICOM output needs it
 
@@ -53,14 +55,17 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
     if not len(present):
         raise ValueError("the map is empty: nothing to write")
     low, high = present.min(axis=0), present.max(axis=0) + 1
-    source = _pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)
+    if source_study is None:
+        sources = [_pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)]
+    else:
+        sources = list(source_study.headers[low[0]:high[0]])
     volume = hd.Volume(np.asarray(volume_zyx, np.float32), np.asarray(affine_lps_zyx, float),
-                       coordinate_system="PATIENT", frame_of_reference_uid=source.FrameOfReferenceUID)
+                       coordinate_system="PATIENT", frame_of_reference_uid=sources[0].FrameOfReferenceUID)
     cropped = volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
     mapping = hd.pm.RealWorldValueMapping(lut_label=method[:16], lut_explanation=f"{method} map, 0 to 1",
                                           unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1, intercept=0)
     parametric_map = hd.pm.ParametricMap(
-        [source], cropped, generate_uid(), 9001, generate_uid(), 1, manufacturer="vfrac",
+        sources, cropped, generate_uid(), 9001, generate_uid(), 1, manufacturer="vfrac",
         manufacturer_model_name="vfrac", software_versions="vfrac", device_serial_number="none",
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping], window_center=0.5,
         window_width=1.0, content_label=method.upper()[:16], content_description=f"vfrac {method} attention")

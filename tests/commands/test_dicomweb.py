@@ -187,8 +187,10 @@ def test_credentials_come_from_the_environment_or_a_private_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_from_the_pacs_gives_the_files_prediction_and_keeps_the_identity_out(pacs, tmp_path_factory,
-                                                                                       tmp_path, monkeypatch):
+def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_identity_out_of_the_research_files(
+        pacs, tmp_path_factory, tmp_path, monkeypatch):
+    """The prediction equals the files' one; --dicom-output study --send stores the overlays and maps as new
+    series of the CT's study (its patient, its images referenced), and the research files stay pseudonymous."""
     folder, _, _ = final_model_store(tmp_path_factory)
     tracking = ["--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--model", "models:/vfrac-resnet50/1"]
     assert predict([*tracking, "--ct", str(REAL / "abdomen-t11-t12-dicom"), "--roi",
@@ -197,7 +199,7 @@ def test_predict_from_the_pacs_gives_the_files_prediction_and_keeps_the_identity
     monkeypatch.setenv("VFRAC_DICOMWEB_USER", USER)
     monkeypatch.setenv("VFRAC_DICOMWEB_PASSWORD", PASSWORD)
     assert predict([*tracking, "--dicomweb", pacs["server"].url, "--study", pacs["study"], "--seg-series",
-                    pacs["seg"], "--out", str(tmp_path / "pacs")]) == 0
+                    pacs["seg"], "--out", str(tmp_path / "pacs"), "--dicom-output", "study", "--send"]) == 0
     files, fetched = (json.loads((tmp_path / name / "prediction.json").read_text()) for name in ("files", "pacs"))
     assert fetched["probability"] == pytest.approx(files["probability"], abs=1e-6)
     assert [s["probability"] for s in fetched["slices"]] == pytest.approx([s["probability"] for s in files["slices"]],
@@ -205,6 +207,23 @@ def test_predict_from_the_pacs_gives_the_files_prediction_and_keeps_the_identity
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "pacs").rglob("*") if p.suffix in
                       (".json", ".html"))
     assert all(identity not in written for identity in (*IDENTITY.values(), PASSWORD, pacs["study"]))
+    assert fetched["sent"] == {"Secondary Capture Image Storage": len(fetched["slices"]), "Parametric Map Storage": 1}
+    client = Pacs(pacs["server"].url, (USER, PASSWORD))
+    modalities = sorted(s.modality for s in client.series(pacs["study"]))
+    assert modalities == ["CT", "MR", "OT", "OT", "SEG"]  # the CT's study: the overlays' and the map's series added
+    ct_instances = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in
+                    client.fetch(pacs["study"], client.ct_series(pacs["study"]), tmp_path / "ct")}
+    for path in sorted((tmp_path / "pacs" / "dicom").rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID == pacs["study"] and ds.PatientID == IDENTITY["PatientID"]
+        assert str(ds.PatientName) == IDENTITY["PatientName"]
+        referenced = ds.get("SourceImageSequence") or [
+            item for frame in ds.get("PerFrameFunctionalGroupsSequence", [])
+            for derivation in frame.get("DerivationImageSequence", []) for item in derivation.SourceImageSequence]
+        assert referenced and {item.ReferencedSOPInstanceUID for item in referenced} <= ct_instances
+        if shutil.which("dciodvfy"):
+            checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            assert not [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.mark.slow

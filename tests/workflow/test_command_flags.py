@@ -43,3 +43,21 @@ def test_no_log_without_out_is_refused_since_nothing_would_be_kept(command, caps
         command.parse_args(["--run-id", "r", "--no-log"])
     assert "--no-log needs --out" in capsys.readouterr().err
     assert command.parse_args(["--run-id", "r", "--no-log", "--out", "x"]).no_log
+
+
+def test_predict_reads_from_a_pacs_only_with_a_study_and_sends_only_objects_filed_with_it(capsys):
+    model = ["--model", "models:/m/1"]
+    pacs = [*model, "--dicomweb", "https://pacs.example.org/dicom-web", "--study", "1.2.3", "--roi", "r"]
+    assert predict.parse_args([*pacs, "--dicom-output", "study", "--send"]).dicom
+    assert predict.parse_args([*model, "--ct", "c", "--roi", "r", "--dicom"]).dicom_output == "pseudonymous"
+    for argv, message in [([*pacs, "--dicom", "--send"], "pseudonymous objects do not belong"),
+                          ([*model, "--ct", "c", "--roi", "r", "--dicom-output", "study", "--send"],
+                           "needs --dicomweb"),
+                          ([*model, "--dicomweb", "https://pacs/dicom-web", "--roi", "r"], "needs --study"),
+                          ([*model, "--ct", "c", "--roi", "r", "--series", "1.2"], "go(es) with --dicomweb"),
+                          ([*pacs[:-2], "--seg-series", "1.2.x"], "is not a DICOM UID"),
+                          ([*model, "--ct", "c", "--dicomweb", "https://p/d", "--study", "1.2", "--roi", "r"],
+                           "not allowed with")]:
+        with pytest.raises(SystemExit):
+            predict.parse_args(argv)
+        assert message in capsys.readouterr().err, argv

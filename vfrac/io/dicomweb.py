@@ -161,6 +161,14 @@ class Pacs:
                                                                    int(header.get("Rows", 0) or 0),
                                                                    int(header.get("Columns", 0) or 0)))
 
+    def store(self, datasets: list) -> None:
+        """The datasets stored in the PACS (STOW-RS), each in its own study."""
+        with self._asking("when storing the outputs"):
+            answer = self.client.store_instances(datasets)
+        failed = answer.get("FailedSOPSequence") if answer is not None else None
+        if failed:
+            raise InputError(f"{self.url} refused {len(failed)} of the {len(datasets)} objects sent")
+
     def fetch(self, study: str, series: Series, folder: Path) -> list[Path]:
         """Every instance of the series written to `folder` as it arrives, stored as the server holds it."""
         folder = Path(folder)
