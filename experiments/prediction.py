@@ -38,6 +38,7 @@ from explain.page import write_sheet
 from explain.render import Folders, draw
 from explain.runs import default_tracking_uri, masked
 from explain.source_study import SourceStudy
+from explain.volumes import write_roi_seg
 from vfrac.cohort import Patient
 from vfrac.data.cache import CropSettings, cut_crops, roi_voxels
 from vfrac.data.crops import input_to_slice
@@ -107,6 +108,9 @@ def predict(args) -> dict:
     started = time.perf_counter()
     methods = tuple(args.method)
     sheet = _explain(predictor, model_contract, prepared, volume, prediction, methods, out, args.dicom, source)
+    if args.dicom:  # the vertebra the model was given, beside its maps
+        prediction["roi_dicom"] = str(write_roi_seg(out / "dicom" / "roi" / "seg.dcm", args.patient_id, roi,
+                                                    volume.affine, source).relative_to(out))
     seconds["explain"] = time.perf_counter() - started
     if args.send:
         started = time.perf_counter()

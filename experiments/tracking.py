@@ -85,8 +85,13 @@ class Tracker:
         artifacts = None
         if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database
             artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=artifacts,
-                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as error:  # another worker made it since (a tracking server has no lock here)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self._experiment(name)
 
     # -- the tree -------------------------------------------------------------------
     def find_cv_run(self, key: str) -> str | None:

@@ -75,6 +75,35 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
     return Path(path)
 
 
+def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_zyx: np.ndarray,
+                  source_study=None) -> Path:
+    """The ROI the model was given (the vertebra) as a DICOM SEG of one binary segment, cropped to its extent:
+    pseudonymous, or, given the source study, a new series of the CT's study referencing its slices."""
+    import highdicom as hd  # (see write_parametric_map)
+
+    present = np.argwhere(roi_zyx)
+    if not len(present):
+        raise ValueError("the ROI is empty: nothing to write")
+    low, high = present.min(axis=0), present.max(axis=0) + 1
+    if source_study is None:
+        sources = [_pseudonymous_source(patient_id, roi_zyx.shape, affine_lps_zyx)]
+    else:
+        sources = list(source_study.headers[low[0]:high[0]])
+    volume = hd.Volume(np.asarray(roi_zyx, np.uint8), np.asarray(affine_lps_zyx, float),
+                       coordinate_system="PATIENT", frame_of_reference_uid=sources[0].FrameOfReferenceUID)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="vertebra ROI", segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.Vertebra, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    seg = hd.seg.Segmentation(
+        sources, volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]], hd.seg.SegmentationTypeValues.BINARY,
+        [segment], generate_uid(), 9002, generate_uid(), 1, manufacturer="vfrac", manufacturer_model_name="vfrac",
+        software_versions="vfrac", device_serial_number="none", content_description="vfrac ROI: the vertebra read")
+    seg.BodyPartExamined = BODY_PART
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return Path(path)
+
+
 def _pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
     """A header-only CT image in a new study: the patient and study modules the map copies, and the geometry."""
 

@@ -207,10 +207,11 @@ def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_ident
     written = "".join(p.read_text(errors="ignore") for p in (tmp_path / "pacs").rglob("*") if p.suffix in
                       (".json", ".html"))
     assert all(identity not in written for identity in (*IDENTITY.values(), PASSWORD, pacs["study"]))
-    assert fetched["sent"] == {"Secondary Capture Image Storage": len(fetched["slices"]), "Parametric Map Storage": 1}
+    assert fetched["sent"] == {"Secondary Capture Image Storage": len(fetched["slices"]), "Parametric Map Storage": 1,
+                               "Segmentation Storage": 1}
     client = Pacs(pacs["server"].url, (USER, PASSWORD))
     modalities = sorted(s.modality for s in client.series(pacs["study"]))
-    assert modalities == ["CT", "MR", "OT", "OT", "SEG"]  # the CT's study: the overlays' and the map's series added
+    assert modalities == ["CT", "MR", "OT", "OT", "SEG", "SEG"]  # the CT's study: overlays, map and ROI added
     ct_instances = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in
                     client.fetch(pacs["study"], client.ct_series(pacs["study"]), tmp_path / "ct")}
     for path in sorted((tmp_path / "pacs" / "dicom").rglob("*.dcm")):
@@ -221,6 +222,9 @@ def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_ident
             item for frame in ds.get("PerFrameFunctionalGroupsSequence", [])
             for derivation in frame.get("DerivationImageSequence", []) for item in derivation.SourceImageSequence]
         assert referenced and {item.ReferencedSOPInstanceUID for item in referenced} <= ct_instances
+        if ds.Modality == "SEG":  # the ROI the model was given, read back on the CT's grid
+            t12 = load_mask(REAL / "abdomen-t11-t12-labels.nii.gz", load_volume(tmp_path / "ct"), 32) == 32
+            assert np.array_equal(load_mask(path, load_volume(tmp_path / "ct"), 1) != 0, t12)
         if shutil.which("dciodvfy"):
             checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
             assert not [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]

@@ -8,7 +8,9 @@ import pydicom
 import pytest
 
 from explain import secondary_capture
-from explain.volumes import write_parametric_map
+from explain.volumes import write_parametric_map, write_roi_seg
+from vfrac.io.dicom_roi import read_dicom_roi
+from vfrac.io.grid import Volume
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
 
@@ -42,3 +44,13 @@ def test_a_parametric_map_validates(tmp_path):
     assert dciodvfy_errors(path) == []
     ds = pydicom.dcmread(path)
     assert ds.PatientID == "VF-001" and ds.BodyPartExamined == "SPINE" and "Laterality" not in ds
+
+
+def test_the_roi_as_a_dicom_seg_validates_and_reads_back_voxel_for_voxel(tmp_path):
+    roi = np.zeros((6, 16, 16), bool)
+    roi[2:4, 5:9, 4:10] = True
+    affine = np.diag([2.5, 0.7, 0.7, 1.0])
+    path = write_roi_seg(tmp_path / "seg.dcm", "VF-001", roi, affine)
+    assert dciodvfy_errors(path) == []
+    reference = Volume(np.zeros(roi.shape, np.float32), affine)
+    assert np.array_equal(read_dicom_roi(path, reference) != 0, roi)

@@ -23,6 +23,21 @@ def test_the_experiment_opens_on_the_runs_table_even_when_it_existed_untagged(tm
         assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
 
 
+def test_an_experiment_another_worker_creates_first_is_used_not_an_error(tmp_path, monkeypatch):
+    """Workers starting together on a tracking server (no lock there) both find no experiment; the second to
+    create it gets RESOURCE_ALREADY_EXISTS and takes the first one's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri, "vfrac").experiment_id
+    lookup, calls = MlflowClient.get_experiment_by_name, []
+
+    def not_yet_the_first_time(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_yet_the_first_time)
+    assert Tracker(uri, "vfrac").experiment_id == first and len(calls) == 2
+
+
 def test_a_cv_run_is_found_again_by_its_key_and_its_children_by_role_and_tags(tracker):
     assert tracker.find_cv_run("key1") is None
     first = tracker.create_cv_run("key1", {"vfrac.cohort_hash": "abc", "vfrac.folds": 2}, name="cv demo")
