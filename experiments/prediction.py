@@ -38,7 +38,8 @@ from explain.page import write_sheet
 from explain.render import Folders, draw
 from explain.runs import default_tracking_uri, masked
 from explain.source_study import SourceStudy
-from explain.volumes import write_roi_seg
+from explain.structured_report import write_prediction_sr
+from explain.volumes import pseudonymous_source, write_roi_seg
 from vfrac.cohort import Patient
 from vfrac.data.cache import CropSettings, cut_crops, roi_voxels
 from vfrac.data.crops import input_to_slice
@@ -108,9 +109,13 @@ def predict(args) -> dict:
     started = time.perf_counter()
     methods = tuple(args.method)
     sheet = _explain(predictor, model_contract, prepared, volume, prediction, methods, out, args.dicom, source)
-    if args.dicom:  # the vertebra the model was given, beside its maps
+    if args.dicom:  # the vertebra the model was given, and the result as a structured report, beside the maps
         prediction["roi_dicom"] = str(write_roi_seg(out / "dicom" / "roi" / "seg.dcm", args.patient_id, roi,
                                                     volume.affine, source).relative_to(out))
+        evidence = list(source.headers) if source else [pseudonymous_source(args.patient_id, volume.shape,
+                                                                              volume.affine)]
+        prediction["report_dicom"] = str(write_prediction_sr(out / "dicom" / "report" / "sr.dcm", prediction,
+                                                             model_contract, evidence).relative_to(out))
     seconds["explain"] = time.perf_counter() - started
     if args.send:
         started = time.perf_counter()

@@ -56,7 +56,7 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
         raise ValueError("the map is empty: nothing to write")
     low, high = present.min(axis=0), present.max(axis=0) + 1
     if source_study is None:
-        sources = [_pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)]
+        sources = [pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)]
     else:
         sources = list(source_study.headers[low[0]:high[0]])
     volume = hd.Volume(np.asarray(volume_zyx, np.float32), np.asarray(affine_lps_zyx, float),
@@ -86,7 +86,7 @@ def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_z
         raise ValueError("the ROI is empty: nothing to write")
     low, high = present.min(axis=0), present.max(axis=0) + 1
     if source_study is None:
-        sources = [_pseudonymous_source(patient_id, roi_zyx.shape, affine_lps_zyx)]
+        sources = [pseudonymous_source(patient_id, roi_zyx.shape, affine_lps_zyx)]
     else:
         sources = list(source_study.headers[low[0]:high[0]])
     volume = hd.Volume(np.asarray(roi_zyx, np.uint8), np.asarray(affine_lps_zyx, float),
@@ -104,7 +104,7 @@ def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_z
     return Path(path)
 
 
-def _pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
+def pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
     """A header-only CT image in a new study: the patient and study modules the map copies, and the geometry."""
 
     source = Dataset()

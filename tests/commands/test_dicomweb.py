@@ -21,6 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage, generate_uid
 
 from experiments.predict import main as predict
+from explain.structured_report import CALLS, PROBABILITY, THRESHOLD
 from tests.shared_run import final_model_store
 from vfrac.errors import InputError
 from vfrac.io.dicomweb import Pacs, credentials
@@ -208,26 +209,43 @@ def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_ident
                       (".json", ".html"))
     assert all(identity not in written for identity in (*IDENTITY.values(), PASSWORD, pacs["study"]))
     assert fetched["sent"] == {"Secondary Capture Image Storage": len(fetched["slices"]), "Parametric Map Storage": 1,
-                               "Segmentation Storage": 1}
+                               "Segmentation Storage": 1, "Comprehensive 3D SR Storage": 1}
     client = Pacs(pacs["server"].url, (USER, PASSWORD))
     modalities = sorted(s.modality for s in client.series(pacs["study"]))
-    assert modalities == ["CT", "MR", "OT", "OT", "SEG", "SEG"]  # the CT's study: overlays, map and ROI added
+    assert modalities == ["CT", "MR", "OT", "OT", "SEG", "SEG", "SR"]  # the CT's study: overlays, map, ROI, report
     ct_instances = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in
                     client.fetch(pacs["study"], client.ct_series(pacs["study"]), tmp_path / "ct")}
     for path in sorted((tmp_path / "pacs" / "dicom").rglob("*.dcm")):
         ds = pydicom.dcmread(path)
         assert ds.StudyInstanceUID == pacs["study"] and ds.PatientID == IDENTITY["PatientID"]
         assert str(ds.PatientName) == IDENTITY["PatientName"]
-        referenced = ds.get("SourceImageSequence") or [
+        referenced = ds.get("SourceImageSequence") or [  # SC; PM and SEG per frame; SR in its evidence
             item for frame in ds.get("PerFrameFunctionalGroupsSequence", [])
-            for derivation in frame.get("DerivationImageSequence", []) for item in derivation.SourceImageSequence]
+            for derivation in frame.get("DerivationImageSequence", []) for item in derivation.SourceImageSequence] or [
+            item for study in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence]
         assert referenced and {item.ReferencedSOPInstanceUID for item in referenced} <= ct_instances
+        if ds.Modality == "SR":  # the report's numbers are prediction.json's
+            numbers = {item.ConceptNameCodeSequence[0].CodeValue: float(item.MeasuredValueSequence[0].NumericValue)
+                       for item in content_items(ds) if "MeasuredValueSequence" in item}
+            assert numbers[PROBABILITY.value] == pytest.approx(fetched["probability"], abs=1e-6)
+            assert numbers[THRESHOLD.value] == fetched["threshold"]
+            assert CALLS[fetched["call"]].value in {item.ConceptCodeSequence[0].CodeValue
+                                                    for item in content_items(ds) if "ConceptCodeSequence" in item}
+            continue
         if ds.Modality == "SEG":  # the ROI the model was given, read back on the CT's grid
             t12 = load_mask(REAL / "abdomen-t11-t12-labels.nii.gz", load_volume(tmp_path / "ct"), 32) == 32
             assert np.array_equal(load_mask(path, load_volume(tmp_path / "ct"), 1) != 0, t12)
         if shutil.which("dciodvfy"):
             checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
             assert not [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+
+
+def content_items(ds):
+    """Every content item of an SR, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
 
 
 @pytest.mark.slow

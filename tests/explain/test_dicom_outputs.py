@@ -8,7 +8,8 @@ import pydicom
 import pytest
 
 from explain import secondary_capture
-from explain.volumes import write_parametric_map, write_roi_seg
+from explain.structured_report import CALLS, PROBABILITY, write_prediction_sr
+from explain.volumes import pseudonymous_source, write_parametric_map, write_roi_seg
 from vfrac.io.dicom_roi import read_dicom_roi
 from vfrac.io.grid import Volume
 
@@ -54,3 +55,30 @@ def test_the_roi_as_a_dicom_seg_validates_and_reads_back_voxel_for_voxel(tmp_pat
     assert dciodvfy_errors(path) == []
     reference = Volume(np.zeros(roi.shape, np.float32), affine)
     assert np.array_equal(read_dicom_roi(path, reference) != 0, roi)
+
+
+def test_the_prediction_as_a_structured_report_validates_and_holds_its_numbers(tmp_path):
+    prediction = {"probability": 0.73, "threshold": 0.5, "call": "malignant", "model": {"label": "vfrac-resnet50 v1"},
+                  "uncertainty": {"spread_sd": 0.08, "reasons": ["fold models disagree"]}}
+    volume, affine = a_map()
+    path = write_prediction_sr(tmp_path / "sr.dcm", prediction, {"input_size": 64},
+                               [pseudonymous_source("VF-001", volume.shape, affine)])
+    assert dciodvfy_errors(path) == []
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SR" and ds.PatientID == "VF-001"
+    items = [item for group in ds.ContentSequence if "ContentSequence" in group for item in group.ContentSequence]
+    found = {}
+    for item in pydicom_items(ds):
+        name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else None
+        if name == PROBABILITY.value:
+            found["probability"] = float(item.MeasuredValueSequence[0].NumericValue)
+        if "ConceptCodeSequence" in item and item.ConceptCodeSequence[0].CodeValue == CALLS["malignant"].value:
+            found["call"] = "malignant"
+    assert items and found == {"probability": 0.73, "call": "malignant"}
+
+
+def pydicom_items(ds):
+    """Every content item of an SR, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from pydicom_items(item)
