@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
 from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage, generate_uid
 
@@ -249,19 +250,23 @@ def content_items(ds):
 
 
 @pytest.mark.slow
-def test_a_pacs_gone_before_the_retrieval_leaves_no_outputs(tmp_path_factory, tmp_path, monkeypatch, capsys):
+def test_a_pacs_gone_in_the_middle_of_the_retrieval_is_an_error_and_leaves_no_outputs(tmp_path_factory, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """The server is killed (SIGKILL) once the first CT instance has arrived, and the stream ends there (what
+    the client had buffered is not used): one error, nothing in --out."""
     folder, _, _ = final_model_store(tmp_path_factory)
     server = Orthanc(tmp_path_factory.mktemp("orthanc-gone"))
     server.start()
     study = generate_uid()
     server.upload(hospital_series(study))
-    fetch = Pacs.fetch
+    retrieve = DICOMwebClient.iter_series
 
-    def server_stops_first(self, *args):
-        server.stop()
-        return fetch(self, *args)
+    def server_dies_after_the_first(self, *args, **kwargs):
+        yield next(retrieve(self, *args, **kwargs))
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
 
-    monkeypatch.setattr(Pacs, "fetch", server_stops_first)
+    monkeypatch.setattr(DICOMwebClient, "iter_series", server_dies_after_the_first)
     monkeypatch.setenv("VFRAC_DICOMWEB_USER", USER)
     monkeypatch.setenv("VFRAC_DICOMWEB_PASSWORD", PASSWORD)
     out = tmp_path / "out"
@@ -269,5 +274,5 @@ def test_a_pacs_gone_before_the_retrieval_leaves_no_outputs(tmp_path_factory, tm
                     "--dicomweb", server.url, "--study", study, "--roi", str(REAL / "abdomen-t11-t12-labels.nii.gz"),
                     "--roi-label", "32", "--out", str(out)]) == 2
     error = capsys.readouterr().err
-    assert "error: cannot reach the DICOMweb server" in error and PASSWORD not in error
-    assert not out.exists() or not any(out.iterdir())
+    assert "gave 1 of the 20 instances" in error and "cut short" in error, error
+    assert PASSWORD not in error and (not out.exists() or not any(out.iterdir()))

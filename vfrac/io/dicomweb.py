@@ -178,8 +178,10 @@ class Pacs:
             for number, dataset in enumerate(self.client.iter_series(study, series.uid,
                                                                      media_types=ANY_TRANSFER_SYNTAX), start=1):
                 paths.append(_save(dataset, folder / f"{number:05d}.dcm"))
-        if not paths:
-            raise InputError(f"series {series.uid} on {self.url} returned no instance")
+        if not paths or (series.instances and len(paths) != series.instances):
+            raise InputError(f"{self.url} gave {len(paths)} of the {series.instances} instances of series "
+                             f"{series.uid}: the retrieval was cut short (the server stopped, or the series "
+                             "changed); try again")
         return paths
 
 
