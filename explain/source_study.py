@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 
 from vfrac.errors import InputError
 
+# What filing an object with the CT's study and referencing its images takes.
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 # Patient and General Study attributes copied from the CT (absent ones are written empty: all are Type 2 or 1).
 PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                  "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -51,7 +53,12 @@ class SourceStudy:
             by_slice.setdefault(z, header)
         if sorted(by_slice) != list(range(len(by_slice))) or not by_slice:
             raise InputError(f"{folder}: the CT's instances do not map one to one onto its slices")
-        return cls(tuple(by_slice[z] for z in range(len(by_slice))))
+        headers = tuple(by_slice[z] for z in range(len(by_slice)))
+        missing = sorted({name for header in headers for name in REQUIRED if not header.get(name)})
+        if missing:
+            raise InputError(f"{folder}: the CT's headers lack {', '.join(missing)}, so outputs cannot be filed "
+                             "with its study; use --dicom-output pseudonymous")
+        return cls(headers)
 
     def stamp(self, dataset: Dataset) -> Dataset:
         """`dataset` given the CT's patient and study."""

@@ -2,16 +2,20 @@
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
 from explain import secondary_capture
+from explain.source_study import SourceStudy
 from explain.structured_report import CALLS, PROBABILITY, write_prediction_sr
 from explain.volumes import pseudonymous_source, write_parametric_map, write_roi_seg
+from vfrac.errors import InputError
 from vfrac.io.dicom_roi import read_dicom_roi
 from vfrac.io.grid import Volume
+from vfrac.io.volume import load_volume
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
 
@@ -82,3 +86,10 @@ def pydicom_items(ds):
     for item in ds.get("ContentSequence", []):
         yield item
         yield from pydicom_items(item)
+
+
+def test_a_ct_without_uids_cannot_be_filed_with_its_study(tmp_path):
+    """The example series had its UIDs removed: the study form is refused in words, not by a traceback."""
+    series = Path(__file__).resolve().parents[2] / "examples" / "real-ct" / "abdomen-t11-t12-dicom"
+    with pytest.raises(InputError, match="lack .*SOPClassUID.*use --dicom-output pseudonymous"):
+        SourceStudy.read(series, load_volume(series).affine)
