@@ -18,6 +18,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from explain.volumes import describe
+
 SCHEME = "99VFRAC"
 PROBABILITY = Code("P-MALIGNANCY", SCHEME, "Probability of malignancy")
 THRESHOLD = Code("P-THRESHOLD", SCHEME, "Decision threshold")
@@ -60,6 +62,7 @@ def write_prediction_sr(path: Path, prediction: dict, model_contract: dict, sour
     sr = hd.sr.Comprehensive3DSR(evidence=sources, content=report[0], series_instance_uid=generate_uid(),
                                  series_number=9003, sop_instance_uid=generate_uid(), instance_number=1,
                                  manufacturer="vfrac", is_complete=True, is_final=False, is_verified=False)
+    describe(sr, "vfrac result")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(path)
     return Path(path)

@@ -67,8 +67,10 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
     parametric_map = hd.pm.ParametricMap(
         sources, cropped, generate_uid(), 9001, generate_uid(), 1, manufacturer="vfrac",
         manufacturer_model_name="vfrac", software_versions="vfrac", device_serial_number="none",
-        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping], window_center=0.5,
-        window_width=1.0, content_label=method.upper()[:16], content_description=f"vfrac {method} attention")
+        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        content_label=method.upper()[:16], content_description=f"vfrac {method} attention")
+    describe(parametric_map, f"vfrac {method} map")
     parametric_map.BodyPartExamined = BODY_PART  # unpaired: no Laterality
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     parametric_map.save_as(path)
@@ -99,9 +101,17 @@ def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_z
         [segment], generate_uid(), 9002, generate_uid(), 1, manufacturer="vfrac", manufacturer_model_name="vfrac",
         software_versions="vfrac", device_serial_number="none", content_description="vfrac ROI: the vertebra read")
     seg.BodyPartExamined = BODY_PART
+    describe(seg, "vfrac ROI (the vertebra read)")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
     return Path(path)
+
+
+def describe(dataset, description: str) -> None:
+    """A series description and today's series date and time, as a PACS lists series by them."""
+    now = datetime.datetime.now()
+    dataset.SeriesDescription = description
+    dataset.SeriesDate, dataset.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
 def pseudonymous_source(patient_id: str, shape, affine: np.ndarray):
