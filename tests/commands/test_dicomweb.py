@@ -19,13 +19,15 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.sr.codedict import codes
-from pydicom.uid import MRImageStorage, generate_uid
+from pydicom.uid import MRImageStorage, ParametricMapStorage, generate_uid
 
 from experiments.predict import main as predict
 from explain.structured_report import CALLS, PROBABILITY, THRESHOLD
 from tests.shared_run import final_model_store
 from vfrac.errors import InputError
 from vfrac.io.dicomweb import Pacs, credentials
+from vfrac.io.grid import place_on_grid
+from vfrac.io.nifti import read_nifti
 from vfrac.io.volume import load_mask, load_volume
 
 REAL = Path(__file__).resolve().parents[2] / "examples" / "real-ct"
@@ -214,8 +216,10 @@ def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_ident
     client = Pacs(pacs["server"].url, (USER, PASSWORD))
     modalities = sorted(s.modality for s in client.series(pacs["study"]))
     assert modalities == ["CT", "MR", "OT", "OT", "SEG", "SEG", "SR"]  # the CT's study: overlays, map, ROI, report
-    ct_instances = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in
-                    client.fetch(pacs["study"], client.ct_series(pacs["study"]), tmp_path / "ct")}
+    ct_headers = [pydicom.dcmread(p, stop_before_pixels=True)
+                  for p in client.fetch(pacs["study"], client.ct_series(pacs["study"]), tmp_path / "ct")]
+    ct_instances, ct_frame = {h.SOPInstanceUID for h in ct_headers}, ct_headers[0].FrameOfReferenceUID
+    ct_volume = load_volume(tmp_path / "ct")
     for path in sorted((tmp_path / "pacs" / "dicom").rglob("*.dcm")):
         ds = pydicom.dcmread(path)
         assert ds.StudyInstanceUID == pacs["study"] and ds.PatientID == IDENTITY["PatientID"]
@@ -234,6 +238,12 @@ def test_predict_from_the_pacs_files_its_outputs_with_the_ct_and_keeps_the_ident
             assert CALLS[fetched["call"]].value in {item.ConceptCodeSequence[0].CodeValue
                                                     for item in content_items(ds) if "ConceptCodeSequence" in item}
             continue
+        if ds.SOPClassUID == ParametricMapStorage:  # placed by its own geometry in the CT's frame: the NIfTI map
+            found = hd.pm.ParametricMap.from_dataset(ds).get_volume()
+            assert found.frame_of_reference_uid == ct_frame
+            placed = place_on_grid(np.asarray(found.array), np.asarray(found.affine), ct_volume, source=path)
+            expected, _ = read_nifti(tmp_path / "pacs" / fetched["maps"]["gradcam"], np.float32)
+            np.testing.assert_allclose(placed, expected, atol=1e-6)
         if ds.Modality == "SEG":  # the ROI the model was given, read back on the CT's grid
             t12 = load_mask(REAL / "abdomen-t11-t12-labels.nii.gz", load_volume(tmp_path / "ct"), 32) == 32
             assert np.array_equal(load_mask(path, load_volume(tmp_path / "ct"), 1) != 0, t12)
