@@ -22,6 +22,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -185,9 +186,7 @@ def send_to_pacs(args, folder: Path) -> dict:
     """The DICOM objects written under `folder` stored in the PACS (STOW-RS); how many of each kind."""
     datasets = [pydicom.dcmread(path) for path in sorted(folder.rglob("*.dcm"))]
     Pacs(args.dicomweb, credentials(args.dicomweb_credentials)).store(datasets)
-    kinds = {}
-    for dataset in datasets:
-        kinds[str(dataset.SOPClassUID.name)] = kinds.get(str(dataset.SOPClassUID.name), 0) + 1
+    kinds = dict(Counter(str(dataset.SOPClassUID.name) for dataset in datasets))
     print(f"sent to {shown(args.dicomweb)}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()),
           flush=True)
     return kinds

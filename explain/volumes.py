@@ -51,17 +51,8 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
     """
     import highdicom as hd  # here: it takes about a second to import, and only DICOM output needs it
 
-    present = np.argwhere(volume_zyx > 0)
-    if not len(present):
-        raise ValueError("the map is empty: nothing to write")
-    low, high = present.min(axis=0), present.max(axis=0) + 1
-    if source_study is None:
-        sources = [pseudonymous_source(patient_id, volume_zyx.shape, affine_lps_zyx)]
-    else:
-        sources = list(source_study.headers[low[0]:high[0]])
-    volume = hd.Volume(np.asarray(volume_zyx, np.float32), np.asarray(affine_lps_zyx, float),
-                       coordinate_system="PATIENT", frame_of_reference_uid=sources[0].FrameOfReferenceUID)
-    cropped = volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    sources, cropped = _cropped_on_sources(patient_id, np.asarray(volume_zyx, np.float32), affine_lps_zyx,
+                                           source_study, "the map")
     mapping = hd.pm.RealWorldValueMapping(lut_label=method[:16], lut_explanation=f"{method} map, 0 to 1",
                                           unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1, intercept=0)
     parametric_map = hd.pm.ParametricMap(
@@ -70,11 +61,7 @@ def write_parametric_map(path: Path, patient_id: str, volume_zyx: np.ndarray, af
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
         content_label=method.upper()[:16], content_description=f"vfrac {method} attention")
-    describe(parametric_map, f"vfrac {method} map")
-    parametric_map.BodyPartExamined = BODY_PART  # unpaired: no Laterality
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    parametric_map.save_as(path)
-    return Path(path)
+    return _save(parametric_map, path, f"vfrac {method} map")
 
 
 def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_zyx: np.ndarray,
@@ -83,27 +70,41 @@ def write_roi_seg(path: Path, patient_id: str, roi_zyx: np.ndarray, affine_lps_z
     pseudonymous, or, given the source study, a new series of the CT's study referencing its slices."""
     import highdicom as hd  # (see write_parametric_map)
 
-    present = np.argwhere(roi_zyx)
-    if not len(present):
-        raise ValueError("the ROI is empty: nothing to write")
-    low, high = present.min(axis=0), present.max(axis=0) + 1
-    if source_study is None:
-        sources = [pseudonymous_source(patient_id, roi_zyx.shape, affine_lps_zyx)]
-    else:
-        sources = list(source_study.headers[low[0]:high[0]])
-    volume = hd.Volume(np.asarray(roi_zyx, np.uint8), np.asarray(affine_lps_zyx, float),
-                       coordinate_system="PATIENT", frame_of_reference_uid=sources[0].FrameOfReferenceUID)
+    sources, cropped = _cropped_on_sources(patient_id, np.asarray(roi_zyx, np.uint8), affine_lps_zyx,
+                                           source_study, "the ROI")
     segment = hd.seg.SegmentDescription(
         segment_number=1, segment_label="vertebra ROI", segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=codes.SCT.Vertebra, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
     seg = hd.seg.Segmentation(
-        sources, volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]], hd.seg.SegmentationTypeValues.BINARY,
+        sources, cropped, hd.seg.SegmentationTypeValues.BINARY,
         [segment], generate_uid(), 9002, generate_uid(), 1, manufacturer="vfrac", manufacturer_model_name="vfrac",
         software_versions="vfrac", device_serial_number="none", content_description="vfrac ROI: the vertebra read")
-    seg.BodyPartExamined = BODY_PART
-    describe(seg, "vfrac ROI (the vertebra read)")
+    return _save(seg, path, "vfrac ROI (the vertebra read)")
+
+
+def _cropped_on_sources(patient_id: str, array: np.ndarray, affine: np.ndarray, source_study, what: str):
+    """(source CT headers, the array as an hd.Volume cropped to its non-zero extent): the CT's headers of the
+    slices it covers given the source study, else one pseudonymous header."""
+    import highdicom as hd  # (see write_parametric_map)
+
+    present = np.argwhere(array)
+    if not len(present):
+        raise ValueError(f"{what} is empty: nothing to write")
+    low, high = present.min(axis=0), present.max(axis=0) + 1
+    if source_study is None:
+        sources = [pseudonymous_source(patient_id, array.shape, affine)]
+    else:
+        sources = list(source_study.headers[low[0]:high[0]])
+    volume = hd.Volume(array, np.asarray(affine, float), coordinate_system="PATIENT",
+                       frame_of_reference_uid=sources[0].FrameOfReferenceUID)
+    return sources, volume[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+
+
+def _save(dataset, path: Path, description: str) -> Path:
+    describe(dataset, description)
+    dataset.BodyPartExamined = BODY_PART  # unpaired: no Laterality
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    seg.save_as(path)
+    dataset.save_as(path)
     return Path(path)
 
 
