@@ -4,9 +4,10 @@ The CT and ROI are read and cropped by the training code with the settings the m
 carries (experiments.model_package: crop settings and slice rule, HU window, input
 size, aggregation, threshold), so a slice gets the probability it would have had in
 the model's own run. Writes prediction.json, Grad-CAM overlays on the crop and on the
-whole slice, each method's maps as a NIfTI volume on the CT's grid (maps/, to lay over the
-CT in 3D Slicer), and a one-patient sheet (sheet.html) under --out; --dicom adds the
-overlays as a DICOM Secondary Capture series and the maps as DICOM Parametric Maps.
+whole slice (of the evidence for each slice's call, and beside them for the other class),
+each method's maps as a NIfTI volume on the CT's grid (maps/, to lay over the CT in 3D
+Slicer), and a one-patient sheet (sheet.html) under --out; --dicom adds the call's
+overlays as a DICOM Secondary Capture series and its maps as DICOM Parametric Maps.
 Prints the one line a radiologist reads.
 The patient is named by --patient-id only: nothing from the DICOM headers is written.
 
@@ -41,7 +42,7 @@ from explain.runs import default_tracking_uri, masked
 from explain.source_study import SourceStudy
 from explain.structured_report import write_prediction_sr
 from explain.volumes import pseudonymous_source, write_roi_seg
-from vfrac.cohort import Patient
+from vfrac.cohort import LABELS, Patient
 from vfrac.data.cache import CropSettings, cut_crops, roi_voxels
 from vfrac.data.crops import input_to_slice
 from vfrac.data.window import BONE_WINDOW
@@ -248,8 +249,9 @@ def clear_outputs(out: Path, force: bool) -> None:
 
 def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict, methods, out: Path,
              dicom: bool, source=None) -> Path:
-    """Maps of every slice (the class it was called), as overlays and the sheet; returns the sheet's path.
-    An ensemble's maps and attribution are the mean of its fold models' (each on its own inputs)."""
+    """Maps of every slice, of the class it was called and beside them of the other class, as overlays and the
+    sheet; returns the sheet's path. An ensemble's maps and attribution are the mean of its fold models' (each on
+    its own inputs)."""
     from explain.cam import (  # TensorFlow (see above)
         DEFAULT_LAYER,
         Explainer,
@@ -261,23 +263,34 @@ def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict
     size, layer = model_contract["input_size"], model_contract.get("cam_layer", DEFAULT_LAYER)
     bone = windowed_rgb(predictor.inputs(prepared.crops, prepared.context, window=BONE_WINDOW))[..., 1]
     classes = called_classes([s["probability"] for s in prediction["slices"]], prediction["threshold"])
-    maps, attribution, count = {}, 0.0, len(predictor.members)
+    maps, other, attribution, count = {}, {}, 0.0, len(predictor.members)
     for k, member in enumerate(predictor.members):
         images = predictor.inputs(prepared.crops, prepared.context, k)
-        found, shares = Explainer(member.model, layer).explain(images, classes, methods)  # layer checked at loading
+        explainer = Explainer(member.model, layer)  # the layer was checked when the model was loaded
+        found, shares = explainer.explain(images, classes, methods)
+        against = explainer.explain(images, 1 - classes, methods, attribution=False)[0]
         maps = {m: maps.get(m, 0.0) + found[m] / count for m in methods}
+        other = {m: other.get(m, 0.0) + against[m] / count for m in methods}
         attribution = attribution + shares / count
     cache_size = prepared.crops.shape[1]
     transforms = [input_to_slice(box, prepared.context, cache_size, size) for box in prepared.boxes]
     chosen = [(entry["slice"], entry["probability"]) for entry in prediction["slices"]]
-    drawn = draw(volume, prediction["patient_id"], chosen, maps, bone, transforms,
+    drawn = draw(volume, prediction["patient_id"], chosen, classes, maps, other, bone, transforms,
                  Folders(out / "maps", out / "overlays", out / "dicom" if dicom else None), source)
     prediction["maps"] = {m: str(path.relative_to(out)) for m, path in drawn.maps.items()}
     prediction["maps"] |= {f"{m}_dicom": str(path.relative_to(out)) for m, path in drawn.dicom_maps.items()}
+    prediction["other_class_maps"] = {m: str(path.relative_to(out)) for m, path in drawn.other_maps.items()}
     shown = []
     for k, entry in enumerate(prediction["slices"]):
-        entry["overlays"] = {m: {"crop": str(crop.relative_to(out)), "slice": str(whole.relative_to(out))}
-                             for m, (crop, whole) in drawn.overlays[k].items()}
-        shown.append({"slice": entry["slice"], "probability": entry["probability"], "images": drawn.overlays[k],
-                      "attention": None, "attribution": slice_shares(attribution[k])})
+        entry["overlays"] = _relative(drawn.overlays[k], out)
+        entry["other_class_overlays"] = _relative(drawn.other_overlays[k], out)
+        shown.append({"slice": entry["slice"], "probability": entry["probability"], "call": LABELS[classes[k]],
+                      "images": drawn.overlays[k], "other": drawn.other_overlays[k], "attention": None,
+                      "attribution": slice_shares(attribution[k])})
     return write_sheet(out / "sheet.html", prediction, shown, methods, layer)
+
+
+def _relative(overlays: dict, out: Path) -> dict:
+    """method -> (crop PNG, slice PNG) as prediction.json lists them: paths relative to --out."""
+    return {m: {"crop": str(crop.relative_to(out)), "slice": str(whole.relative_to(out))}
+            for m, (crop, whole) in overlays.items()}

@@ -71,13 +71,20 @@ def slice_overlay(slice_hu: np.ndarray, cam: np.ndarray, transform, caption: str
 
 
 def overlay_pair(folder: Path, patient_id: str, method: str, z: int, probability: float, cam: np.ndarray,
-                 centre_gray: np.ndarray, slice_hu: np.ndarray, transform) -> tuple[Path, Path, np.ndarray]:
-    """One slice's map on the crop and on the whole slice, written as PNGs under `folder`;
-    returns (crop png, slice png, the whole-slice image) for pages and DICOM captures."""
-    caption = f"{patient_id}  p(malignant) {probability:.2f}  {method}  slice {z}"
+                 centre_gray: np.ndarray, slice_hu: np.ndarray, transform, explains: str,
+                 called: bool = True) -> tuple[Path, Path, np.ndarray]:
+    """One slice's map of the evidence for class `explains` on the crop and on the whole slice, written as PNGs
+    under `folder`; returns (crop png, slice png, the whole-slice image) for pages and DICOM captures.
+
+    The map of the slice's call (`called`) is `METHOD_zN_*.png`, the other class's `METHOD_other_zN_*.png`;
+    the caption's second line says which class the heat is evidence for, and whether that was the call.
+    """
+    caption = (f"{patient_id}  p(malignant) {probability:.2f}  {method}  slice {z}\n"
+               f"evidence for {explains}, {'the call' if called else 'not the call'}")
+    stem = f"{method}_z{z}" if called else f"{method}_other_z{z}"
     whole = slice_overlay(slice_hu, cam, transform, caption)
-    return (save_png(Path(folder) / f"{method}_z{z}_crop.png", crop_overlay(centre_gray, cam, caption)),
-            save_png(Path(folder) / f"{method}_z{z}_slice.png", whole), whole)
+    return (save_png(Path(folder) / f"{stem}_crop.png", crop_overlay(centre_gray, cam, caption)),
+            save_png(Path(folder) / f"{stem}_slice.png", whole), whole)
 
 
 def save_png(path: Path, image: np.ndarray) -> Path:
@@ -89,16 +96,19 @@ def save_png(path: Path, image: np.ndarray) -> Path:
 
 
 def _annotate(image: np.ndarray, caption: str) -> np.ndarray:
-    """Add a colour bar on the right (map 0 at the bottom, 1 at the top) and a caption band below."""
+    """Add a colour bar on the right (map 0 at the bottom, 1 at the top) and a caption band below, a line of
+    PANEL pixels for each line of the caption."""
     height, width = image.shape[:2]
+    lines = caption.splitlines()
     ramp = np.linspace(255, 0, height, dtype=np.float32).round().astype(np.uint8)[:, None]
     bar = cv2.applyColorMap(np.repeat(ramp, BAR, axis=1), cv2.COLORMAP_JET)
-    canvas = np.zeros((height + PANEL, width + BAR + 30, 3), dtype=np.uint8)
+    canvas = np.zeros((height + PANEL * len(lines), width + BAR + 30, 3), dtype=np.uint8)
     canvas[:height, :width] = image
     canvas[:height, width + 4:width + 4 + BAR] = bar[:, :BAR]
     font = cv2.FONT_HERSHEY_SIMPLEX
     for text, y in (("1", 12), ("0", height - 4)):
         cv2.putText(canvas, text, (width + BAR + 8, y), font, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-    scale = min(0.5, 0.5 * width / max(1, 9 * len(caption)))
-    cv2.putText(canvas, caption, (4, height + PANEL - 9), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    scale = min(0.5, 0.5 * width / max(1, 9 * max(map(len, lines))))
+    for k, line in enumerate(lines, 1):
+        cv2.putText(canvas, line, (4, height + PANEL * k - 9), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return canvas

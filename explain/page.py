@@ -14,6 +14,7 @@ import os
 from html import escape
 from pathlib import Path
 
+from explain.faithfulness import STEPS
 from vfrac.document import number_text, to_html
 
 STYLE = """
@@ -34,20 +35,27 @@ if (location.protocol === "blob:") {
 }
 </script>"""
 NOTE = {"class": "note"}
+MAPS_SHOWN = ("each slice's evidence for the class it was called and, beside it, the evidence for the other class: "
+              "what a benign call still saw of malignancy, and the reverse.")
 RESEARCH_ONLY = "Research use only, not for diagnosis."
+OTHER_CLASS = {"malignant": "benign", "benign": "malignant"}
+FAITHFULNESS_NOTE = (
+    f"Each map's pixels, highest first, are replaced by a blurred copy of the input in {STEPS} steps (deletion) or "
+    "put back into that copy (insertion), and the area under the trained network's probability of the explained "
+    "class is taken (Petsiuk et al., 2018): a faithful method has a lower deletion and a higher insertion area "
+    "than the maps of the randomised network and than a random order.")
 
 
-def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict], methods, layer: str,
-               run_id: str, root: Path) -> Path:
+def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict], faithfulness_rows: list[dict],
+               methods, layer: str, run_id: str, root: Path) -> Path:
     """`root` is the folder that mirrors the run's artifact tree (images are under it)."""
     path = Path(path)
     ordered = sorted(reviews, key=lambda r: (r.correct, r.fold, r.patient_id))
     errors = sum(not r.correct for r in reviews)
     blocks = [("h1", "vfrac review: where the model looked"),
               ("p", f"{len(reviews)} test patients, {errors} called wrongly (listed first). Maps: "
-                    f"{', '.join(methods)} at layer {layer}, explaining the class each slice was called. "
-                    f"{RESEARCH_ONLY}", NOTE),
-              *_summary_table(summary), *_sanity_table(sanity_rows)]
+                    f"{', '.join(methods)} at layer {layer}, {MAPS_SHOWN} {RESEARCH_ONLY}", NOTE),
+              *_summary_table(summary), *_sanity_table(sanity_rows), *_faithfulness_table(faithfulness_rows)]
     for review in ordered:
         blocks += _patient_section(review, path.parent, Path(root), methods)
     return _write(path, blocks, "vfrac review", MLFLOW_UI_IMAGES.replace("RUN_ID", escape(run_id)))
@@ -83,8 +91,7 @@ def write_sheet(path: Path, prediction: dict, slices: list[dict], methods, layer
                     f"{' x '.join(f'{v:.2f}' for v in geometry['spacing_mm'])} mm; input {geometry['input_size']} "
                     f"px, {_windows(geometry['window'])}."),
               *_uncertainty(prediction.get("uncertainty")),
-              ("p", f"Maps: {', '.join(methods)} at layer {layer}, explaining the class each slice was called. "
-                    f"{RESEARCH_ONLY}", NOTE)]
+              ("p", f"Maps: {', '.join(methods)} at layer {layer}, {MAPS_SHOWN} {RESEARCH_ONLY}", NOTE)]
     blocks += [_slice_section(shown, path.parent, path.parent, methods) for shown in slices]
     return _write(path, blocks, f"vfrac: {prediction['patient_id']}")
 
@@ -114,10 +121,13 @@ def _slice_section(shown: dict, folder: Path, root: Path, methods) -> tuple:
     shares = ", ".join(f"{name} {_pct(v)}" for name, v in zip(("z-1", "z", "z+1"), shown["attribution"], strict=True))
     blocks = [("p", f"slice {shown['slice']}: probability {shown['probability']:.3f}; share of the decision per "
                     f"slice: {shares}")]
+    call, other = shown["call"], OTHER_CLASS[shown["call"]]
     for method in methods:
-        crop, whole = shown["images"][method]
-        blocks.append(("figures", method, [_image(crop, folder, root, f"{method} on the crop"),
-                                           _image(whole, folder, root, f"{method} on the axial slice")]))
+        for place, k in (("the crop", 0), ("the axial slice", 1)):
+            called, against = shown["images"][method][k], shown["other"][method][k]
+            blocks.append(("figures", f"{method} on {place}: evidence for {call} (the call), beside it for {other}",
+                           [_image(called, folder, root, f"{method}, evidence for {call} (the call), on {place}"),
+                            _image(against, folder, root, f"{method}, evidence for {other}, on {place}")]))
     if shown["attention"] is not None:
         blocks += _attention_table(shown["attention"])
     return ("group", "slice", blocks)
@@ -151,6 +161,14 @@ def _sanity_table(rows: list[dict]) -> list:
                   "down; a method whose maps survive full randomisation shows the image rather than what was "
                   "learnt, and is flagged.", NOTE),
             ("table", ["method", "randomised down to", "mean rho", "images", "draws", ""], table)]
+
+
+def _faithfulness_table(rows: list[dict]) -> list:
+    table = [[r["method"], r["maps"], number_text(r["deletion_auc"], 3), number_text(r["insertion_auc"], 3),
+              r["slices"]] for r in rows]
+    return [("h2", "Faithfulness: deleting and inserting what the maps point at"),
+            ("p", FAITHFULNESS_NOTE, NOTE),
+            ("table", ["method", "maps", "deletion AUC", "insertion AUC", "slices"], table)]
 
 
 def _image(image: Path, folder: Path, root: Path, alt: str) -> tuple:

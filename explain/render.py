@@ -19,6 +19,7 @@ from explain import secondary_capture
 from explain.attention import attention, mask_on_input
 from explain.overlay import overlay_pair
 from explain.volumes import map_volume, write_nifti, write_parametric_map
+from vfrac.cohort import LABELS  # by class index, as explain.cam.called_classes gives them: 1 is malignant
 from vfrac.data.crops import input_to_slice
 from vfrac.io.volume import load_mask, load_volume
 
@@ -34,7 +35,9 @@ class RenderJob:
     context: float
     cache_size: int
     bone: np.ndarray  # (n, S, S) bone-window view of each network input
-    maps: dict  # method -> (n, S, S) maps
+    classes: np.ndarray  # per slice the class its call was (1 malignant, 0 benign)
+    maps: dict  # method -> (n, S, S) maps of the evidence for the call
+    other: dict  # method -> (n, S, S) maps of the evidence for the other class
     shares: list  # per slice: the attribution's share of (z-1, z, z+1)
     size: int  # the network input's side
     out: Path
@@ -52,39 +55,52 @@ class Folders:
 
 @dataclass(frozen=True)
 class Drawn:
-    """What `draw` wrote: each method's map volumes, and per slice its overlay PNGs (crop, whole slice) by method."""
+    """What `draw` wrote: each method's map volumes, and per slice its overlay PNGs (crop, whole slice) by method,
+    of the call and of the other class."""
 
     maps: dict  # method -> NIfTI path
     dicom_maps: dict  # method -> DICOM parametric map path (methods whose maps are all zero have none)
     overlays: list  # per slice: method -> (crop PNG, slice PNG)
+    other_maps: dict  # method -> NIfTI path of the other class's maps
+    other_overlays: list  # per slice: method -> (crop PNG, slice PNG) of the other class
 
 
-def draw(volume, patient_id: str, chosen: list, maps: dict, bone: np.ndarray, transforms: list,
-         folders: Folders, source=None) -> Drawn:
+def draw(volume, patient_id: str, chosen: list, classes, maps: dict, other: dict, bone: np.ndarray,
+         transforms: list, folders: Folders, source=None) -> Drawn:
     """The maps of one patient's chosen [(slice, probability)] placed on its CT grid and drawn over its slices.
 
-    The single place overlays are drawn, for the review and for `experiments.predict`. The DICOM objects are
-    pseudonymous, or, given `source` (an explain.source_study.SourceStudy), filed with the CT's study.
+    `maps` explain each slice's call (`classes`: 1 malignant, 0 benign), `other` the other class, so a reader
+    sees the evidence a call went against. The single place overlays are drawn, for the review and for
+    `experiments.predict`. Only the call's maps become DICOM objects: pseudonymous, or, given `source` (an
+    explain.source_study.SourceStudy), filed with the CT's study.
     """
-    written, dicom_maps = {}, {}
+    slices = [z for z, _ in chosen]
+    written, dicom_maps, other_written = {}, {}, {}
     for method, method_maps in maps.items():  # each method's maps on the CT's grid, to open over it
-        placed = map_volume(volume.shape, [z for z, _ in chosen], method_maps, transforms)
+        placed = map_volume(volume.shape, slices, method_maps, transforms)
         written[method] = write_nifti(folders.maps / f"{method}.nii.gz", placed, volume.affine)
+        other_written[method] = write_nifti(folders.maps / f"{method}_other.nii.gz",
+                                            map_volume(volume.shape, slices, other[method], transforms),
+                                            volume.affine)
         if folders.dicom is not None and placed.any():
             dicom_maps[method] = write_parametric_map(folders.dicom / "maps" / f"{method}.dcm", patient_id, placed,
                                                       volume.affine, method, source)
-    overlays, captures, captured_slices = [], [], []
+    overlays, other_overlays, captures, captured_slices = [], [], [], []
     for k, (z, p) in enumerate(chosen):
         overlays.append({})
+        other_overlays.append({})
+        call, against = LABELS[classes[k]], LABELS[1 - classes[k]]
         for method, method_maps in maps.items():
             crop_png, slice_png, whole = overlay_pair(folders.overlays, patient_id, method, z, p, method_maps[k],
-                                                      bone[k], volume.hu[z], transforms[k])
+                                                      bone[k], volume.hu[z], transforms[k], call)
             overlays[k][method] = (crop_png, slice_png)
             captures.append((f"{method} slice {z}", whole))
             captured_slices.append(z)
+            other_overlays[k][method] = overlay_pair(folders.overlays, patient_id, method, z, p, other[method][k],
+                                                     bone[k], volume.hu[z], transforms[k], against, called=False)[:2]
     if folders.dicom is not None:
         secondary_capture.write_series(folders.dicom, patient_id, captures, source=source, slices=captured_slices)
-    return Drawn(written, dicom_maps, overlays)
+    return Drawn(written, dicom_maps, overlays, other_written, other_overlays)
 
 
 def render(job: RenderJob) -> tuple[list[dict], list[dict]]:
@@ -95,11 +111,11 @@ def render(job: RenderJob) -> tuple[list[dict], list[dict]]:
     transforms = [input_to_slice(box, job.context, job.cache_size, job.size) for box in job.boxes]
     folders = Folders(explained / "maps" / pid, explained / "overlays" / pid,
                       explained / "dicom" / pid if job.dicom else None)
-    drawn = draw(volume, pid, job.chosen, job.maps, job.bone, transforms, folders)
+    drawn = draw(volume, pid, job.chosen, job.classes, job.maps, job.other, job.bone, transforms, folders)
     rows, shown_slices = [], []
     for k, (z, p) in enumerate(job.chosen):
-        shown = {"slice": z, "probability": p, "images": drawn.overlays[k], "attention": {},
-                 "attribution": job.shares[k]}
+        shown = {"slice": z, "probability": p, "call": LABELS[job.classes[k]], "images": drawn.overlays[k],
+                 "other": drawn.other_overlays[k], "attention": {}, "attribution": job.shares[k]}
         for method, method_maps in job.maps.items():
             for feature, mask in masks.items():
                 measured = attention(method_maps[k], mask_on_input(mask[z], transforms[k], job.size))

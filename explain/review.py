@@ -2,8 +2,9 @@
 
 For every test patient of every finished fold, the slices with the highest
 probability are explained with each method: overlays on the crop and on the whole
-axial slice, attention against the cohort's feature masks, which of the three slices
-drove the call, and a randomisation sanity check of each method. Everything is
+axial slice of the evidence for the call and for the other class, attention against the
+cohort's feature masks, which of the three slices drove the call, a randomisation sanity
+check of each method and its faithfulness (deletion and insertion). Everything is
 written under --out (explain/ and review/, as in the run's artifact tree) and logged
 to the CV run, so the MLflow UI lists review/index.html with its images.
 """

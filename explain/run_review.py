@@ -2,8 +2,9 @@
 
 For every test patient of every finished fold, the slices with the highest
 probability are explained with each method: overlays on the crop and on the whole
-axial slice, attention against the cohort's feature masks, which of the three slices
-drove the call, and a randomisation sanity check of each method. Everything is
+axial slice of the evidence for the call and for the other class, attention against the
+cohort's feature masks, which of the three slices drove the call, a randomisation sanity
+check of each method and its faithfulness (deletion and insertion). Everything is
 written under `out` (explain/ and review/, as in the run's artifact tree) and logged
 to the CV run, so the MLflow UI lists review/index.html with its images.
 """
@@ -21,8 +22,9 @@ import numpy as np
 from mlflow import MlflowClient
 
 from explain.attention import COLUMNS, SUMMARY_COLUMNS, summarize
+from explain.faithfulness import faithfulness
 from explain.methods import DEFAULT_LAYER
-from explain.page import write_page
+from explain.page import FAITHFULNESS_NOTE, write_page
 from explain.render import RenderJob, render, renderer
 from explain.runs import cv_run, finished_folds
 from vfrac.cohort import read_manifest
@@ -37,6 +39,7 @@ SANITY_IMAGES = 6
 SANITY_DRAWS = 2  # random re-initialisations per stage, averaged
 RENDER_WORKERS = 2  # processes reading CTs and writing overlays beside the maps' computation
 SANITY_COLUMNS = ("method", "randomized_to", "spearman_mean", "spearman_sd", "images", "draws", "flagged")
+FAITHFULNESS_COLUMNS = ("method", "maps", "deletion_auc", "insertion_auc", "slices")
 
 
 @dataclass
@@ -90,6 +93,7 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
 
     # TensorFlow loads here, not when the module is imported: main() sets its process defaults first.
     from explain.cam import Explainer, slice_shares  # TensorFlow loads here, only to explain
+    from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check  # TensorFlow (see above)
 
     if top < 1:
         raise InputError(f"--top-slices must be >= 1, received {top}")
@@ -101,15 +105,15 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     folds = finished_folds(client, run)
     if not folds:
         raise InputError(f"run {run_id} has no finished fold to explain yet")
-    cohort = _cohort(params)
+    cohort = run_cohort(params)
     out = Path(out)
-    rows, sanity_rows, reviews = [], [], []
+    rows, sanity_rows, faithfulness_rows, reviews = [], [], [], []
     explained, seconds = 0, 0.0  # slices mapped, and the time their maps took (all methods together)
     explainer = None  # one, and one traced pass, for every fold model and random draw
     jobs = []  # (a patient's review, its overlays being drawn in a worker), in the page's order
     with tempfile.TemporaryDirectory() as scratch, renderer(RENDER_WORKERS) as pool:
         for fold, fold_run in sorted(folds.items()):
-            fold_model = _fold_model(client, fold_run, Path(scratch) / f"fold{fold}", params)
+            fold_model = fold_model_of(client, fold_run, Path(scratch) / f"fold{fold}", params)
             print(f"explain fold {fold}: {len(fold_model.patients)} test patients, methods {', '.join(methods)}",
                   flush=True)
             explainer = explainer.load(fold_model.model) if explainer else Explainer(fold_model.model, layer)
@@ -121,19 +125,25 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
             maps, attribution = explainer.explain(images, classes, methods)  # one gradient pass serves them all
             seconds += time.perf_counter() - timer
             explained += len(images)
+            other = explainer.explain(images, 1 - classes, methods, attribution=False)[0]  # the evidence against
             offset = 0
             for item in chosen:
                 part = slice(offset, offset + len(item.crops))
                 offset = part.stop
                 job = RenderJob(cohort[item.review.patient_id], fold, item.chosen, item.boxes, item.context,
-                                item.cache_size, item.bone, {m: maps[m][part] for m in methods},
-                                [slice_shares(a) for a in attribution[part]], fold_model.input_size, out, dicom)
+                                item.cache_size, item.bone, item.classes, {m: maps[m][part] for m in methods},
+                                {m: other[m][part] for m in methods}, [slice_shares(a) for a in attribution[part]],
+                                fold_model.input_size, out, dicom)
                 jobs.append((item.review, pool.submit(render, job)))
             if not sanity_rows:
-                print(f"explain fold {fold}: randomisation sanity check", flush=True)
+                print(f"explain fold {fold}: randomisation sanity check and faithfulness", flush=True)
                 sample = slice(0, SANITY_IMAGES)
-                sanity_rows = _sanity(explainer, fold_model.model, {m: maps[m][sample] for m in methods},
-                                      images[sample], classes[sample])
+                trained = {m: maps[m][sample] for m in methods}
+                randomized = randomized_maps(explainer, fold_model.model, images[sample], classes[sample], methods,
+                                             RANDOMIZATION_SEEDS[:SANITY_DRAWS])
+                sanity_rows = sanity_check(trained, randomized)
+                faithfulness_rows = _faithfulness(fold_model.model, trained, randomized, images[sample],
+                                                  classes[sample])
         for review_of_patient, drawing in jobs:
             patient_rows, shown = drawing.result()
             rows += patient_rows
@@ -145,9 +155,11 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     _write_csv(explain_dir / "attention.csv", rows, COLUMNS)
     _write_csv(explain_dir / "attention_summary.csv", summary, SUMMARY_COLUMNS)
     _write_csv(explain_dir / "sanity.csv", sanity_rows, SANITY_COLUMNS)
+    _write_csv(explain_dir / "faithfulness.csv", faithfulness_rows, FAITHFULNESS_COLUMNS)
     speed = {" + ".join(methods): explained / seconds} if seconds > 0 else {}
-    (explain_dir / "summary.md").write_text(_summary_markdown(summary, sanity_rows, speed, layer))
-    page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, methods, layer, run_id, out)
+    (explain_dir / "summary.md").write_text(_summary_markdown(summary, sanity_rows, faithfulness_rows, speed, layer))
+    page = write_page(out / "review" / "index.html", reviews, summary, sanity_rows, faithfulness_rows, methods,
+                      layer, run_id, out)
     if log:
         client.log_artifacts(run_id, str(explain_dir), "explain")
         client.log_artifacts(run_id, str(out / "review"), "review")
@@ -157,8 +169,8 @@ def review(run_id: str, tracking_uri: str, methods=DEFAULT_METHODS, layer: str |
     return page
 
 
-def _cohort(params: dict) -> dict:
-
+def run_cohort(params: dict) -> dict:
+    """patient_id -> Patient of the run's cohort manifest, read as the run read it."""
     manifest = Path(params["cohort"])
     if not manifest.is_file():
         raise InputError(f"{manifest}: the run's cohort manifest is not here; explanation needs the cohort")
@@ -167,7 +179,7 @@ def _cohort(params: dict) -> dict:
     return {p.patient_id: p for p in cohort.patients}
 
 
-def _fold_model(client, fold_run, folder: Path, params: dict) -> FoldModel:
+def fold_model_of(client, fold_run, folder: Path, params: dict) -> FoldModel:
     """The fold's model, window, threshold and test patients' slice probabilities."""
     from vfrac.model.network import load_classifier  # TensorFlow loads here, only to explain
 
@@ -229,13 +241,22 @@ def _network_inputs(chosen: list[ExplainedSlices], fold_model: FoldModel) -> np.
     return predictor.inputs(crops, crop_context)
 
 
-def _sanity(explainer, model, trained: dict, images, classes) -> list[dict]:
-    """The randomisation cascade's maps of `images` (an `explain.cam.Explainer`'s), against the trained
-    model's `trained` maps."""
-    from explain.sanity import RANDOMIZATION_SEEDS, randomized_maps, sanity_check  # TensorFlow (see above)
+def _faithfulness(model, trained: dict, randomized: dict, images, classes) -> list[dict]:
+    """Deletion and insertion areas on the trained `model` of each method's trained maps, of the fully
+    randomised network's (every draw), and of a random order (a flat map); rows of FAITHFULNESS_COLUMNS."""
+    from explain.sanity import CASCADE  # TensorFlow (see above)
 
-    return sanity_check(trained, randomized_maps(explainer, model, images, classes, list(trained),
-                                                 RANDOMIZATION_SEEDS[:SANITY_DRAWS]))
+    def predict(batch):
+        return model.predict(batch, verbose=0)[:, 0]
+
+    rows = []
+    for method, maps in trained.items():
+        for kind, draws in (("trained", [maps]), ("randomised", randomized[(method, CASCADE[-1])])):
+            found = [faithfulness(predict, images, drawn, classes) for drawn in draws]
+            rows.append({"method": method, "maps": kind, "slices": len(images)}
+                        | {k: float(np.mean([f[k] for f in found])) for k in ("deletion_auc", "insertion_auc")})
+    flat = faithfulness(predict, images, np.zeros(images.shape[:3], np.float32), classes)
+    return rows + [{"method": "none", "maps": "random order"} | flat]
 
 
 def _write_csv(path: Path, rows: list[dict], columns) -> None:
@@ -247,7 +268,8 @@ def _write_csv(path: Path, rows: list[dict], columns) -> None:
             writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()})
 
 
-def _summary_markdown(summary: list[dict], sanity_rows: list[dict], speed: dict, layer: str) -> str:
+def _summary_markdown(summary: list[dict], sanity_rows: list[dict], faithfulness_rows: list[dict], speed: dict,
+                      layer: str) -> str:
     lines = [f"# Where the model looked (layer {layer})", "",
              "Means over explained slices on which the feature is present. Ratio > 1: attention concentrates "
              "on the feature; pointing: the map's maximum lies on it.", "",
@@ -267,5 +289,9 @@ def _summary_markdown(summary: list[dict], sanity_rows: list[dict], speed: dict,
     for r in sanity_rows:
         lines.append(f"| {r['method']} | {r['randomized_to']} | {r['spearman_mean']:.2f} | {r['spearman_sd']:.2f} "
                      f"| {r['images']} | {r['draws']} | {'FLAGGED' if r['flagged'] else 'ok'} |")
+    lines += ["", "## Faithfulness: deletion and insertion (Petsiuk et al., 2018)", "", FAITHFULNESS_NOTE, "",
+              "| method | maps | deletion AUC | insertion AUC | slices |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['method']} | {r['maps']} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} | {r['slices']} |"
+              for r in faithfulness_rows]
     lines += ["", "Speed: " + ", ".join(f"{m} {s:.1f} slices/s" for m, s in speed.items()), ""]
     return "\n".join(lines)

@@ -234,10 +234,17 @@ def test_the_review_is_logged_with_every_image_it_shows(cohort, finished, tmp_pa
     local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
     page = (local / "review" / "index.html").read_text()
     sources = re.findall(r"<img src='([^']+)'", page)
-    assert len(sources) == 12 * 3 * 2 * 2  # patients x top slices x methods x (crop, slice)
+    assert len(sources) == 12 * 3 * 2 * 2 * 2  # patients x top slices x methods x (crop, slice) x (call, other class)
     assert all((local / "review" / source).is_file() for source in sources)
-    maps = sorted((local / "explain" / "maps").glob("*/*.nii.gz"))  # each patient's maps on its CT's grid
+    # each slice's map of the call, and beside it the other class's
+    assert sources[1] == sources[0].replace("_z", "_other_z") and sources[1].endswith("_crop.png")
+    assert len(re.findall(r"on the crop: evidence for (benign|malignant) \(the call\), beside it for", page)) == 36 * 2
+    found = sorted((local / "explain" / "maps").glob("*/*.nii.gz"))  # each patient's maps on its CT's grid
+    maps = [m for m in found if not m.name.endswith("_other.nii.gz")]
     assert len(maps) == 12 * 2
+    others = [m for m in found if m not in maps]  # and the other class's
+    assert [m.name for m in others] == ["gradcam_other.nii.gz", "hirescam_other.nii.gz"] * 12
+    assert not np.array_equal(read_nifti(others[0], np.float32)[0], read_nifti(maps[0], np.float32)[0])
     patient = next(p for p in read_manifest(cohort[0]).patients if p.patient_id == maps[0].parent.name)
     ct = load_volume(patient.ct)
     data, affine = read_nifti(maps[0], np.float32)
@@ -251,6 +258,15 @@ def test_the_review_is_logged_with_every_image_it_shows(cohort, finished, tmp_pa
     present = [r for r in rows if float(r["area_fraction"]) > 0 and r["energy_fraction"]]
     assert present and all(0.0 <= float(r["energy_fraction"]) <= 1.0 for r in present)
     assert "Sanity check" in (local / "explain" / "summary.md").read_text()
+    with open(local / "explain" / "faithfulness.csv") as handle:
+        faithful = list(csv.DictReader(handle))
+    assert [(r["method"], r["maps"]) for r in faithful] == [
+        ("gradcam", "trained"), ("gradcam", "randomised"), ("hirescam", "trained"), ("hirescam", "randomised"),
+        ("none", "random order")]
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in faithful for k in ("deletion_auc", "insertion_auc"))
+    assert {r["slices"] for r in faithful} == {"6"}
+    assert "## Faithfulness" in (local / "explain" / "summary.md").read_text()
+    assert f"<td>hirescam</td><td>trained</td><td>{float(faithful[2]['deletion_auc']):.3f}</td>" in page
     calls = re.findall(r"\((incorrect|correct)\)", page)
     with open(local / "predictions" / "patients.csv") as handle:
         wrong = sum(p["prediction"] != p["label"] for p in csv.DictReader(handle))
@@ -283,7 +299,7 @@ def test_overlays_export_as_a_secondary_capture_series(cohort, finished, tmp_pat
     uids = set()
     for path in files:
         ds = pydicom.dcmread(path)
-        png = cv2.imread(str(next((out / "explain" / "overlays" / ds.PatientID).glob("*_slice.png"))))
+        png = cv2.imread(str(next((out / "explain" / "overlays" / ds.PatientID).glob("hirescam_z*_slice.png"))))
         assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and ds.Modality == "OT"
         assert ds.PatientID == ds.PatientName.family_name == path.parent.name
         assert ds.pixel_array.shape == png.shape and np.array_equal(ds.pixel_array, png[..., ::-1])

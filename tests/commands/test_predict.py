@@ -203,12 +203,27 @@ def test_predict_on_a_real_dicom_series_maps_the_overlays_back_onto_the_roi(stor
         coloured = (image.max(axis=2) - image.min(axis=2)) > 8  # grey CT everywhere else
         near = cv2.dilate(covered.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0  # bilinear fringe: 2 px
         assert coloured[covered].any() and not coloured[~near].any()
-    assert len(list((out / "dicom").glob("*.dcm"))) == len(prediction["slices"])
+    assert len(list((out / "dicom").glob("*.dcm"))) == len(prediction["slices"])  # the call's overlays only
     assert_maps_land_on_the_crops(out / prediction["maps"]["gradcam"], volume, prediction["slices"])
     maps = prediction["maps"]
     assert_parametric_map_equals_the_nifti(out / maps["gradcam_dicom"], out / maps["gradcam"], volume)
+    assert [p.name for p in (out / "dicom" / "maps").iterdir()] == ["gradcam.dcm"]
+    # beside each map of the call, the other class's: listed, on the CT's grid, and on the sheet
+    assert prediction["other_class_maps"] == {"gradcam": "maps/gradcam_other.nii.gz"}
+    other_map, called_map = (read_nifti(out / path, np.float32)[0] for path in ("maps/gradcam_other.nii.gz",
+                                                                                maps["gradcam"]))
+    assert other_map.shape == volume.shape and other_map.min() >= 0 and other_map.max() <= 1
+    assert set(np.flatnonzero(other_map.any(axis=(1, 2)))) <= {entry["slice"] for entry in prediction["slices"]}
+    assert not np.array_equal(other_map, called_map)
     sheet = (out / "sheet.html").read_text()
     assert "VF-NEW: " in sheet and all(s["overlays"]["gradcam"]["crop"] in sheet for s in prediction["slices"])
+    for entry in prediction["slices"]:
+        call, other = ("malignant", "benign") if entry["probability"] >= 0.5 else ("benign", "malignant")
+        images = entry["other_class_overlays"]["gradcam"]
+        assert images == {"crop": f"overlays/gradcam_other_z{entry['slice']}_crop.png",
+                          "slice": f"overlays/gradcam_other_z{entry['slice']}_slice.png"}
+        assert all((out / path).is_file() and path in sheet for path in images.values())
+        assert f"gradcam on the crop: evidence for {call} (the call), beside it for {other}" in sheet
 
 
 def assert_maps_land_on_the_crops(path: Path, volume, slices) -> None:
