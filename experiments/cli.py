@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": ("experiments.predict", [], "apply a registered model or a CV run's fold ensemble to new CTs"),
     "validate": ("experiments.validate", [], "validate a model on another cohort"),
     "doctor": ("experiments.doctor", [], "check an install: versions, devices, what a run would use here"),
+    "reader-study": ("explain.reader_study.__main__", [], "a reader study of a CV run's maps: create, serve, analyse"),
 }
 
 

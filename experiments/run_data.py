@@ -4,6 +4,7 @@ the cohort as it is now (refused when it changed since the run) and its acquisit
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from experiments.results import read_rows
@@ -13,7 +14,7 @@ from vfrac.data.cache import CropSettings, cached_entry, current_cohort_hash, en
 from vfrac.errors import InputError
 from vfrac.io.series import acquisition
 from vfrac.prepare import SLICE_REPORT_NAME
-from vfrac.run_tree import COHORT_HASH_TAG, EXCLUDED, SLICE_PREDICTIONS
+from vfrac.run_tree import COHORT_HASH_TAG, EXCLUDED, READER_STUDIES, SLICE_PREDICTIONS
 
 
 def read_run(client, run, scratch: Path) -> dict:
@@ -37,11 +38,23 @@ def read_run(client, run, scratch: Path) -> dict:
     folds = {fold: {"params": r.data.params, "metrics": r.data.metrics}
              for fold, r in finished_folds(client, run).items()}
     spacing, scans = _acquisitions(params, patients, analysed)
+    reader_studies = _reader_study_sections(client, run_id, scratch)
     return {"run": run, "params": params, "metrics": run.data.metrics, "slices": slices, "attention": attention,
             "patients": patients, "threshold": float(params.get("threshold", 0.5)),
             "aggregation": params.get("aggregation", "max"), "sanity": sanity, "folds": folds,
             "synthetic": (manifest.parent / "synth.json").is_file(), "spacing": spacing, "scans": scans,
-            "excluded": excluded, "slice_report": slice_report}
+            "excluded": excluded, "slice_report": slice_report, "reader_studies": reader_studies}
+
+
+def _reader_study_sections(client, run_id: str, scratch: Path) -> list:
+    """The report sections that `python -m explain.reader_study analyse` logged, one per study, in study order."""
+    sections = []
+    studies = [a.path for a in client.list_artifacts(run_id, READER_STUDIES) if a.is_dir]
+    for folder in sorted(studies, key=lambda path: int(path.rsplit("-", 1)[-1])):
+        if f"{folder}/section.json" in {a.path for a in client.list_artifacts(run_id, folder)}:
+            path = client.download_artifacts(run_id, f"{folder}/section.json", str(scratch))
+            sections += [tuple(block) for block in json.loads(Path(path).read_text(encoding="utf-8"))]
+    return sections
 
 
 def _acquisitions(params: dict, patients, analysed: set) -> tuple[dict, dict]:

@@ -93,6 +93,7 @@ def build(data: dict, folder: Path) -> list[tuple]:
     blocks += _aggregation(slices, threshold, aggregation)
     blocks += _attention(data["attention"])
     blocks.append(("p", sanity_sentence(data.get("sanity"))))
+    blocks += data.get("reader_studies", [])
     blocks += [("h2", SECTIONS[6]), ("p", _limitations(data))]
     blocks += _claim(data, slices, model)
     return blocks

@@ -37,4 +37,5 @@ SLICE_PREDICTIONS = "predictions/slices.csv"  # on fold runs and, pooled, the CV
 PATIENT_PREDICTIONS = "predictions/patients.csv"
 BASELINE_PREDICTIONS = "predictions/baseline.csv"
 MODEL = "model"  # the MLflow model of a fold or final run
+READER_STUDIES = "reader_study"  # on the CV run: study-{id}/ per analysed reader study
 RECALIBRATION = "recalibration"  # on the CV run: {method}.json

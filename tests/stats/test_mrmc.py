@@ -72,3 +72,14 @@ def test_a_study_without_both_classes_or_two_conditions_is_refused():
         obuchowski_rockette(np.ones((2, 3, 4)), np.ones(4))
     with pytest.raises(ValueError, match="2 conditions"):
         obuchowski_rockette(np.ones((3, 3, 4)), np.array([0, 1, 0, 1]))
+
+
+def test_readers_who_agree_exactly_or_score_perfectly_give_a_test_not_an_error():
+    """Small and simulated studies: every reader the same (no reader spread), or every AUC 1 (no error variance)."""
+    truth = np.array([0, 0, 0, 1, 1, 1])
+    reader = [1, 2, 4, 3, 5, 6]  # AUC 8/9: one discordant pair
+    same = obuchowski_rockette(np.array([[reader] * 3, [[1, 2, 3, 4, 5, 6]] * 3], dtype=float), truth)
+    assert same.ddf > 1e9 and same.ms_tr == pytest.approx(0, abs=1e-20)  # no reader spread: the df of a chi-square
+    assert same.difference == pytest.approx(8 / 9 - 1) and 0 <= same.p < 1 and np.isfinite(same.f)
+    perfect = obuchowski_rockette(np.array([[[1, 2, 3, 4, 5, 6]] * 3] * 2, dtype=float), truth)
+    assert (perfect.f, perfect.p, perfect.difference) == (0.0, 1.0, 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 BONE_WINDOW = (400.0, 1800.0)  # level, width in HU: bone destruction and soft tissue mass both in range
+SOFT_TISSUE_WINDOW = (40.0, 400.0)  # a reader's soft tissue preset: a paravertebral mass against muscle
 
 
 def window_unit(hu, window=BONE_WINDOW, clip=np.clip):

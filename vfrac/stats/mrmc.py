@@ -98,8 +98,8 @@ def obuchowski_rockette(ratings, truth, alpha: float = 0.05) -> MrmcResult:
         var_r=(ms_r - var_tr - var_error - (n_t - 1) * cov1 + cov2 + (n_t - 1) * cov3) / n_t,
         var_tr=var_tr, cov1=cov1, cov2=cov2, cov3=cov3, var_error=var_error)
     denominator = ms_tr + n_r * max(cov2 - cov3, 0.0)
-    ddf = denominator ** 2 / (ms_tr ** 2 / ((n_t - 1) * (n_r - 1)))
-    f = ms_t / denominator
+    ddf = _hillis_df(denominator, ms_tr, (n_t - 1) * (n_r - 1))
+    f = _ratio(ms_t, denominator)
     difference = float(mean_t[0] - mean_t[1])
     se = float(np.sqrt(2 * denominator / n_r))
     half = stats.t.ppf(1 - alpha / 2, ddf) * se
@@ -109,17 +109,34 @@ def obuchowski_rockette(ratings, truth, alpha: float = 0.05) -> MrmcResult:
         cov2_t = float(within[~np.eye(n_r, dtype=bool)].mean())
         ms_r_t = float(((auc[t] - mean_t[t]) ** 2).sum()) / (n_r - 1)
         denominator_t = ms_r_t + n_r * max(cov2_t, 0.0)
-        df_t = denominator_t ** 2 / (ms_r_t ** 2 / (n_r - 1))
+        df_t = _hillis_df(denominator_t, ms_r_t, n_r - 1)
         se_t = float(np.sqrt(denominator_t / n_r))
         single_se.append(se_t)
         single_df.append(df_t)
         single_ci.append(mean_t[t] + np.array([-1, 1]) * stats.t.ppf(1 - alpha / 2, df_t) * se_t)
     fixed = var_error - cov1 + (n_r - 1) * max(cov2 - cov3, 0.0)
-    chi2 = (n_t - 1) * ms_t / fixed
-    fixed_half = stats.norm.ppf(1 - alpha / 2) * np.sqrt(2 * fixed / n_r)
+    chi2 = _ratio((n_t - 1) * ms_t, fixed)
+    fixed_half = stats.norm.ppf(1 - alpha / 2) * np.sqrt(max(2 * fixed / n_r, 0.0))
     return MrmcResult(auc=auc, mean_auc=mean_t, difference=difference, components=components, ms_t=ms_t,
-                      ms_tr=ms_tr, f=f, ddf=ddf, p=float(stats.f.sf(f, n_t - 1, ddf)), se=se,
+                      ms_tr=ms_tr, f=f, ddf=ddf, p=_f_sf(f, n_t - 1, ddf), se=se,
                       ci=(difference - half, difference + half), single_se=np.array(single_se),
                       single_df=np.array(single_df), single_ci=np.array(single_ci), fixed_readers_chi2=chi2,
                       fixed_readers_p=float(stats.chi2.sf(chi2, n_t - 1)),
                       fixed_readers_ci=(difference - fixed_half, difference + fixed_half))
+
+
+def _hillis_df(denominator: float, mean_square: float, df: int) -> float:
+    """Hillis' denominator degrees of freedom; infinite when the readers' mean square is 0 (readers agree exactly,
+    as small or simulated studies can), where the F test becomes a chi-square test."""
+    return denominator ** 2 / (mean_square ** 2 / df) if mean_square > 0 else np.inf
+
+
+def _f_sf(f: float, dfn: int, dfd: float) -> float:
+    """P(F > f), with the chi-square limit for infinite denominator degrees of freedom."""
+    return float(stats.chi2.sf(f * dfn, dfn) if np.isinf(dfd) else stats.f.sf(f, dfn, dfd))
+
+
+def _ratio(top: float, bottom: float) -> float:
+    """A test statistic's top / bottom; where every AUC is the same (a perfect score throughout) the error
+    variance is 0: no difference gives 0, any difference infinity."""
+    return top / bottom if bottom > 0 else (0.0 if top == 0 else np.inf)

@@ -42,13 +42,16 @@ def fisher_p(a: int, b: int, c: int, d: int) -> float:
     return float(fisher_exact([[a, b], [c, d]], alternative="two-sided").pvalue)
 
 
-def mcnemar(first_correct, second_correct) -> dict:
-    """McNemar's test of two raters on the same cases: b = only the first right, c = only the second."""
+def mcnemar(first_correct, second_correct, exact: bool | None = None) -> dict:
+    """McNemar's test of two raters on the same cases: b = only the first right, c = only the second.
+
+    exact: the binomial test; None chooses it below EXACT_BELOW discordant pairs.
+    """
     first, second = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
     if first.shape != second.shape:
         raise ValueError(f"{first.size} and {second.size} calls: McNemar's test needs the same cases")
     b, c = int(np.sum(first & ~second)), int(np.sum(~first & second))
-    exact = b + c < EXACT_BELOW
+    exact = b + c < EXACT_BELOW if exact is None else exact
     p = 1.0 if b + c == 0 else float(mcnemar_test([[0, b], [c, 0]], exact=exact, correction=True).pvalue)
     return {"b": b, "c": c, "p": p, "method": "exact" if exact else "chi-square, continuity-corrected"}
 
