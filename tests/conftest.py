@@ -16,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # faults, the job array; test_faults.py: a killed run and its rerun; test_cv.py: the shared run) start at once, one
 # on each worker, while the rest follows, instead of starting minutes late behind files with many quick tests.
 LONGEST_FIRST = ("test_servers.py", "test_faults.py", "test_cv.py", "test_reproducibility.py", "test_predict.py",
-                 "test_dicomweb.py", "test_model.py", "test_explain.py",
+                 "test_dicomweb.py", "test_reader_study.py", "test_model.py", "test_explain.py",
                  "test_cv_options.py")
 
 
