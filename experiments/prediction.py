@@ -267,8 +267,7 @@ def _explain(predictor, model_contract: dict, prepared, volume, prediction: dict
     for k, member in enumerate(predictor.members):
         images = predictor.inputs(prepared.crops, prepared.context, k)
         explainer = Explainer(member.model, layer)  # the layer was checked when the model was loaded
-        found, shares = explainer.explain(images, classes, methods)
-        against = explainer.explain(images, 1 - classes, methods, attribution=False)[0]
+        found, against, shares = explainer.explain_both(images, classes, methods)
         maps = {m: maps.get(m, 0.0) + found[m] / count for m in methods}
         other = {m: other.get(m, 0.0) + against[m] / count for m in methods}
         attribution = attribution + shares / count

@@ -110,6 +110,21 @@ class Explainer:
         attribution together (it runs only when one of them is asked for); the other
         methods run through tf-keras-vis.
         """
+        maps, _, shares = self._explain(images, classes, methods, batch_size, max_n, attribution, other=False)
+        return maps, shares
+
+    def explain_both(self, images: np.ndarray, classes, methods=("gradcam", "hirescam"),
+                     batch_size: int | None = None, max_n: int = 32,
+                     attribution: bool = True) -> tuple[dict, dict, np.ndarray | None]:
+        """(maps of each image's class, maps of the other class, attribution or None).
+
+        The two logits are -z/2 and z/2, so the other class's score has exactly the negated
+        gradient: Grad-CAM's and HiResCAM's maps of the other class are their negated maps
+        before the ReLU, from the same pass. The tf-keras-vis methods take a pass of their own.
+        """
+        return self._explain(images, classes, methods, batch_size, max_n, attribution, other=True)
+
+    def _explain(self, images, classes, methods, batch_size, max_n, attribution, other):
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"method must be one of {METHODS}, received {unknown[0]!r}")
@@ -120,6 +135,7 @@ class Explainer:
         size = images.shape[1:3]
         batch_size = batch_size or _batch_size(size)
         maps = {m: np.zeros((len(images),) + size, dtype=np.float32) for m in methods}
+        others = {m: np.zeros((len(images),) + size, dtype=np.float32) for m in methods} if other else {}
         shares = np.zeros((len(images), 3), dtype=np.float32) if attribution else None
         needs_pass = attribution or any(m in GRADIENT_METHODS for m in methods)
         for start in range(0, len(images), batch_size):
@@ -132,10 +148,14 @@ class Explainer:
             for method in methods:
                 if method in GRADIENT_METHODS:
                     coarse = GRADIENT_METHODS[method](activation, gradient)
+                    against = -coarse  # the other class's map: the gradient negated
                 else:
                     coarse = self._tf_keras_vis(images[part], method, classes[part], max_n)
+                    against = self._tf_keras_vis(images[part], method, 1 - classes[part], max_n) if other else None
                 maps[method][part] = [_upsample_and_scale(m, size) for m in np.maximum(coarse, 0.0)]
-        return maps, shares
+                if other:
+                    others[method][part] = [_upsample_and_scale(m, size) for m in np.maximum(against, 0.0)]
+        return maps, others, shares
 
     @tf.function(reduce_retracing=True)
     def _gradient_pass(self, images, classes):

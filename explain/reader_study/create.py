@@ -161,8 +161,8 @@ def _images(client, run, params, cohort, chosen, decoys, method, layer, scratch:
 def _both_maps(explainer, images, call: str, method: str) -> tuple[np.ndarray, np.ndarray]:
     """(maps of the called class, maps of the other class) of a case's slices."""
     called = np.full(len(images), int(call == "malignant"), dtype=np.int32)
-    return (explainer.explain(images, called, (method,), attribution=False)[0][method],
-            explainer.explain(images, 1 - called, (method,), attribution=False)[0][method])
+    maps, other, _ = explainer.explain_both(images, called, (method,), attribution=False)
+    return maps[method], other[method]
 
 
 def _lesion(patient, volume) -> np.ndarray | None:

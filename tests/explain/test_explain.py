@@ -80,6 +80,22 @@ def test_maps_of_a_square_detector_land_on_the_square(toy, explainer, method):
 
 
 @pytest.mark.slow
+def test_both_classes_maps_from_one_pass_equal_a_pass_for_each_class(toy, explainer):
+    """The other class's score has the negated gradient: its Grad-CAM and HiResCAM need no pass of their own."""
+    _, _, images, _, _ = toy
+    classes = np.array([1, 0, 1, 1, 0, 0])
+    methods = ("gradcam", "hirescam", "layercam")
+    maps, other, shares = explainer.explain_both(images[:6], classes, methods)
+    alone, alone_shares = explainer.explain(images[:6], classes, methods)
+    against = explainer.explain(images[:6], 1 - classes, methods, attribution=False)[0]
+    for method in methods:
+        np.testing.assert_allclose(maps[method], alone[method], atol=1e-5)
+        np.testing.assert_allclose(other[method], against[method], atol=1e-4)
+        assert np.abs(other[method] - maps[method]).max() > 0.5, method  # the two classes' evidence lies apart
+    np.testing.assert_allclose(shares, alone_shares, rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_every_method_returns_maps_in_unit_range(toy, explainer):
     _, _, images, _, _ = toy
     for method in METHODS:
