@@ -61,6 +61,7 @@ class Reading:
     click_hit: float | None  # 1/0 where the case has feature masks and the reader clicked, else None
     map_energy_ratio: float | None
     map_pointing_hit: float | None
+    simulated: bool  # the answers were made up by --simulate
 
     @property
     def malignant(self) -> bool:
@@ -95,7 +96,8 @@ def readings(engine, study_id: int) -> tuple[object, list[Reading]]:
                             case.lesion_slices > 0)
         rows.append(Reading(numbers[reader_id], case_id, case.patient_id, case.label, case.call, case.decoy,
                             first.call, first.confidence, second and second.call, second and second.confidence,
-                            second and second.map_rating, hit, case.map_energy_ratio, case.map_pointing_hit))
+                            second and second.map_rating, hit, case.map_energy_ratio, case.map_pointing_hit,
+                            first.simulated))
     return study, rows
 
 
@@ -246,8 +248,8 @@ def analyse_study(engine, study_id: int, tracking_uri: str, out: str | None = No
 
 
 def metrics(found: dict) -> dict:
-    """The headline numbers as MLflow metrics of the CV run, named by study."""
-    prefix = f"reader_study_{found['study']}_"
+    """The headline numbers as MLflow metrics of the CV run, named by study (simulated_... for a simulated one)."""
+    prefix = f"{'simulated_' if found['simulated'] else ''}reader_study_{found['study']}_"
     pooled = next((row for row in found["calls"] if row["reader"] == POOLED), None)
     values = {}
     if pooled:

@@ -11,11 +11,12 @@ aided step cannot be peeked at. Pages and images are not cached and send no refe
 
 from __future__ import annotations
 
+import re
 import sys
 
 from flask import Flask, Response, abort, redirect, render_template_string, request
 from sqlalchemy import select
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from explain.reader_study import schema
 from explain.reader_study.answers import Refused, parse_answer, position, record
@@ -63,7 +64,8 @@ def create_app(engine, study_id: int) -> Flask:
         with engine.connect() as db:
             now = position(db, reader.id)
             if now.case is None:
-                return render_template_string(DONE_PAGE, total=now.total, reader=reader.number)
+                return render_template_string(DONE_PAGE, total=now.total, reader=reader.number,
+                                              simulated=study.simulated)
             shown = db.execute(select(schema.images.c.id, schema.images.c.slice_index, schema.images.c.kind).where(
                 (schema.images.c.case_id == now.case.id)
                 & schema.images.c.kind.in_(SERVED_KINDS if now.step == "aided" else ("bone", "soft"))
@@ -113,11 +115,21 @@ def create_app(engine, study_id: int) -> Flask:
     return app
 
 
+class MaskedLog(WSGIRequestHandler):
+    """Werkzeug's request log with each link's token replaced by ***: the console is not a place for credentials."""
+
+    def log(self, type: str, message: str, *args) -> None:
+        super().log(type, "%s", LINK.sub(r"\1***", message % args if args else message))
+
+
+LINK = re.compile(r"(/r/)[^/\s?]+")
+
+
 def serve(engine, study_id: int, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Serve the study until interrupted; says how readers reach it."""
     app = create_app(engine, study_id)
     try:
-        server = make_server(host, port, app, threaded=True)
+        server = make_server(host, port, app, threaded=True, request_handler=MaskedLog)
     except OSError as error:
         raise InputError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --port") from error
     print(f"reading app for study {study_id} on http://{host}:{server.port}/ (each reader opens their own link; "
@@ -240,6 +252,8 @@ show();
 
 DONE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vfrac reading</title>
 <style>""" + STYLE + """</style></head><body><h1 id="done">All {{ total }} cases read</h1>
+{% if simulated %}<p class="sim">SIMULATED study: its answers were made up by vfrac, not given by readers.</p>
+{% endif %}
 <p>Thank you, reader {{ reader }}. Every answer is stored; you may close this page.</p></body></html>"""
 
 REFUSED_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vfrac reading</title>

@@ -4,6 +4,7 @@ tampered requests, and a simulated study analysed into the run and its report.""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import signal
@@ -184,7 +185,8 @@ def test_readers_read_in_chromium_resume_after_a_kill_and_see_only_their_worklis
     try:
         read = [read_one_case(browser, link, k, 6) for k in (1, 2, 3)]
         server.send_signal(signal.SIGKILL)  # mid-study, no chance to clean up
-        server.wait(timeout=30)
+        log = server.communicate(timeout=30)[0]
+        assert "GET /r/*** HTTP" in log and tokens[0] not in log  # the request log hides the links
         given = answers(database)
         assert [(a.number, a.step, a.call, a.confidence) for a in given] == \
             [(1, "unaided", "malignant", 4), (1, "aided", "benign", 2)] * 3
@@ -235,10 +237,13 @@ def test_a_simulated_study_is_analysed_into_the_cv_run_and_its_report(store, tmp
     local = Path(client.download_artifacts(run_id, "", str(tmp_path / "run")))
     found = json.loads((local / "reader_study" / f"study-{study}" / "analysis.json").read_text())
     assert found["simulated"] and found["readers"] == 3 and found["cases"] == 12 and found["readings"] == 36
+    with open(local / "reader_study" / f"study-{study}" / "readings.csv", newline="") as handle:
+        assert {row["simulated"] for row in csv.DictReader(handle)} == {"True"}
     assert {"analysis.md", "analysis.html", "readings.csv", "section.json"} <= {
         p.name for p in (local / "reader_study" / f"study-{study}").iterdir()}
     metrics = client.get_run(run_id).data.metrics
-    assert metrics[f"reader_study_{study}_accuracy_unaided"] == pytest.approx(
+    assert not [name for name in metrics if name.startswith("reader_study")]  # a simulated study's are marked
+    assert metrics[f"simulated_reader_study_{study}_accuracy_unaided"] == pytest.approx(
         next(r for r in found["calls"] if r["reader"] == "pooled")["accuracy_unaided"])
     report = (local / "report" / "report.md").read_text()
     assert f"## SIMULATED Reader study {study}" in report and "they say nothing about real readers" in report
