@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from explain.reader_study import schema
+from explain.reader_study.__main__ import main as reader_study
 from explain.reader_study.analysis import analyse, click_hit, readings, score
 from explain.reader_study.answers import Answer, Refused, position, record
 from explain.reader_study.app import create_app
@@ -347,3 +348,29 @@ def test_the_study_on_postgresql_with_two_readers_at_once(servers):
     with pytest.raises(InputError) as wrong:
         schema.open_database(servers.postgres_url("nosuchdb", password="not-the-password"))
     assert "not-the-password" not in str(wrong.value) and "***" in str(wrong.value)
+
+
+# -- the command's refusals ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["create", "--run", "abc", "--readers", "0"], "--readers must be >= 1"),
+    (["create", "--run", "abc", "--readers", "2", "--cases", "0"], "--cases must be >= 1"),
+    (["create", "--run", "abc", "--readers", "2", "--decoy-share", "1"], "--decoy-share must be in [0, 1)"),
+    (["serve", "--study", "99"], "no reader study 99"),
+    (["links", "--study", "99", "--reader", "1"], "study 99 has no reader 1"),
+    (["analyse", "--study", "99", "--no-log", "--out", "OUT"], "no reader study 99"),
+])
+def test_the_command_refuses_bad_input_in_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    assert reader_study([*argv, "--database", f"sqlite:///{tmp_path}/studies.db"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and error.count("\n") == 1
+
+
+def test_a_new_link_replaces_the_old_one(study, capsys):
+    old = study.tokens[0]
+    assert reader_study(["links", "--study", str(study.study_id), "--reader", "1",
+                         "--database", str(study.engine.url)]) == 0
+    new = capsys.readouterr().out.split("/r/", 1)[1].split()[0]
+    client = create_app(study.engine, study.study_id).test_client()
+    assert client.get(f"/r/{old}").status_code == 403 and client.get(f"/r/{new}").status_code == 200
