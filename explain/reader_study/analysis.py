@@ -299,6 +299,9 @@ def section(found: dict) -> list:
                         + (p_clause(r["fisher_p"]) if not math.isnan(r["fisher_p"]) else "test not possible")
                         + ". Decoys come from the weight-randomised network: if they are rated as well as real maps, "
                         "the maps tell readers nothing."))
+    blocks.append(("table", ["rating", "real maps", "decoy maps"],
+                   [[rating, str(r["by_rating"]["real"][rating]), str(r["by_rating"]["decoy"][rating])]
+                    for rating in schema.RATINGS]))
     blocks.append(("table", ["reader", "clicks on cases with feature masks", "on the lesion (pointing game)",
                              "shown real maps: energy ratio", "maps' own pointing"],
                    [[str(p["reader"]), str(p["clicks"]), ci_text(p["hit_rate"], p["hit_rate_ci"]),

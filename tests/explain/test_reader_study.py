@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from explain.reader_study import schema
 from explain.reader_study.__main__ import main as reader_study
-from explain.reader_study.analysis import analyse, click_hit, readings, score
+from explain.reader_study.analysis import analyse, click_hit, readings, score, section
 from explain.reader_study.answers import Answer, Refused, position, record
 from explain.reader_study.app import create_app
 from explain.reader_study.design import decoy_cases, reading_orders, stratified_sample, token_digest
@@ -293,6 +293,9 @@ def test_map_ratings_real_against_decoy_by_hand(answered):
     assert (found["real_on_lesion"], found["real_rated"], found["decoy_on_lesion"], found["decoy_rated"]) == \
         (on_real, 18, on_decoy, 6) == (8, 18, 1, 6)
     assert found["fisher_p"] == pytest.approx(fisher_two_sided(on_real, 18 - on_real, on_decoy, 6 - on_decoy))
+    assert found["by_rating"] == {"real": Counter(real), "decoy": Counter(decoy)}
+    assert ["partly", "8", "2"] in next(block for block in section(analyse(*readings(made.engine, made.study_id)))
+                                        if block[0] == "table" and block[1][0] == "rating")[2]
 
 
 def test_rating_agreement_by_hand(answered):
