@@ -7,9 +7,10 @@ McNemar on the same cases, and who changed their mind for the better (helped) or
 worse (harmed). Reader AUC comes from the call and confidence read as one 10-point
 scale (benign, certain = 1 .. malignant, certain = 10) and is compared by
 Obuchowski-Rockette with Hillis' degrees of freedom, random readers and cases, on the
-cases every reader read in both steps. Map ratings on real and decoy maps are compared
-by Fisher's exact test; readers' clicks by the pointing game against the feature masks,
-beside the shown maps' own energy ratio; agreement on ratings by Fleiss' kappa.
+largest block of readers and cases in which each reader finished each case. Map ratings
+on real and decoy maps are compared by Fisher's exact test; readers' clicks by the
+pointing game against the feature masks, beside the shown maps' own energy ratio;
+agreement on ratings by Fleiss' kappa, on the same block.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import subprocess
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def readings(engine, study_id: int) -> tuple[object, list[Reading]]:
     with engine.connect() as db:
         study = db.execute(select(schema.studies).where(schema.studies.c.id == study_id)).first()
         if study is None:
-            raise InputError(f"no reader study {study_id} in the database")
+            raise InputError(f"no reader study {study_id} in {engine.url}")
         cases = {c.id: c for c in db.execute(select(schema.cases).where(schema.cases.c.study_id == study_id))}
         numbers = {r.id: r.number for r in db.execute(select(schema.readers).where(
             schema.readers.c.study_id == study_id))}
@@ -138,14 +139,31 @@ def calls_table(rows: list[Reading]) -> list[dict]:
     return table
 
 
-def mrmc(rows: list[Reading]) -> dict | None:
-    """Reader AUC unaided vs aided (Obuchowski-Rockette, Hillis ddf) on the cases every reader read twice."""
-    readers = sorted({r.reader for r in rows})
-    complete = defaultdict(dict)
+def complete_block(rows: list[Reading]) -> tuple[list[int], list[int], dict]:
+    """(readers, cases, case -> reader -> reading): the most readings in which each of the readers finished each
+    of the cases (both steps), so a reader who stopped early or is still reading does not empty the block.
+
+    Readers are taken in order of how many cases they finished; the block keeps the first j of them for the j
+    (>= 2 where there are two) that gives the most readings.
+    """
+    finished = defaultdict(dict)
     for r in rows:
         if r.aided_call is not None:
-            complete[r.case_id][r.reader] = r
-    cases = sorted(c for c, by in complete.items() if len(by) == len(readers))
+            finished[r.case_id][r.reader] = r
+    counts = Counter(reader for by in finished.values() for reader in by)
+    ranked = sorted(counts, key=lambda reader: (-counts[reader], reader))
+    best: tuple[list, list] = ([], [])
+    for j in range(min(2, len(ranked)), len(ranked) + 1):
+        readers = sorted(ranked[:j])
+        cases = sorted(c for c, by in finished.items() if all(reader in by for reader in readers))
+        if len(readers) * len(cases) > len(best[0]) * len(best[1]):
+            best = (readers, cases)
+    return best[0], best[1], finished
+
+
+def mrmc(rows: list[Reading]) -> dict | None:
+    """Reader AUC unaided vs aided (Obuchowski-Rockette, Hillis ddf) on `complete_block`'s readers and cases."""
+    readers, cases, complete = complete_block(rows)
     truth = np.array([complete[c][readers[0]].malignant for c in cases], dtype=int)
     if len(readers) < 2 or len(cases) < 3 or truth.min(initial=1) == truth.max(initial=0):
         return None
@@ -183,7 +201,7 @@ def pointing(rows: list[Reading]) -> list[dict]:
     for reader in sorted({r.reader for r in rows}) + [POOLED]:
         mine = [r for r in rows if (reader == POOLED or r.reader == reader) and r.click_hit is not None]
         hits = int(sum(r.click_hit for r in mine))
-        real = [r for r in mine if not r.decoy]
+        real = list({r.case_id: r for r in mine if not r.decoy}.values())  # each case once
         table.append({"reader": reader, "clicks": len(mine), "hits": hits,
                       "hit_rate": hits / len(mine) if mine else math.nan,
                       "hit_rate_ci": wilson_interval(hits, len(mine)),
@@ -193,16 +211,13 @@ def pointing(rows: list[Reading]) -> list[dict]:
 
 
 def rating_agreement(rows: list[Reading]) -> dict:
-    """Fleiss' kappa of the map ratings on the cases every reader rated."""
-    readers = {r.reader for r in rows}
-    by_case = defaultdict(list)
-    for r in rows:
-        if r.map_rating is not None:
-            by_case[r.case_id].append(r.map_rating)
-    table = [ratings for ratings in by_case.values() if len(ratings) == len(readers)]
-    if len(readers) < 2 or not table:
-        return {"cases": len(table), "kappa": math.nan}
-    return {"cases": len(table), "kappa": fleiss_kappa(category_counts(np.array(table), list(schema.RATINGS)))}
+    """Fleiss' kappa of the map ratings on `complete_block`'s readers and cases."""
+    readers, cases, complete = complete_block(rows)
+    if len(readers) < 2 or not cases:
+        return {"readers": len(readers), "cases": len(cases), "kappa": math.nan}
+    table = np.array([[complete[c][reader].map_rating for reader in readers] for c in cases])
+    return {"readers": len(readers), "cases": len(cases),
+            "kappa": fleiss_kappa(category_counts(table, list(schema.RATINGS)))}
 
 
 def analyse(study, rows: list[Reading]) -> dict:
@@ -290,8 +305,8 @@ def section(found: dict) -> list:
                             f"{m['ddf']:.1f} df, {p_clause(m['p'])} (Obuchowski-Rockette, Hillis' df, random "
                             "readers and cases)."))
     else:
-        blocks.append(("p", "Reader AUC not compared: it needs two or more readers, each having read the same "
-                            "three or more cases of both classes in both steps."))
+        blocks.append(("p", "Reader AUC not compared: it needs two or more readers who finished the same three or "
+                            "more cases of both classes."))
     r = found["map_ratings"]
     blocks.append(("p", f"Maps rated on the lesion: real {r['real_on_lesion']} of {r['real_rated']} "
                         f"({ci_text(r['real_share'], r['real_share_ci'])}), decoy {r['decoy_on_lesion']} of "
@@ -308,8 +323,8 @@ def section(found: dict) -> list:
                      number_text(p["map_energy_ratio"]), number_text(p["map_pointing_hit"])]
                     for p in found["pointing"]]))
     a = found["rating_agreement"]
-    blocks.append(("p", f"Agreement on the map ratings (Fleiss' kappa, {a['cases']} cases rated by every reader): "
-                        f"{number_text(a['kappa'])}."))
+    blocks.append(("p", f"Agreement on the map ratings (Fleiss' kappa, {a['readers']} readers x {a['cases']} cases "
+                        f"they all rated): {number_text(a['kappa'])}."))
     return blocks
 
 

@@ -24,6 +24,7 @@ from explain.reader_study.design import token_digest
 from vfrac.errors import InputError
 
 SERVED_KINDS = ("bone", "soft", "map", "other")
+MAX_FORM_BYTES = 64 * 1024  # an answer is a few hundred bytes
 MAP_KINDS = ("map", "other")
 
 
@@ -32,10 +33,12 @@ def create_app(engine, study_id: int) -> Flask:
     with engine.connect() as db:
         study = db.execute(select(schema.studies).where(schema.studies.c.id == study_id)).first()
     if study is None:
-        raise InputError(f"no reader study {study_id} in the database; python -m explain.reader_study create "
-                         "makes one")
+        raise InputError(f"no reader study {study_id} in {engine.url}; "
+                         "python -m explain.reader_study create makes one")
     features = [f for f in study.features.split(",") if f]
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_FORM_BYTES
+    app.log_exception = _log_exception_without_token(app)
 
     def reader_of(token: str):
         with engine.connect() as db:
@@ -113,6 +116,16 @@ def create_app(engine, study_id: int) -> Flask:
         return redirect(f"/r/{token}", code=303)
 
     return app
+
+
+def _log_exception_without_token(app: Flask):
+    """Flask's log of an unexpected error names the request's path: the same with the link's token as ***."""
+
+    def log_exception(exc_info) -> None:
+        app.logger.error("Exception on %s [%s]", LINK.sub(r"\1***", request.path), request.method,
+                         exc_info=exc_info)
+
+    return log_exception
 
 
 class MaskedLog(WSGIRequestHandler):

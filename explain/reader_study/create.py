@@ -19,6 +19,7 @@ import numpy as np
 from mlflow import MlflowClient
 from sqlalchemy import insert, update
 
+from explain.methods import DEFAULT_LAYER
 from explain.reader_study import schema
 from explain.reader_study.design import decoy_cases, new_token, reading_orders, stratified_sample, token_digest
 from explain.reader_study.material import CaseImages, case_images
@@ -69,7 +70,7 @@ def create_study(engine, run_id: str, tracking_uri: str, readers: int, cases: in
     run = cv_run(client, run_id)
     params = run.data.params
     method = method or DEFAULT_METHODS[0]
-    layer = params.get("cam_layer")
+    layer = params.get("cam_layer", DEFAULT_LAYER)
     threshold = float(params.get("threshold", 0.5))
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as scratch:
@@ -90,7 +91,7 @@ def create_study(engine, run_id: str, tracking_uri: str, readers: int, cases: in
     with engine.begin() as db:  # all or nothing: a failed creation leaves no half study
         study_id = db.execute(insert(schema.studies).values(
             name=name or f"reader study of {run.info.run_name}", cv_run_id=run_id,
-            cohort_hash=run.data.tags.get(COHORT_HASH_TAG, ""), method=method, layer=layer or "",
+            cohort_hash=run.data.tags.get(COHORT_HASH_TAG, ""), method=method, layer=layer,
             threshold=threshold, seed=seed, decoy_share=decoy_share, features=",".join(features),
             simulated=False)).inserted_primary_key[0]
         case_ids = [_store_case(db, study_id, c, d, images) for c, d, images in zip(chosen, decoys, shown, strict=True)]
@@ -134,28 +135,34 @@ def _images(client, run, params, cohort, chosen, decoys, method, layer, scratch:
         predictor = Predictor.single(fold_model.model, fold_model.input_size, fold_model.window)
         members = [k for k, c in enumerate(chosen) if c.fold == fold]
         progress(f"reader study: fold {fold}, {len(members)} cases", flush=True)
-        inputs = {}
-        for k in members:
-            prepared = read_entry(cached_entry(cohort[chosen[k].patient_id], fold_model.crop_settings,
-                                               fold_model.cache_dir))
-            order = np.argsort(prepared.slices)
-            inputs[k] = (prepared, order, predictor.inputs(prepared.crops[order], prepared.context))
-        maps = {k: _both_maps(explainer, inputs[k][2], chosen[k].call, method) for k in members}
+        inputs = {k: read_entry(cached_entry(cohort[chosen[k].patient_id], fold_model.crop_settings,
+                                             fold_model.cache_dir)) for k in members}
+        images = {k: predictor.inputs(inputs[k].crops, inputs[k].context) for k in members}
+        maps = {k: _both_maps(explainer, images[k], chosen[k].call, method) for k in members}
         if any(decoys[k] for k in members):  # the fully randomised network draws the decoys' maps
+            # the explainer shares its layers with the model it was built on: its weights are put back after
+            trained = fold_model.model.get_weights()
             _, random_model = list(randomized_cascade(fold_model.model, RANDOMIZATION_SEEDS[0]))[-1]
             explainer.load(random_model)
-            maps |= {k: _both_maps(explainer, inputs[k][2], chosen[k].call, method) for k in members if decoys[k]}
+            maps |= {k: _both_maps(explainer, images[k], chosen[k].call, method) for k in members if decoys[k]}
+            fold_model.model.set_weights(trained)
             explainer.load(fold_model.model)
         for k in members:
-            prepared, order, _ = inputs[k]
-            patient = cohort[chosen[k].patient_id]
+            prepared, patient = inputs[k], cohort[chosen[k].patient_id]
             volume = load_volume(patient.ct)
-            lesion = _lesion(patient, volume)
+            order = cranial_first(prepared.slices, volume.affine)
             transforms = [input_to_slice(box, prepared.context, prepared.crops.shape[1], fold_model.input_size)
                           for box in prepared.boxes[order]]
-            shown[k] = case_images(volume.hu, lesion, prepared.slices[order], transforms, fold_model.input_size,
-                                   *maps[k])
+            shown[k] = case_images(volume.hu, _lesion(patient, volume), prepared.slices[order], transforms,
+                                   fold_model.input_size, *(m[order] for m in maps[k]))
     return shown
+
+
+def cranial_first(slices, affine) -> np.ndarray:
+    """The order that shows the slices from head to feet, as a PACS viewer scrolls: z rises toward the head
+    where the affine's z axis has a positive superior (LPS S) component."""
+    ascending = np.argsort(slices, kind="stable")
+    return ascending[::-1] if affine[2, 0] > 0 else ascending
 
 
 def _both_maps(explainer, images, call: str, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ def stratified_sample(strata: list[str], count: int | None, rng: np.random.Gener
     quota = {name: count * len(members[name]) / len(strata) for name in names}
     taken = {name: max(1, int(quota[name])) for name in names}
     spare = count - sum(taken.values())
-    for name in sorted(names, key=lambda n: (-(quota[n] - int(quota[n])), n)):
+    for name in sorted(names, key=lambda n: (-(quota[n] - taken[n]), n)):  # what each stratum still lacks
         if spare <= 0:
             break
         if taken[name] < len(members[name]):

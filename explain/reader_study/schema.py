@@ -84,7 +84,7 @@ images = Table(
     "images", metadata,
     Column("id", Integer, primary_key=True),
     Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
-    Column("slice_index", Integer, nullable=False),  # 0.. in the order shown (cranial to caudal by z)
+    Column("slice_index", Integer, nullable=False),  # 0.. in the order shown, cranial to caudal
     Column("z", Integer, nullable=False),
     Column("kind", String(16), nullable=False),
     Column("png", LargeBinary, nullable=False),

@@ -17,6 +17,7 @@ from explain.reader_study.__main__ import main as reader_study
 from explain.reader_study.analysis import analyse, click_hit, readings, score, section
 from explain.reader_study.answers import Answer, Refused, position, record
 from explain.reader_study.app import create_app
+from explain.reader_study.create import cranial_first
 from explain.reader_study.design import decoy_cases, reading_orders, stratified_sample, token_digest
 from tests.explain.reader_study_data import FEATURES, SIDE, answer_all, make_study
 from vfrac.errors import InputError
@@ -377,3 +378,49 @@ def test_a_new_link_replaces_the_old_one(study, capsys):
     new = capsys.readouterr().out.split("/r/", 1)[1].split()[0]
     client = create_app(study.engine, study.study_id).test_client()
     assert client.get(f"/r/{old}").status_code == 403 and client.get(f"/r/{new}").status_code == 200
+
+
+def test_spare_places_go_to_the_strata_that_lack_the_most():
+    strata = ["a"] * 9 + ["b"] * 45 + ["c"] * 46  # quotas of 10: 0.9, 4.5, 4.6
+    chosen = stratified_sample(strata, 10, np.random.default_rng(0))
+    assert Counter(strata[i] for i in chosen) == {"a": 1, "b": 4, "c": 5}
+
+
+def test_slices_are_shown_from_head_to_feet():
+    superior = np.diag([2.5, 0.7, 0.7, 1.0])  # z rises toward the head (LPS S)
+    superior[2, 0], superior[0, 0] = 2.5, 0.0
+    inferior = superior.copy()
+    inferior[2, 0] = -2.5
+    slices = np.array([12, 10, 11])
+    assert slices[cranial_first(slices, superior)].tolist() == [12, 11, 10]
+    assert slices[cranial_first(slices, inferior)].tolist() == [10, 11, 12]
+
+
+def test_a_reader_who_stopped_early_leaves_the_block_instead_of_emptying_it(tmp_path):
+    made = make_study(f"sqlite:///{tmp_path}/dropout.db", LABELS, MODEL, DECOYS, readers=4)
+    for r in range(3):
+        answer_all(made, r, UNAIDED[r], AIDED[r], RATINGS[r])
+    for k in made.orders[3][:2]:  # the fourth reader finished two cases
+        record(made.engine, made.reader_ids[3], made.codes[k], "unaided", Answer(M, 3))
+        record(made.engine, made.reader_ids[3], made.codes[k], "aided", Answer(M, 3, "partly", "", 0, 0.5, 0.5))
+    found = analyse(*readings(made.engine, made.study_id))
+    assert (found["mrmc"]["readers"], found["mrmc"]["cases"]) == (3, 8)
+    assert (found["rating_agreement"]["readers"], found["rating_agreement"]["cases"]) == (3, 8)
+    assert found["readings"] == 3 * 8 + 2  # the calls and ratings still count every finished reading
+
+
+def test_an_unexpected_error_is_logged_without_the_link_and_large_forms_are_refused(study, monkeypatch, caplog):
+    app = create_app(study.engine, study.study_id)
+    client = app.test_client()
+    link, code = f"/r/{study.tokens[0]}", study.codes[study.orders[0][0]]
+    assert client.post(f"{link}/case/{code}/unaided", data={"call": M, "confidence": "3",
+                                                            "padding": "x" * 100_000}).status_code == 413
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("explain.reader_study.app.record", broken)
+    assert client.post(f"{link}/case/{code}/unaided", data={"call": M, "confidence": "3"}).status_code == 500
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Exception on /r/***/case/" in logged and study.tokens[0] not in logged
+    assert answer_count(study) == 0
