@@ -29,6 +29,7 @@ from experiments.study_tables import (
     reader_agreement,
     sanity_sentence,
 )
+from explain.page import mlflow_ui_script
 from explain.runs import cv_run
 from vfrac.document import ci_text, number_text, p_clause, p_text, to_html, to_markdown
 from vfrac.run_tree import COHORT_HASH_TAG, GIT_COMMIT_TAG
@@ -53,7 +54,7 @@ def write_report(run_id: str, tracking_uri: str, out: Path, log: bool = True) ->
     (folder / "model_card.md").write_text(model_card(data, patient_table(data), _limitations(data)),
                                           encoding="utf-8")
     (folder / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
-    (folder / "report.html").write_text(to_html(blocks), encoding="utf-8")
+    (folder / "report.html").write_text(to_html(blocks, script=mlflow_ui_script(run_id)), encoding="utf-8")
     if log:
         client.log_artifacts(run_id, str(folder), "report")
     return folder / "report.md"
@@ -160,7 +161,8 @@ def _flow_figure(data: dict, cohort, model, folder: Path) -> list[tuple]:
              .replace(" benign, ", " b / ").replace(" malignant", " m")
              for fold in sorted({m["fold"] for m in model.values()})]
     flow_figure(folder / "flow.png", enrolled, "\n".join(lines), analysed, folds)
-    return [("img", "flow.png", "participant flow (STARD): manifest, exclusions with reasons, analysed, folds")]
+    return [("img", "flow.png", "participant flow (STARD): manifest, exclusions with reasons, analysed, folds",
+             {"data-artifact": "report/flow.png"})]
 
 
 def _visual(cohort, model) -> list[tuple]:
@@ -266,8 +268,9 @@ def _model(data, slices, model, reader_points, folder: Path) -> list[tuple]:
     roc_figure(folder / "roc.png", curves, "ROC with the readers",
                {f"reader {name}": point for name, point in reader_points.items()})
     calibration_figure(folder / "calibration.png", {"per patient": (patient_y, patient_p)})
-    blocks += [("img", "roc.png", "ROC per slice and per patient, readers as points"),
-               ("img", "calibration.png", "calibration per patient")]
+    blocks += [("img", "roc.png", "ROC per slice and per patient, readers as points",
+                {"data-artifact": "report/roc.png"}),
+               ("img", "calibration.png", "calibration per patient", {"data-artifact": "report/calibration.png"})]
     return blocks
 
 

@@ -39,6 +39,7 @@ from experiments.models import (
 from experiments.results import cv_metrics, write_rows
 from experiments.runner import code_version, git_commit
 from experiments.tracking import Tracker
+from explain.page import mlflow_ui_script
 from explain.runs import default_tracking_uri
 from vfrac.cohort import read_manifest
 from vfrac.data.cache import CropSettings, cohort_hash, prepare_cohort
@@ -257,7 +258,8 @@ def write_outputs(folder: Path, result: dict, excluded: list[dict], context: dic
     calibration_figure(folder / "plots" / "calibration.png", levels)
     blocks = report_blocks(result, context)
     (folder / "report" / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
-    (folder / "report" / "report.html").write_text(to_html(blocks), encoding="utf-8")
+    (folder / "report" / "report.html").write_text(to_html(blocks, script=mlflow_ui_script(context["run_id"])),
+                                                   encoding="utf-8")
     (folder / "report" / "summary.md").write_text(result["summary"], encoding="utf-8")
 
 
@@ -297,8 +299,8 @@ def report_blocks(result: dict, context: dict) -> list[tuple]:
     blocks.append(("p", "The CV estimate describes the method trained on the development cohort's folds; a "
                         "--final model was trained on all of it. A drop here is what another site's patients and "
                         "scanner cost."))
-    blocks += [("img", "../plots/roc.png", "ROC"), ("img", "../plots/confusion.png", "2 x 2 tables"),
-               ("img", "../plots/calibration.png", "calibration")]
+    blocks += [("img", f"../plots/{name}.png", alt, {"data-artifact": f"plots/{name}.png"})
+               for name, alt in (("roc", "ROC"), ("confusion", "2 x 2 tables"), ("calibration", "calibration"))]
     return blocks
 
 

@@ -34,6 +34,13 @@ if (location.protocol === "blob:") {
   }
 }
 </script>"""
+
+
+def mlflow_ui_script(run_id: str) -> str:
+    """The script that, inside the MLflow UI, loads each image with a data-artifact path from run `run_id`."""
+    return MLFLOW_UI_IMAGES.replace("RUN_ID", escape(run_id))
+
+
 NOTE = {"class": "note"}
 MAPS_SHOWN = ("each slice's evidence for the class it was called and, beside it, the evidence for the other class: "
               "what a benign call still saw of malignancy, and the reverse.")
@@ -58,7 +65,7 @@ def write_page(path: Path, reviews, summary: list[dict], sanity_rows: list[dict]
               *_summary_table(summary), *_sanity_table(sanity_rows), *_faithfulness_table(faithfulness_rows)]
     for review in ordered:
         blocks += _patient_section(review, path.parent, Path(root), methods)
-    return _write(path, blocks, "vfrac review", MLFLOW_UI_IMAGES.replace("RUN_ID", escape(run_id)))
+    return _write(path, blocks, "vfrac review", mlflow_ui_script(run_id))
 
 
 def _write(path: Path, blocks, title: str, script: str = "") -> Path:

@@ -216,6 +216,14 @@ def test_mlflow_server_serves_the_run_tree(finished):
         artifact = re.search(r"data-artifact='([^']+)'", Path(page).read_text()).group(1)
         image = urllib.request.urlopen(f"{base}/get-artifact?path={artifact}&run_uuid={cv_id}").read()
         assert image.startswith(b"\x89PNG")
+        # The study report's figures too: the same script, each image named by its artifact path.
+        report = Path(MlflowClient(tracking_uri=f"sqlite:///{store}/mlflow.db").download_artifacts(
+            cv_id, "report/report.html", str(store / "report-page"))).read_text()
+        figures = re.findall(r"data-artifact='([^']+)'", report)
+        assert figures == ["report/flow.png", "report/roc.png", "report/calibration.png"] and "get-artifact" in report
+        for artifact in figures:
+            assert urllib.request.urlopen(f"{base}/get-artifact?path={artifact}&run_uuid={cv_id}").read()[:4] == \
+                b"\x89PNG"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -2,6 +2,7 @@
 its run, report and metrics must equal what its own prediction tables give when recomputed here."""
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def test_validation_run_numbers_equal_those_recomputed_from_its_predictions(stor
     assert "external - CV" in output and run.info.run_id in output
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/summary.md"} <= artifacts
+    page = (tmp_path / "out" / "report" / "report.html").read_text()  # inside the MLflow UI, by artifact path:
+    figures = re.findall(r"data-artifact='([^']+)'", page)
+    assert figures == ["plots/roc.png", "plots/confusion.png", "plots/calibration.png"] and run.info.run_id in page
+    assert set(figures) <= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
 
 def test_a_rerun_reuses_the_finished_validation_unless_the_rule_changed(store, shifted, tmp_path, capsys):
