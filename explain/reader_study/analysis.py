@@ -87,7 +87,7 @@ def readings(engine, study_id: int) -> tuple[object, list[Reading]]:
         given = defaultdict(dict)
         for answer in db.execute(select(schema.answers).where(schema.answers.c.reader_id.in_(list(numbers)))):
             given[(answer.reader_id, answer.case_id)][answer.step] = answer
-        lesions = _lesions(db, {a["aided"].case_id: a["aided"] for a in given.values() if "aided" in a})
+        lesions = _lesions(db, {(a["aided"].case_id, a["aided"].click_slice) for a in given.values() if "aided" in a})
     rows = []
     for (reader_id, case_id), steps in sorted(given.items(), key=lambda item: (numbers[item[0][0]], item[0][1])):
         case, first, second = cases[case_id], steps["unaided"], steps.get("aided")
@@ -334,14 +334,14 @@ def _mean(values) -> float:
     return float(np.mean(known)) if known else math.nan
 
 
-def _lesions(db, aided: dict) -> dict:
-    """(case id, slice index) -> the lesion mask on the display, for the slices readers clicked on."""
-    wanted = {(case_id, answer.click_slice) for case_id, answer in aided.items()}
-    if not wanted:
+def _lesions(db, clicked: set) -> dict:
+    """(case id, slice index) -> the lesion mask on the display, for the `clicked` (case id, slice index) only."""
+    if not clicked:
         return {}
     found = db.execute(select(schema.images.c.case_id, schema.images.c.slice_index, schema.images.c.png).where(
-        schema.images.c.case_id.in_([c for c, _ in wanted]) & (schema.images.c.kind == "lesion")))
-    return {(row.case_id, row.slice_index): decode_mask(row.png) for row in found}
+        schema.images.c.case_id.in_({c for c, _ in clicked}) & (schema.images.c.kind == "lesion")))
+    return {(row.case_id, row.slice_index): decode_mask(row.png) for row in found
+            if (row.case_id, row.slice_index) in clicked}
 
 
 def _write_readings(path: Path, rows: list[Reading]) -> None:

@@ -25,6 +25,7 @@ from explain.reader_study.design import decoy_cases, new_token, reading_orders, 
 from explain.reader_study.material import CaseImages, case_images
 from explain.run_review import DEFAULT_METHODS, fold_model_of, run_cohort
 from explain.runs import cv_run, finished_folds
+from vfrac.cohort import LABELS  # by class index: 1 is malignant
 from vfrac.data.cache import cached_entry, read_entry
 from vfrac.data.crops import input_to_slice
 from vfrac.errors import InputError
@@ -74,7 +75,7 @@ def create_study(engine, run_id: str, tracking_uri: str, readers: int, cases: in
     threshold = float(params.get("threshold", 0.5))
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as scratch:
-        everyone = candidates(client, run_id, Path(scratch), threshold)
+        everyone = candidates(client, run_id, Path(scratch))
         try:
             chosen = [everyone[i] for i in stratified_sample([c.stratum for c in everyone], cases, rng)]
         except ValueError as error:
@@ -104,8 +105,9 @@ def create_study(engine, run_id: str, tracking_uri: str, readers: int, cases: in
                    {c.patient_id: dict(cohort[c.patient_id].readers) for c in chosen})
 
 
-def candidates(client, run_id: str, scratch: Path, threshold: float) -> list[Candidate]:
-    """Every test patient of the run, from its pooled patient predictions (written when the run finishes)."""
+def candidates(client, run_id: str, scratch: Path) -> list[Candidate]:
+    """Every test patient of the run, with its label and call, from its pooled patient predictions (written when
+    the run finishes, the call at the run's threshold)."""
     try:
         path = client.download_artifacts(run_id, PATIENT_PREDICTIONS, str(scratch))
     except Exception as error:  # MLflow raises several types for a missing artifact
@@ -113,9 +115,8 @@ def candidates(client, run_id: str, scratch: Path, threshold: float) -> list[Can
                          f"({error})") from error
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return [Candidate(r["patient_id"], int(r["fold"]), "malignant" if int(r["label"]) else "benign",
-                      float(r["probability"]), "malignant" if float(r["probability"]) >= threshold else "benign")
-            for r in rows]
+    return [Candidate(r["patient_id"], int(r["fold"]), LABELS[int(r["label"])], float(r["probability"]),
+                      LABELS[int(r["prediction"])]) for r in rows]
 
 
 def _images(client, run, params, cohort, chosen, decoys, method, layer, scratch: Path, progress) -> list[CaseImages]:

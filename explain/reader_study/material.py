@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from explain.attention import attention
+from explain.overlay import PNG_COMPRESSION
 from vfrac.data.crops import AIR_HU
 from vfrac.data.window import BONE_WINDOW, SOFT_TISSUE_WINDOW, grey
 
 DISPLAY_LIMIT = 512  # display pixels across a crop at most (a larger field of view is downsampled)
-PNG_COMPRESSION = 3
 
 
 @dataclass
